@@ -1,0 +1,280 @@
+//! Types shared by both kinds: sizes, images, power and deletion policies, the
+//! condition type and the status blocks both kinds report.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of every projectvm resource.
+pub const GROUP: &str = "projectvm.dev";
+
+/// Default Linux user the operator creates on the VM and runs project work as.
+pub const DEFAULT_USER: &str = "project";
+
+// A machine size preset; each maps to a Compute Engine machine type. (A `//` comment, so
+// the field's own doc becomes the `kubectl explain` text.)
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineSize {
+    /// e2-small: 2 shared vCPUs, 2 GiB.
+    Small,
+    /// e2-medium: 2 shared vCPUs, 4 GiB.
+    #[default]
+    Medium,
+    /// e2-standard-4: 4 vCPUs, 16 GiB.
+    Large,
+    /// e2-standard-8: 8 vCPUs, 32 GiB.
+    Xlarge,
+}
+
+impl MachineSize {
+    /// The Compute Engine machine type this preset stands for.
+    pub fn machine_type(self) -> &'static str {
+        match self {
+            MachineSize::Small => "e2-small",
+            MachineSize::Medium => "e2-medium",
+            MachineSize::Large => "e2-standard-4",
+            MachineSize::Xlarge => "e2-standard-8",
+        }
+    }
+}
+
+/// The boot image of the VM, named by image family and the project that publishes it.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSpec {
+    /// Image family; the newest image of the family is used when the VM is created.
+    #[serde(default = "default_image_family")]
+    #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    pub family: String,
+    /// Project that publishes the image family.
+    #[serde(default = "default_image_project")]
+    #[schemars(regex(pattern = r"^[a-z]([-a-z0-9.:]{0,61}[a-z0-9])?$"))]
+    pub project: String,
+}
+
+fn default_image_family() -> String {
+    "ubuntu-2204-lts".into()
+}
+fn default_image_project() -> String {
+    "ubuntu-os-cloud".into()
+}
+
+impl Default for ImageSpec {
+    fn default() -> Self {
+        Self {
+            family: default_image_family(),
+            project: default_image_project(),
+        }
+    }
+}
+
+impl ImageSpec {
+    /// The `sourceImage` path Compute Engine expects for the newest image of the family.
+    pub fn source_image(&self) -> String {
+        format!(
+            "projects/{}/global/images/family/{}",
+            self.project, self.family
+        )
+    }
+}
+
+/// How the operator manages the VM's power state.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+pub enum RunStrategy {
+    /// Keep the VM running; a stop from anywhere else is undone.
+    #[default]
+    Always,
+    /// Keep the VM stopped (the disk is kept).
+    Halted,
+    /// Start the VM when it is created, then leave its power state alone: stops done by
+    /// idle shutdown or from inside the guest are respected. Wake it with the annotation
+    /// `projectvm.dev/start-requested`.
+    Manual,
+}
+
+/// What happens to the VM when the resource is deleted.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+pub enum DeletionPolicy {
+    /// Delete the VM and its disk.
+    #[default]
+    Delete,
+    /// Keep the VM; only the Kubernetes resource goes away.
+    Orphan,
+}
+
+/// A key of a Secret in the resource's own namespace.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the same namespace as this resource.
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    pub name: String,
+    /// Key within the Secret that holds the token.
+    #[serde(default = "default_token_key")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    pub key: String,
+}
+
+fn default_token_key() -> String {
+    "token".into()
+}
+
+/// A status condition. `kubectl wait --for=condition=Ready` reads these.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type, e.g. `Ready` or `RepositorySynced`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase word that says why the condition has this status.
+    #[serde(default)]
+    pub reason: String,
+    /// A message for humans.
+    #[serde(default)]
+    pub message: String,
+    /// When the status last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// The `metadata.generation` this condition was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Digest of the inputs this step last succeeded with; the step re-runs when they change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+/// Human-readable lifecycle phase.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+pub enum Phase {
+    #[default]
+    Pending,
+    Provisioning,
+    Installing,
+    Syncing,
+    Configuring,
+    Ready,
+    Stopping,
+    Stopped,
+    Resizing,
+    Deleting,
+    Failed,
+}
+
+/// What the operator knows about the Compute Engine instance.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// Instance name in Compute Engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Numeric instance id; it changes when the instance is recreated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Zone the instance lives in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Machine type currently set on the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_type: Option<String>,
+    /// Compute Engine status: PROVISIONING, STAGING, RUNNING, STOPPING, TERMINATED, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Internal (VPC) address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_ip: Option<String>,
+    /// External address, when the instance has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_ip: Option<String>,
+    /// SHA256 fingerprint of the pinned SSH host key, read from the instance's guest attributes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key_fingerprint: Option<String>,
+    /// The pinned SSH host public key (`ssh-ed25519 AAAA...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
+}
+
+/// A Compute Engine operation the operator started and is waiting for.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingOperation {
+    /// Operation name, polled with zoneOperations.get.
+    pub name: String,
+    /// What the operation does: insert, start, stop, delete, setMachineType, setMetadata.
+    pub kind: String,
+    /// Zone of the operation.
+    pub zone: String,
+    /// When the operator started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+}
+
+/// What the operator is doing right now.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// The step in progress, e.g. `Repository`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// What the step is doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Completion percentage, while it is known (e.g. while cloning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<i32>,
+    /// When the resource last made progress; `progressTimeout` counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_at: Option<String>,
+}
+
+/// Running cost, computed from the recorded start and stop times.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CostStatus {
+    /// Price per running hour of the current machine type plus the disk, in USD.
+    #[serde(default)]
+    pub hourly_rate: f64,
+    /// Hours the VM has been running since it was created.
+    #[serde(default)]
+    pub hours_used: f64,
+    /// Cost accrued so far: compute while running, disk always, in USD.
+    #[serde(default)]
+    pub accrued: f64,
+    /// Estimated cost of a 730-hour month at the current running pattern, in USD.
+    #[serde(default)]
+    pub estimated_monthly: f64,
+    /// Display form of the accrued cost, e.g. `$1.23`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
+}
+
+/// Power history the cost and idle logic need; survives operator restarts.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PowerStatus {
+    /// Hours the VM ran in closed running periods (not counting the current one).
+    #[serde(default)]
+    pub running_hours_closed: f64,
+    /// Compute cost accrued in closed running periods, in USD.
+    #[serde(default)]
+    pub compute_cost_closed: f64,
+    /// Start of the current running period, when the VM runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_since: Option<String>,
+    /// When the instance was created; disk cost accrues from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// Why the VM was last stopped by the operator (e.g. `IdleTimeout`, `Halted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_stop_reason: Option<String>,
+    /// The last `projectvm.dev/start-requested` annotation value acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_start_request: Option<String>,
+    /// The machine type being applied by a resize in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resizing_to: Option<String>,
+    /// Whether the VM was running when the resize in progress began (it is restored after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize_restore_running: Option<bool>,
+}

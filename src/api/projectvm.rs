@@ -1,0 +1,133 @@
+//! The `ProjectVM` kind: a persistent VM for one project.
+
+use kube::CustomResource;
+use schemars::{JsonSchema, Schema};
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    Condition, CostStatus, InstanceStatus, PendingOperation, Phase, PowerStatus, Progress,
+};
+use super::machine::{MACHINE_RULES, MachineSpec, push_rules};
+use super::repository::ProjectRepository;
+
+/// A persistent Compute Engine VM for one project, kept ready to work in: running at the
+/// declared size, prerequisites installed, repository synced.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "projectvm.dev",
+    version = "v1alpha1",
+    kind = "ProjectVM",
+    plural = "projectvms",
+    singular = "projectvm",
+    shortname = "pvm",
+    namespaced,
+    doc = "A persistent Compute Engine VM for one project, kept running at the declared size with its prerequisites installed and its repository synced.",
+    status = "ProjectVMStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Machine","type":"string","jsonPath":".status.instance.machineType"}"#,
+    printcolumn = r#"{"name":"IP","type":"string","jsonPath":".status.instance.externalIp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Cost","type":"string","jsonPath":".status.cost.display"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = projectvm_rules)]
+pub struct ProjectVMSpec {
+    #[serde(flatten)]
+    pub machine: MachineSpec,
+    /// The project's git repository, cloned into the VM and kept at `revision`.
+    pub repository: ProjectRepository,
+    /// Software installed on the VM before the repository is synced.
+    #[serde(default)]
+    pub prerequisites: Prerequisites,
+}
+
+fn projectvm_rules(schema: &mut Schema) {
+    push_rules(schema, MACHINE_RULES);
+}
+
+/// Packages and an optional script, installed idempotently; the log stays on the VM at
+/// `/var/log/projectvm/prerequisites.log`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Prerequisites {
+    /// Debian/Ubuntu package names, optionally `name=version`. When unset: git, curl,
+    /// ca-certificates. An empty list installs nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 200), inner(regex(pattern = r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+:~-]+)?$")))]
+    pub packages: Option<Vec<String>>,
+    /// A bash script run as root after the packages are installed. It runs again only when
+    /// its text changes, so it should be safe to re-run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub script: Option<String>,
+}
+
+/// Packages installed when `prerequisites.packages` is unset.
+pub const DEFAULT_PACKAGES: &[&str] = &["git", "curl", "ca-certificates"];
+
+impl Prerequisites {
+    /// The packages to install, applying the default list.
+    pub fn effective_packages(&self) -> Vec<String> {
+        match &self.packages {
+            Some(p) => p.clone(),
+            None => DEFAULT_PACKAGES.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// Observed state of a ProjectVM.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectVMStatus {
+    /// Lifecycle phase, for humans; automation should read `conditions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// InstanceReady, PrerequisitesInstalled, RepositorySynced, CredentialsCurrent, Ready.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` last reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The Compute Engine instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceStatus>,
+    /// The repository as synced on the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<RepositoryStatus>,
+    /// What is happening now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Cost so far and estimated per month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostStatus>,
+    /// When the VM was last started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_started_at: Option<String>,
+    /// Last activity seen on the VM: an open SSH session, a login, or a process of the
+    /// project user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity_at: Option<String>,
+    /// A Compute Engine operation in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<PendingOperation>,
+    /// Power history used for cost and idle shutdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerStatus>,
+}
+
+/// The repository as synced on the VM.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryStatus {
+    /// The revision requested (branch, tag or commit), or the default branch's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The commit checked out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// When the sync finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_at: Option<String>,
+}

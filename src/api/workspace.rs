@@ -1,0 +1,186 @@
+//! The `Workspace` kind: a VM running code-server on a repository.
+
+use kube::CustomResource;
+use schemars::{JsonSchema, Schema};
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    Condition, CostStatus, InstanceStatus, PendingOperation, Phase, PowerStatus, Progress,
+    SecretKeyRef,
+};
+use super::machine::{MACHINE_RULES, MachineSpec, push_rules};
+use super::projectvm::RepositoryStatus;
+use super::repository::{PATH_PATTERN, WorkspaceRepository, path_rules};
+
+/// A VM running code-server with a repository checked out: open `status.url` and land in
+/// the code.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "projectvm.dev",
+    version = "v1alpha1",
+    kind = "Workspace",
+    plural = "workspaces",
+    singular = "workspace",
+    shortname = "ws",
+    namespaced,
+    doc = "A Compute Engine VM running code-server on a checked-out repository, published at status.url.",
+    status = "WorkspaceStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Cost","type":"string","jsonPath":".status.cost.display"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = workspace_rules)]
+pub struct WorkspaceSpec {
+    #[serde(flatten)]
+    pub machine: MachineSpec,
+    /// The repository opened in code-server.
+    pub repository: WorkspaceRepository,
+    /// code-server settings.
+    #[serde(default)]
+    pub code_server: CodeServerSpec,
+    /// Folder on the VM the repository is cloned into and code-server opens;
+    /// `/home/<user>/<repository name>` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = PATH_PATTERN), length(max = 1024), transform = path_rules)]
+    pub folder: Option<String>,
+    /// Publish the workspace through an Ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+}
+
+fn workspace_rules(schema: &mut Schema) {
+    push_rules(schema, MACHINE_RULES);
+}
+
+impl WorkspaceSpec {
+    /// The folder the repository is cloned into.
+    pub fn effective_folder(&self) -> String {
+        match &self.folder {
+            Some(f) => f.trim_end_matches('/').to_string(),
+            None => format!("/home/{}/{}", self.machine.user, self.repository.name()),
+        }
+    }
+}
+
+/// How code-server listens and authenticates.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CodeServerSpec {
+    /// TCP port code-server listens on.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port: i32,
+    /// `password` (a generated password kept in the Secret `<name>-code-server`, unless
+    /// `passwordSecretRef` names one) or `none`.
+    #[serde(default)]
+    pub auth: CodeServerAuth,
+    /// Secret key holding the password to use instead of a generated one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+}
+
+fn default_port() -> i32 {
+    8080
+}
+
+impl Default for CodeServerSpec {
+    fn default() -> Self {
+        Self {
+            port: default_port(),
+            auth: CodeServerAuth::default(),
+            password_secret_ref: None,
+        }
+    }
+}
+
+/// code-server authentication mode.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeServerAuth {
+    /// Login with a password.
+    #[default]
+    Password,
+    /// No login; only for networks you trust.
+    None,
+}
+
+impl CodeServerAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodeServerAuth::Password => "password",
+            CodeServerAuth::None => "none",
+        }
+    }
+}
+
+/// An Ingress in front of the workspace.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Host name the workspace is served at, e.g. `api.dev.example.com`.
+    #[schemars(regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"), length(max = 253))]
+    pub host: String,
+    /// IngressClass to use; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(max = 253))]
+    pub class_name: Option<String>,
+    /// URL path prefix.
+    #[serde(default = "default_ingress_path")]
+    #[schemars(regex(pattern = r"^/[A-Za-z0-9._~/-]*$"), length(max = 1024))]
+    pub path: String,
+    /// Secret holding the TLS certificate for `host`; the URL is https when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(max = 253))]
+    pub tls_secret_name: Option<String>,
+}
+
+fn default_ingress_path() -> String {
+    "/".into()
+}
+
+/// Observed state of a Workspace.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceStatus {
+    /// Lifecycle phase, for humans; automation should read `conditions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Where to open the workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// InstanceReady, RepositoryCloned, CodeServerConfigured, Healthy, Routed,
+    /// CredentialsCurrent, Ready.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` last reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The Compute Engine instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceStatus>,
+    /// The repository as cloned on the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<RepositoryStatus>,
+    /// What is happening now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Cost so far and estimated per month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostStatus>,
+    /// When the VM was last started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_started_at: Option<String>,
+    /// Last activity reported by code-server's heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity_at: Option<String>,
+    /// A Compute Engine operation in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<PendingOperation>,
+    /// Power history used for cost and idle shutdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerStatus>,
+}

