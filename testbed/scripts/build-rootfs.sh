@@ -65,6 +65,8 @@ if [ -e "$ROOT.ok" ] && [ -d "$ROOT" ] && [ -z "${PVM_ROOTFS_REBUILD:-}" ]; then
   log "cached (built by another process): $ROOT"; echo "$ROOT"; exit 0
 fi
 t0=$(date +%s)
+# leftovers of interrupted builds
+rm -rf "$CACHE/rootfs/"*.tmp
 
 # --- code-server, installed on the host with the same Node ---------------------------------
 CS=$CACHE/code-server/$CODE_SERVER_VERSION-node$node_ver
@@ -81,8 +83,12 @@ if [ ! -e "$CS/.ok" ]; then
     tar -C "$rgtmp" -czf "$CS/tmp/vscode-ripgrep-cache-$pv/ripgrep-$rv-x86_64-unknown-linux-musl.tar.gz" rg
   done
   rm -rf "$rgtmp"
-  # run npm with exactly this node first on PATH
+  # run npm 10 with exactly this node first on PATH: code-server's postinstall runs a
+  # nested `npm install` from PATH, and npm 11 fails there with ENOENT races
   ln -sf "$NODE_BIN" "$CS/bin/node"
+  PATH="$CS/bin:$PATH" npm install --prefix "$CS/npm10" --no-fund --no-audit npm@10 >&2
+  ln -sf "$CS/npm10/node_modules/npm/bin/npm-cli.js" "$CS/bin/npm"
+  ln -sf "$CS/npm10/node_modules/npm/bin/npx-cli.js" "$CS/bin/npx"
   nodedir=""
   [ -e "$(dirname "$(dirname "$NODE_BIN")")/include/node/node.h" ] &&
     nodedir=$(dirname "$(dirname "$NODE_BIN")")
@@ -90,17 +96,23 @@ if [ ! -e "$CS/.ok" ]; then
     cd "$CS"
     export PATH="$CS/bin:$PATH" TMPDIR="$CS/tmp"
     [ -n "$nodedir" ] && export npm_config_nodedir="$nodedir"
-    nice -n 10 npx -y npm@10 install --global --prefix "$CS/prefix" --unsafe-perm \
-      --no-fund --no-audit "code-server@$CODE_SERVER_VERSION"
+    # nested scripts run `npx node-gyp`: never let a user npmrc (yes=false) cancel that
+    export npm_config_yes=true
+    npm --version
+    # a local install (a --global one leaks npm_config_global into the nested install,
+    # which then fails with ENOENT/ENOTEMPTY races)
+    mkdir -p "$CS/prefix"; cd "$CS/prefix"
+    nice -n 10 npm install --unsafe-perm --no-fund --no-audit --no-save \
+      "code-server@$CODE_SERVER_VERSION"
   ) >&2
-  pkg=$CS/prefix/lib/node_modules/code-server
+  pkg=$CS/prefix/node_modules/code-server
   [ -f "$pkg/out/node/entry.js" ] || { log "code-server install incomplete"; exit 1; }
   if ! find "$pkg" -path '*@vscode/ripgrep/bin/rg' | grep -q .; then
     log "ripgrep binary missing from code-server install"; exit 1
   fi
   touch "$CS/.ok"
 fi
-CS_PKG=$CS/prefix/lib/node_modules/code-server
+CS_PKG=$CS/prefix/node_modules/code-server
 
 # --- base system ---------------------------------------------------------------------------
 TMPROOT=$CACHE/rootfs/$key.tmp
@@ -152,19 +164,30 @@ ln -s /etc/machine-id "$R/var/lib/dbus/machine-id"
 echo "projectvm" > "$R/etc/hostname"
 
 # code-server
-mkdir -p "$R/usr/lib/code-server"
+# the package itself, plus its dependencies (which npm hoisted next to it) as its own
+# node_modules, so /usr/lib/code-server is self-contained
+mkdir -p "$R/usr/lib/code-server/node_modules"
 cp -a "$CS_PKG/." "$R/usr/lib/code-server/"
+for d in "$CS_PKG/../"*; do
+  n=$(basename "$d")
+  [ "$n" = code-server ] && continue
+  if [ -e "$R/usr/lib/code-server/node_modules/$n" ]; then
+    log "dependency $n both hoisted and nested: layout needs care"; exit 1
+  fi
+  cp -a "$d" "$R/usr/lib/code-server/node_modules/$n"
+done
 install -D -m 755 "$NODE_BIN" "$R/usr/lib/code-server/lib/node"
 # the node binary must find all its libraries in the image
 if chroot "$R" ldd /usr/lib/code-server/lib/node | grep -q 'not found'; then
   log "node needs libraries the image lacks:"; chroot "$R" ldd /usr/lib/code-server/lib/node >&2; exit 1
 fi
-missing_libs=$(find "$R/usr/lib/code-server" -name '*.node' -printf '/%P\n' |
+missing_libs=$(find "$R/usr/lib/code-server" -name '*.node' -not -path '*musl*' -printf '/%P\n' |
   sed "s|^|/usr/lib/code-server|" |
   while read -r m; do chroot "$R" ldd "$m" 2>/dev/null | grep 'not found' | sed "s|^|$m: |"; done || true)
 [ -z "$missing_libs" ] || log "WARNING native modules with unresolved libraries:
 $missing_libs"
-chroot "$R" /usr/bin/code-server --version >&2
+chroot "$R" env HOME=/tmp/cs-version /usr/bin/code-server --version >&2
+rm -rf "$R/tmp/cs-version" "$R/root/.config/code-server" "$R/root/.local/share/code-server"
 
 rm -rf "$R/tmp/"* "$R/var/cache/apt/"*.bin "$R/var/log/"*.log 2>/dev/null || true
 

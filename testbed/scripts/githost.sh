@@ -19,6 +19,8 @@ CA_DIR=$CACHE/testbed-ca
 APT_DIR=$CACHE/testbed-apt
 NS=pvm-git
 ADDR=10.213.0.2
+# stdlib only: the system interpreter, never a version manager shim
+PY=${PVM_PYTHON:-$( [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || command -v python3)}
 # packages for the local apt repo: not in the machine image; with their missing dependencies
 APT_PKGS=(jq libjq1 libonig5 tree)
 
@@ -97,7 +99,7 @@ start() {
     log "already running (pid $(cat "$state/gitserver.pid"))"
   else
     # setsid: own session, so the caller's job control / signals do not reach it
-    ip netns exec "$NS" setsid python3 "$HERE/gitserver.py" \
+    ip netns exec "$NS" setsid "$PY" "$HERE/gitserver.py" \
       --addr "$ADDR" --https-port 443 --http-port 8081 \
       --cert "$CA_DIR/server.crt" --key "$CA_DIR/server.key" \
       --repos "$state/repos" --tokens "$state/tokens" --apt-dir "$APT_DIR/apt" \
