@@ -121,6 +121,21 @@ step "helm version"
 hv=$(helm version --short)
 [[ $hv == v3.* ]] || fail "helm version is '$hv'"
 step "  helm $hv ($(command -v helm))"
+step "helm install / uninstall of a one-ConfigMap chart"
+mkdir -p "$WORK/chart/templates"
+printf 'apiVersion: v2\nname: smoke\nversion: 0.1.0\n' >"$WORK/chart/Chart.yaml"
+cat >"$WORK/chart/templates/cm.yaml" <<'EOF'
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .Release.Name }}-cm
+data:
+  greeting: {{ .Values.greeting | default "hi" | quote }}
+EOF
+helm install smoke-rel "$WORK/chart" -n default --set greeting=hello --wait --timeout 60s >/dev/null
+[[ $(k -n default get configmap smoke-rel-cm -o jsonpath='{.data.greeting}') == hello ]] \
+  || fail "helm-installed ConfigMap missing or wrong"
+helm uninstall smoke-rel -n default --wait >/dev/null
 
 step "kubectl create token default, and use it"
 token=$(k -n default create token default --duration=10m)

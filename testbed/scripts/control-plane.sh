@@ -41,22 +41,28 @@ live_pid() {
 }
 
 stop_all() {
-  local name pid i
+  local name pid i pids=()
+  # TERM everything at once (sequential graceful shutdowns add up to ~6 s), then KILL stragglers.
   for name in "${COMPONENTS[@]}"; do
     if pid=$(live_pid "$name"); then
       kill -TERM "$pid" 2>/dev/null || true
-      for ((i = 0; i < 100; i++)); do        # up to 10 s
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-      done
-      if kill -0 "$pid" 2>/dev/null; then
-        log "$name ($pid) ignored SIGTERM, killing"
-        kill -KILL "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      fi
+      pids+=("$name:$pid")
     fi
-    rm -f "$DIR/$name.pid"
   done
+  for ((i = 0; i < 100 && ${#pids[@]} > 0; i++)); do      # up to 10 s
+    local still=()
+    for name in "${pids[@]}"; do kill -0 "${name#*:}" 2>/dev/null && still+=("$name"); done
+    pids=(${still[@]+"${still[@]}"})
+    [[ ${#pids[@]} -eq 0 ]] || sleep 0.1
+  done
+  for name in ${pids[@]+"${pids[@]}"}; do
+    log "${name%%:*} (${name#*:}) ignored SIGTERM, killing"
+    kill -KILL "${name#*:}" 2>/dev/null || true
+  done
+  for name in ${pids[@]+"${pids[@]}"}; do
+    for ((i = 0; i < 50; i++)); do kill -0 "${name#*:}" 2>/dev/null || break; sleep 0.1; done
+  done
+  for name in "${COMPONENTS[@]}"; do rm -f "$DIR/$name.pid"; done
   rm -rf "$DIR/etcd-data"
 }
 
@@ -223,6 +229,17 @@ EOF
     --cert-dir="$DIR/apiserver-certs" \
     --v=1
 
+  local deadline=$((SECONDS + CP_TIMEOUT)) kc=("$bin/kubectl" --kubeconfig "$DIR/admin.kubeconfig" --request-timeout=5s)
+  local name
+  until "${kc[@]}" get --raw /readyz >/dev/null 2>&1; do
+    for name in etcd kube-apiserver; do
+      live_pid "$name" >/dev/null || fail_with_logs "$name exited during start-up"
+    done
+    ((SECONDS < deadline)) || fail_with_logs "kube-apiserver not ready after ${CP_TIMEOUT}s (/readyz)"
+    sleep 0.3
+  done
+  log "kube-apiserver ready at $server after $((SECONDS - t0))s"
+  # Only now: the controller-manager exits if the RBAC bootstrap roles are not there yet.
   start kube-controller-manager "$bin/kube-controller-manager" \
     --kubeconfig="$DIR/kube-controller-manager.kubeconfig" \
     --authentication-kubeconfig="$DIR/kube-controller-manager.kubeconfig" \
@@ -239,16 +256,6 @@ EOF
     --cluster-name=projectvm \
     --v=1
 
-  local deadline=$((SECONDS + CP_TIMEOUT)) kc=("$bin/kubectl" --kubeconfig "$DIR/admin.kubeconfig" --request-timeout=5s)
-  local name
-  until "${kc[@]}" get --raw /readyz >/dev/null 2>&1; do
-    for name in "${COMPONENTS[@]}"; do
-      live_pid "$name" >/dev/null || fail_with_logs "$name exited during start-up"
-    done
-    ((SECONDS < deadline)) || fail_with_logs "kube-apiserver not ready after ${CP_TIMEOUT}s (/readyz)"
-    sleep 0.3
-  done
-  log "kube-apiserver ready at $server after $((SECONDS - t0))s"
   # The default ServiceAccount is made by the controller-manager: proof that it works.
   until "${kc[@]}" -n default get serviceaccount default >/dev/null 2>&1; do
     live_pid kube-controller-manager >/dev/null || fail_with_logs "kube-controller-manager exited"
