@@ -6,6 +6,7 @@
 #           key = sha256 of this script, testbed/rootfs/**, the test CA cert, the Node
 #           version and the code-server version (first 16 hex chars).
 #   env:    PVM_ROOTFS_REBUILD=1  ignore the cache
+#   build-rootfs.sh --prune    remove cached rootfs dirs other than the current key
 # Contents: Debian bookworm minbase + systemd, sshd (no host keys), git, curl, sudo, python3,
 # the test CA in the trust store, apt pointed only at the test repo, code-server 4.100.3.
 set -euo pipefail
@@ -19,6 +20,8 @@ NODE_MAJOR=20
 SUITE=bookworm
 PACKAGES=systemd-sysv,openssh-server,git,ca-certificates,curl,sudo,iproute2,python3,procps,less,dbus
 # runtime libraries of code-server's native modules (kerberos, native-keymap, keytar, ...)
+# libnss-myhostname: the machine always resolves its own host name (sudo needs that)
+PACKAGES=$PACKAGES,libnss-myhostname
 PACKAGES=$PACKAGES,libkrb5-3,libgssapi-krb5-2,libx11-6,libxkbfile1,libsecret-1-0
 APT_LINE="deb [trusted=yes] http://10.213.0.2:8081/apt ./"
 
@@ -52,6 +55,16 @@ key=$(
   } | sha256sum | cut -c1-16
 )
 ROOT=$CACHE/rootfs/$key
+if [ "${1:-}" = --prune ]; then
+  # remove every cached rootfs except the current one (stop machines that use them first)
+  for d in "$CACHE/rootfs/"*; do
+    [ -d "$d" ] || continue
+    case "$d" in "$ROOT"|"$ROOT.ok") continue ;; esac
+    if grep -qF "$d" /proc/mounts; then log "in use, kept: $d"; continue; fi
+    log "pruning $d"; rm -rf "$d" "$d.ok"
+  done
+  exit 0
+fi
 if [ -e "$ROOT.ok" ] && [ -d "$ROOT" ] && [ -z "${PVM_ROOTFS_REBUILD:-}" ]; then
   log "cached: $ROOT"
   echo "$ROOT"
