@@ -174,7 +174,9 @@ done
 : > "$R/etc/machine-id"
 rm -f "$R/var/lib/dbus/machine-id"
 ln -s /etc/machine-id "$R/var/lib/dbus/machine-id"
-echo "projectvm" > "$R/etc/hostname"
+# no /etc/hostname: the machine takes the name nspawn gives it (--machine=NAME) unless the
+# emulator writes one
+rm -f "$R/etc/hostname"
 
 # code-server
 # the package itself, plus its dependencies (which npm hoisted next to it) as its own

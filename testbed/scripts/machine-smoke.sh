@@ -76,7 +76,7 @@ mount -t overlay overlay -o "lowerdir=$ROOT,upperdir=$M/upper,workdir=$M/work" "
 R=$M/merged
 ssh-keygen -q -A -f "$R" >/dev/null                        # unique host keys
 od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > "$R/etc/machine-id"; echo >> "$R/etc/machine-id"
-echo "$NAME" > "$R/etc/hostname"
+# no /etc/hostname: the machine is named by --machine=NAME
 chroot "$R" useradd -m -s /bin/bash -G google-sudoers project
 ssh-keygen -q -t ed25519 -N '' -C smoke -f "$WORK/id"
 install -d -m 700 -o 1000 -g 1000 "$R/home/project/.ssh"
@@ -167,8 +167,13 @@ echo "$hz" | grep -q '"status"' || { "${SSH[@]}" 'tail -n 20 /tmp/cs.log' >&2; f
 echo "SMOKE healthz_s=$(since "$t1") healthz=$hz"
 log "ok: code-server serves /healthz"
 
-check "code-server under systemd as the user" \
-  'pkill -u project -x node || true; mkdir -p ~/.config/code-server && printf "bind-addr: 0.0.0.0:8081\nauth: none\n" > ~/.config/code-server/config.yaml && sudo systemctl start code-server@project && for i in $(seq 1 100); do curl -fs localhost:8081/healthz >/dev/null && exit 0; sleep 0.1; done; exit 1'
+check "code-server under systemd as the user, folder set by a drop-in" \
+  'pkill -u project -x node || true; mkdir -p ~/.config/code-server && printf "bind-addr: 0.0.0.0:8081\nauth: none\n" > ~/.config/code-server/config.yaml &&
+   sudo mkdir -p /etc/systemd/system/code-server@project.service.d &&
+   printf "[Service]\nExecStart=\nExecStart=/usr/bin/code-server /home/project/demo\n" | sudo tee /etc/systemd/system/code-server@project.service.d/folder.conf >/dev/null &&
+   sudo systemctl daemon-reload && sudo systemctl enable --now code-server@project 2>/dev/null &&
+   systemctl show -p ExecStart code-server@project | grep -q /home/project/demo &&
+   for i in $(seq 1 100); do curl -fs localhost:8081/healthz >/dev/null && exit 0; sleep 0.1; done; exit 1'
 
 # --- graceful power-off from the host: SIGTERM to systemd-nspawn ----------------------------
 t2=$(now)
@@ -182,7 +187,8 @@ echo "SMOKE poweroff_s=$(since "$t2")"
 t0=$(now)
 boot
 echo "SMOKE reboot_ssh_ready_s=$(wait_ssh "$t0")"
-check "state survives a power cycle" 'test -d ~/secret/.git && command -v jq >/dev/null'
+check "state survives a power cycle; enabled code-server comes back" \
+  'test -d ~/secret/.git && command -v jq >/dev/null && for i in $(seq 1 100); do curl -fs localhost:8081/healthz >/dev/null && exit 0; sleep 0.1; done; exit 1'
 
 # --- power-off from inside the guest: nspawn exits 0 on its own --------------------------------
 t3=$(now)
