@@ -105,8 +105,13 @@ start() {
       --repos "$state/repos" --tokens "$state/tokens" --apt-dir "$APT_DIR/apt" \
       --pidfile "$state/gitserver.pid" \
       >>"$state/gitserver.log" 2>&1 < /dev/null &
-    local i
+    local i pid=$!
     for i in $(seq 1 100); do
+      # our own server must be the one answering (another git host may hold the ports)
+      if ! kill -0 "$pid" 2>/dev/null; then
+        log "server exited; log tail:"; tail -n 20 "$state/gitserver.log" >&2; return 1
+      fi
+      [ -s "$state/gitserver.pid" ] || { sleep 0.1; continue; }
       if curl -fsS --max-time 1 -o /dev/null "http://$ADDR:8081/healthz" 2>/dev/null &&
          curl -fsS --max-time 1 --cacert "$CA_DIR/ca.crt" -o /dev/null "https://$ADDR/healthz" 2>/dev/null; then
         log "started (pid $(cat "$state/gitserver.pid" 2>/dev/null))"
