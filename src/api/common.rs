@@ -278,3 +278,61 @@ pub struct PowerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize_restore_running: Option<bool>,
 }
+
+/// Observed state of the VM, shared by both kinds.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmStatus {
+    /// Lifecycle phase, for humans; automation should read `conditions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// ProjectVM: InstanceReady, PrerequisitesInstalled, RepositorySynced, Ready.
+    /// Workspace: InstanceReady, RepositoryCloned, CodeServerConfigured, Healthy, Routed, Ready.
+    /// Both: CredentialsCurrent when a credentials Secret is referenced.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` last reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The Compute Engine instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceStatus>,
+    /// The repository as synced on the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<RepositoryStatus>,
+    /// What is happening now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Cost so far and estimated per month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostStatus>,
+    /// When the VM was last started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_started_at: Option<String>,
+    /// Last activity seen: for a ProjectVM, an open terminal session or a process of the
+    /// project user the operator did not start; for a Workspace, code-server's heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity_at: Option<String>,
+    /// A Compute Engine operation in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<PendingOperation>,
+    /// Power history used for cost and idle shutdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerStatus>,
+}
+
+/// The repository as synced on the VM.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryStatus {
+    /// The revision requested (branch, tag or commit), or the default branch's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The commit checked out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// When the sync finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_at: Option<String>,
+}

@@ -8,7 +8,7 @@ pub mod workspace;
 
 pub use common::*;
 pub use machine::MachineSpec;
-pub use projectvm::{Prerequisites, ProjectVM, ProjectVMSpec, ProjectVMStatus, RepositoryStatus};
+pub use projectvm::{Prerequisites, ProjectVM, ProjectVMSpec, ProjectVMStatus};
 pub use repository::{ProjectRepository, WorkspaceRepository};
 pub use workspace::{
     CodeServerAuth, CodeServerSpec, IngressSpec, Workspace, WorkspaceSpec, WorkspaceStatus,

@@ -4,9 +4,7 @@ use kube::CustomResource;
 use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    Condition, CostStatus, InstanceStatus, PendingOperation, Phase, PowerStatus, Progress,
-};
+use super::common::VmStatus;
 use super::machine::{MACHINE_RULES, MachineSpec, push_rules};
 use super::repository::ProjectRepository;
 
@@ -54,7 +52,10 @@ pub struct Prerequisites {
     /// Debian/Ubuntu package names, optionally `name=version`. When unset: git, curl,
     /// ca-certificates. An empty list installs nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 200), inner(regex(pattern = r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+:~-]+)?$")))]
+    #[schemars(
+        length(max = 200),
+        inner(regex(pattern = r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+:~-]+)?$"))
+    )]
     pub packages: Option<Vec<String>>,
     /// A bash script run as root after the packages are installed. It runs again only when
     /// its text changes, so it should be safe to re-run.
@@ -77,57 +78,4 @@ impl Prerequisites {
 }
 
 /// Observed state of a ProjectVM.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ProjectVMStatus {
-    /// Lifecycle phase, for humans; automation should read `conditions`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<Phase>,
-    /// InstanceReady, PrerequisitesInstalled, RepositorySynced, CredentialsCurrent, Ready.
-    #[serde(default)]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
-    pub conditions: Vec<Condition>,
-    /// The `metadata.generation` last reconciled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// The Compute Engine instance.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance: Option<InstanceStatus>,
-    /// The repository as synced on the VM.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repository: Option<RepositoryStatus>,
-    /// What is happening now.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress: Option<Progress>,
-    /// Cost so far and estimated per month.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cost: Option<CostStatus>,
-    /// When the VM was last started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_started_at: Option<String>,
-    /// Last activity seen on the VM: an open SSH session, a login, or a process of the
-    /// project user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_activity_at: Option<String>,
-    /// A Compute Engine operation in flight.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub operation: Option<PendingOperation>,
-    /// Power history used for cost and idle shutdown.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub power: Option<PowerStatus>,
-}
-
-/// The repository as synced on the VM.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct RepositoryStatus {
-    /// The revision requested (branch, tag or commit), or the default branch's name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revision: Option<String>,
-    /// The commit checked out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub commit: Option<String>,
-    /// When the sync finished.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub synced_at: Option<String>,
-}
+pub type ProjectVMStatus = VmStatus;

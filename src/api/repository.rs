@@ -7,7 +7,8 @@ use super::common::SecretKeyRef;
 use super::machine::push_rules;
 
 /// `http(s)://host[:port]/path` with no user info, whitespace or shell metacharacters.
-pub const URL_PATTERN: &str = r"^https?://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?(/[A-Za-z0-9._~+-]+)+/?$";
+pub const URL_PATTERN: &str =
+    r"^https?://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?(/[A-Za-z0-9._~+-]+)+/?$";
 /// Either a URL as above or GitHub shorthand `owner/repo`.
 pub const URL_OR_SHORTHAND_PATTERN: &str = r"^(https?://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?(/[A-Za-z0-9._~+-]+)+/?|[A-Za-z0-9]([A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100})$";
 /// A branch, tag or commit name as git accepts it, without shell metacharacters.
@@ -115,7 +116,15 @@ impl WorkspaceRepository {
 
 /// The repository's name from its URL: last path segment without a `.git` suffix.
 pub fn repo_name(url: &str) -> String {
-    let last = url.trim_end_matches('/').rsplit('/').next().unwrap_or("repo");
+    let last = url
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("repo");
     let name = last.strip_suffix(".git").unwrap_or(last);
-    if name.is_empty() { "repo".into() } else { name.into() }
+    if name.is_empty() {
+        "repo".into()
+    } else {
+        name.into()
+    }
 }

@@ -4,12 +4,8 @@ use kube::CustomResource;
 use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    Condition, CostStatus, InstanceStatus, PendingOperation, Phase, PowerStatus, Progress,
-    SecretKeyRef,
-};
+use super::common::{SecretKeyRef, VmStatus};
 use super::machine::{MACHINE_RULES, MachineSpec, push_rules};
-use super::projectvm::RepositoryStatus;
 use super::repository::{PATH_PATTERN, WorkspaceRepository, path_rules};
 
 /// A VM running code-server with a repository checked out: open `status.url` and land in
@@ -121,11 +117,19 @@ impl CodeServerAuth {
 #[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
     /// Host name the workspace is served at, e.g. `api.dev.example.com`.
-    #[schemars(regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"), length(max = 253))]
+    #[schemars(
+        regex(
+            pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+        ),
+        length(max = 253)
+    )]
     pub host: String,
     /// IngressClass to use; the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(max = 253))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(max = 253)
+    )]
     pub class_name: Option<String>,
     /// URL path prefix.
     #[serde(default = "default_ingress_path")]
@@ -133,7 +137,10 @@ pub struct IngressSpec {
     pub path: String,
     /// Secret holding the TLS certificate for `host`; the URL is https when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(max = 253))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(max = 253)
+    )]
     pub tls_secret_name: Option<String>,
 }
 
@@ -145,42 +152,9 @@ fn default_ingress_path() -> String {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceStatus {
-    /// Lifecycle phase, for humans; automation should read `conditions`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<Phase>,
     /// Where to open the workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// InstanceReady, RepositoryCloned, CodeServerConfigured, Healthy, Routed,
-    /// CredentialsCurrent, Ready.
-    #[serde(default)]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
-    pub conditions: Vec<Condition>,
-    /// The `metadata.generation` last reconciled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// The Compute Engine instance.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance: Option<InstanceStatus>,
-    /// The repository as cloned on the VM.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repository: Option<RepositoryStatus>,
-    /// What is happening now.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress: Option<Progress>,
-    /// Cost so far and estimated per month.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cost: Option<CostStatus>,
-    /// When the VM was last started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_started_at: Option<String>,
-    /// Last activity reported by code-server's heartbeat.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_activity_at: Option<String>,
-    /// A Compute Engine operation in flight.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub operation: Option<PendingOperation>,
-    /// Power history used for cost and idle shutdown.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub power: Option<PowerStatus>,
+    #[serde(flatten)]
+    pub vm: VmStatus,
 }

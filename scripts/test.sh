@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit and integration tests, then the end-to-end suite on the
+# local test bed (real control plane, Compute Engine emulator with real machines, HTTPS
+# git, helm, kubectl, headless Chromium). Needs root (network namespaces, nspawn).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STATE=${PROJECTVM_TESTBED_STATE:-/tmp/projectvm-testbed}
+
+testbed/scripts/install-host-deps.sh
+(cd tests/browser && npm ci --no-audit --no-fund --silent)
+
+echo "=== unit and integration tests"
+cargo test --workspace --locked
+
+echo "=== end-to-end tests (test bed in $STATE)"
+testbed/bed.sh down "$STATE" >/dev/null 2>&1 || true
+trap 'testbed/bed.sh down "$STATE"' EXIT
+testbed/bed.sh up "$STATE"
+PROJECTVM_TESTBED=$STATE cargo test --locked -p projectvm --test e2e -- --ignored --test-threads=3

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# The whole test bed on this machine, in one state directory:
+#   real control plane (etcd + kube-apiserver + kube-controller-manager),
+#   the Compute Engine emulator whose instances are systemd-nspawn machines,
+#   the HTTPS git host (public + private repository) and local apt repository,
+#   the operator's chart installed with helm, and the operator running as a local process
+#   with the chart's ServiceAccount credentials.
+#
+#   bed.sh up STATE_DIR                 bring everything up (idempotent per piece)
+#   bed.sh down STATE_DIR               tear everything down, delete all machines
+#   bed.sh operator-start STATE_DIR     (re)start the operator process
+#   bed.sh operator-kill STATE_DIR      SIGKILL the operator (crash test)
+#
+# After `up`, STATE_DIR/env is a shell file with KUBECONFIG (admin), PATH, EMULATOR_URL,
+# GIT_STATE, METRICS_URL and OPERATOR_LOG; GIT_STATE/{public,private}-demo.refs hold the
+# demo repositories' commit SHAs (NAME=SHA lines).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+S=$HERE/scripts
+log() { echo "bed: $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+[[ $# -ge 2 ]] || { echo "usage: $0 up|down|operator-start|operator-kill STATE_DIR" >&2; exit 2; }
+CMD=$1
+mkdir -p "$2"
+STATE=$(cd "$2" && pwd -P)
+ENV=$STATE/env
+OP_NS=projectvm-system
+RELEASE=projectvm
+TOKEN_FILE=$STATE/git/tokens
+
+pid_alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_for() { # seconds description command...
+  local limit=$1 what=$2; shift 2
+  local deadline=$(( $(date +%s) + limit ))
+  until "$@" >/dev/null 2>&1; do
+    (( $(date +%s) < deadline )) || die "timed out after ${limit}s waiting for $what"
+    sleep 0.5
+  done
+}
+
+build_binaries() {
+  log "building the operator and the emulator"
+  (cd "$ROOT" && cargo build --quiet --locked --bin projectvm-operator -p projectvm && cargo build --quiet --locked -p projectvm-testbed --bin gce-emulator)
+}
+
+start_emulator() {
+  local rootfs=$1
+  mkdir -p "$STATE/gce"
+  if pid_alive "$STATE/gce/pid"; then return; fi
+  rm -f "$STATE/gce/addr"
+  log "starting the Compute Engine emulator"
+  setsid "$ROOT/target/debug/gce-emulator" --listen 127.0.0.1:0 --backend nspawn --rootfs "$rootfs" \
+    --state-dir "$STATE/gce" --ready-file "$STATE/gce/addr" --cleanup-on-exit \
+    >"$STATE/gce/emulator.log" 2>&1 </dev/null &
+  echo $! >"$STATE/gce/pid"
+  wait_for 30 "the emulator" test -s "$STATE/gce/addr"
+}
+
+operator_kubeconfig() {
+  # The operator runs with the chart's ServiceAccount, so the chart's RBAC is what it gets.
+  local sa token server ca
+  sa=$(kubectl -n "$OP_NS" get deploy -l app.kubernetes.io/instance=$RELEASE -o jsonpath='{.items[0].spec.template.spec.serviceAccountName}')
+  [[ -n $sa ]] || die "chart deployment has no serviceAccountName"
+  token=$(kubectl -n "$OP_NS" create token "$sa" --duration=24h)
+  server=$(kubectl config view --raw -o jsonpath='{.clusters[0].cluster.server}')
+  ca=$(kubectl config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
+  umask 077
+  cat >"$STATE/operator.kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters: [{name: bed, cluster: {server: "$server", certificate-authority-data: "$ca"}}]
+users: [{name: operator, user: {token: "$token"}}]
+contexts: [{name: bed, context: {cluster: bed, user: operator, namespace: $OP_NS}}]
+current-context: bed
+KC
+}
+
+operator_start() {
+  # shellcheck disable=SC1090
+  source "$ENV"
+  if pid_alive "$STATE/operator.pid"; then kill "$(cat "$STATE/operator.pid")" 2>/dev/null || true; sleep 1; fi
+  log "starting the operator (log: $STATE/operator.log)"
+  KUBECONFIG=$STATE/operator.kubeconfig \
+  PROJECTVM_GCP_PROJECT=testbed \
+  PROJECTVM_DEFAULT_ZONE=us-central1-a \
+  PROJECTVM_COMPUTE_ENDPOINT=$EMULATOR_URL \
+  PROJECTVM_CREDENTIALS=anonymous \
+  PROJECTVM_METRICS_ADDR=${METRICS_URL#http://} \
+  POD_NAMESPACE=$OP_NS \
+  PROJECTVM_LOG_FORMAT=json \
+  RUST_LOG=${RUST_LOG:-info,projectvm=debug,kube=warn} \
+    setsid "$ROOT/target/debug/projectvm-operator" >>"$STATE/operator.log" 2>&1 </dev/null &
+  echo $! >"$STATE/operator.pid"
+  wait_for 30 "the operator's /readyz" curl -fsS "$METRICS_URL/readyz"
+}
+
+up() {
+  local bin rootfs
+  bin=$("$S/k8s-binaries.sh")
+  export PATH=$bin:$PATH
+  rootfs=$("$S/build-rootfs.sh")
+  build_binaries
+  "$S/net.sh" up
+  if ! "$S/githost.sh" status "$STATE/git" >/dev/null 2>&1; then
+    "$S/githost.sh" start "$STATE/git"
+  fi
+  "$S/make-repo.sh" "$STATE/git" public demo >"$STATE/git/public-demo.refs"
+  "$S/make-repo.sh" "$STATE/git" private demo >"$STATE/git/private-demo.refs"
+  [[ -s $TOKEN_FILE ]] || { umask 077; python3 -c 'import secrets; print("pvt_" + secrets.token_hex(20))' >"$TOKEN_FILE"; }
+  if [[ ! -f $STATE/cp/admin.kubeconfig ]] || ! KUBECONFIG=$STATE/cp/admin.kubeconfig kubectl get --raw /readyz >/dev/null 2>&1; then
+    "$S/control-plane.sh" up "$STATE/cp"
+  fi
+  export KUBECONFIG=$STATE/cp/admin.kubeconfig
+  start_emulator "$rootfs"
+  local metrics_port
+  metrics_port=$(free_port)
+  {
+    echo "export KUBECONFIG=$KUBECONFIG"
+    echo "export PATH=$bin:\$PATH"
+    echo "export EMULATOR_URL=http://$(cat "$STATE/gce/addr")"
+    echo "export GIT_STATE=$STATE/git"
+    echo "export GIT_TOKEN_FILE=$TOKEN_FILE"
+    echo "export METRICS_URL=http://127.0.0.1:$metrics_port"
+    echo "export OPERATOR_LOG=$STATE/operator.log"
+    echo "export PROJECTVM_ROOTFS=$rootfs"
+  } >"$ENV"
+  log "installing the chart"
+  helm upgrade --install "$RELEASE" "$ROOT/charts/projectvm-operator" -n "$OP_NS" --create-namespace \
+    --set gcp.project=testbed --set gcp.credentials.mode=anonymous \
+    --set-string gcp.computeEndpoint="http://$(cat "$STATE/gce/addr")" --wait=false >/dev/null
+  operator_kubeconfig
+  operator_start
+  log "test bed is up; source $ENV"
+}
+
+down() {
+  if pid_alive "$STATE/operator.pid"; then kill "$(cat "$STATE/operator.pid")" 2>/dev/null || true; fi
+  if pid_alive "$STATE/gce/pid"; then
+    kill -TERM "$(cat "$STATE/gce/pid")" 2>/dev/null || true
+    for _ in $(seq 1 120); do pid_alive "$STATE/gce/pid" || break; sleep 0.5; done
+    pid_alive "$STATE/gce/pid" && kill -KILL "$(cat "$STATE/gce/pid")" 2>/dev/null || true
+  fi
+  "$S/githost.sh" stop "$STATE/git" 2>/dev/null || true
+  "$S/control-plane.sh" down "$STATE/cp" 2>/dev/null || true
+  log "test bed is down"
+}
+
+case "$CMD" in
+  up) up ;;
+  down) down ;;
+  operator-start) operator_start ;;
+  operator-kill) pid_alive "$STATE/operator.pid" && kill -KILL "$(cat "$STATE/operator.pid")" ;;
+  *) die "unknown command $CMD" ;;
+esac

@@ -1,0 +1,40 @@
+// Opens a Workspace URL in Debian's headless Chromium like a person would: logs in to
+// code-server with the password (when one is given) and waits until the file explorer
+// shows the expected file. Exits non-zero when it does not; always leaves a screenshot.
+//
+//   node open-workspace.mjs URL PASSWORD|- EXPECTED_FILE SCREENSHOT.png
+import { chromium } from 'playwright-core';
+
+const [url, password, expected, screenshot] = process.argv.slice(2);
+if (!url || !password || !expected || !screenshot) {
+  console.error('usage: open-workspace.mjs URL PASSWORD|- EXPECTED_FILE SCREENSHOT.png');
+  process.exit(2);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+let ok = false;
+const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+try {
+  await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 60_000 });
+  if (password !== '-') {
+    const field = page.locator('input[type="password"]');
+    await field.waitFor({ timeout: 60_000 });
+    await field.fill(password);
+    await page.keyboard.press('Enter');
+  }
+  // The explorer lists the folder's files once the workbench has loaded.
+  const row = page.locator(`.explorer-folders-view .monaco-list-row[aria-label^="${expected}"], .explorer-folders-view .label-name:text-is("${expected}")`).first();
+  await row.waitFor({ timeout: 120_000 });
+  ok = true;
+  console.log(`explorer shows ${expected}`);
+} catch (e) {
+  console.error(`failed: ${e.message}`);
+} finally {
+  await page.screenshot({ path: screenshot }).catch(() => {});
+  await browser.close();
+}
+process.exit(ok ? 0 : 1);

@@ -1,0 +1,18 @@
+//! End-to-end suite on the local test bed (see `testbed/bed.sh`): a real kube-apiserver,
+//! the chart installed with helm, the operator running with the chart's ServiceAccount,
+//! the Compute Engine emulator whose instances are real machines, and an HTTPS git host.
+//! Everything is driven the way a user would: `kubectl apply`, `kubectl wait`, a browser.
+//!
+//! Run with `./scripts/test.sh` (which brings the bed up and passes PROJECTVM_TESTBED).
+//! The tests are `#[ignore]`d so a plain `cargo test` does not need the bed.
+
+#[path = "e2e/bed.rs"]
+mod bed;
+#[path = "e2e/errors.rs"]
+mod errors;
+#[path = "e2e/lifecycle.rs"]
+mod lifecycle;
+#[path = "e2e/projectvm.rs"]
+mod projectvm;
+#[path = "e2e/workspace.rs"]
+mod workspace;

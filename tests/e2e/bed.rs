@@ -1,0 +1,387 @@
+//! Access to the running test bed for the end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::{OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Tests that restart the operator take this for writing; all others for reading.
+pub static OPERATOR: RwLock<()> = RwLock::new(());
+
+pub struct Bed {
+    pub state: PathBuf,
+    pub env: HashMap<String, String>,
+}
+
+pub fn bed() -> &'static Bed {
+    static BED: OnceLock<Bed> = OnceLock::new();
+    BED.get_or_init(|| {
+        let state = PathBuf::from(std::env::var("PROJECTVM_TESTBED").expect(
+            "PROJECTVM_TESTBED is not set: run ./scripts/test.sh, which brings the test bed up",
+        ));
+        let text = std::fs::read_to_string(state.join("env")).expect("test bed env file");
+        let mut env = HashMap::new();
+        for line in text.lines() {
+            if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                let v = v.replace("$PATH", &std::env::var("PATH").unwrap_or_default());
+                env.insert(k.to_string(), v);
+            }
+        }
+        Bed { state, env }
+    })
+}
+
+impl Bed {
+    pub fn var(&self, k: &str) -> &str {
+        self.env
+            .get(k)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("{k} missing from the bed env"))
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Runs kubectl; returns the output whatever the exit status.
+    pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut c = self.command("kubectl");
+        c.args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("kubectl runs");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs kubectl and insists it succeeds.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = self.kubectl_output(args, None);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    pub fn apply(&self, ns: &str, yaml: &str) {
+        let out = self.kubectl_output(&["-n", ns, "apply", "-f", "-"], Some(yaml));
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}\n{yaml}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn get(&self, ns: &str, kind: &str, name: &str) -> Value {
+        serde_json::from_str(&self.kubectl(&["-n", ns, "get", kind, name, "-o", "json"])).unwrap()
+    }
+
+    /// `kubectl wait --for=condition=...`, with the resource dumped on failure.
+    pub fn wait_condition(
+        &self,
+        ns: &str,
+        kind: &str,
+        name: &str,
+        condition: &str,
+        timeout: Duration,
+    ) {
+        let t = format!("--timeout={}s", timeout.as_secs());
+        let cond = format!("--for=condition={condition}");
+        let out = self.kubectl_output(
+            &["-n", ns, "wait", &cond, &format!("{kind}/{name}"), &t],
+            None,
+        );
+        if !out.status.success() {
+            let dump = self.kubectl_output(&["-n", ns, "get", kind, name, "-o", "yaml"], None);
+            panic!(
+                "{kind}/{name} did not reach {condition} in {timeout:?}: {}\n{}\noperator log tail:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&dump.stdout),
+                self.operator_log_tail(40)
+            );
+        }
+    }
+
+    /// Polls until `check` returns Some, or panics with the last object.
+    pub fn eventually<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = check() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\noperator log tail:\n{}",
+                    self.operator_log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    pub fn condition(obj: &Value, type_: &str) -> Option<Value> {
+        obj.pointer("/status/conditions")?
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)
+            .cloned()
+    }
+
+    pub fn namespace(&self, name: &str) -> String {
+        let _ = self.kubectl_output(
+            &["delete", "namespace", name, "--wait=true", "--timeout=120s"],
+            None,
+        );
+        self.kubectl(&["create", "namespace", name]);
+        name.to_string()
+    }
+
+    pub fn delete_namespace(&self, name: &str) {
+        let _ = self.kubectl_output(&["delete", "namespace", name, "--wait=false"], None);
+    }
+
+    pub fn operator_log(&self) -> String {
+        std::fs::read_to_string(self.var("OPERATOR_LOG")).unwrap_or_default()
+    }
+
+    pub fn operator_log_tail(&self, n: usize) -> String {
+        let log = self.operator_log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Everything the emulator knows about instances.
+    pub fn emulator_instances(&self) -> Vec<Value> {
+        let url = format!("{}/emulator/v1/instances", self.var("EMULATOR_URL"));
+        let out = Command::new("curl").args(["-fsS", &url]).output().unwrap();
+        assert!(out.status.success(), "emulator inspection failed");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        match v {
+            Value::Array(a) => a,
+            other => other
+                .get("instances")
+                .and_then(|i| i.as_array())
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Instances the emulator holds for one resource (by its uid label).
+    pub fn instances_of(&self, uid: &str) -> Vec<Value> {
+        self.emulator_instances()
+            .into_iter()
+            .filter(|i| {
+                let labels = i
+                    .get("instance")
+                    .and_then(|x| x.get("labels"))
+                    .or_else(|| i.get("labels"));
+                labels
+                    .and_then(|l| l.get("projectvm-uid"))
+                    .and_then(|u| u.as_str())
+                    == Some(uid)
+            })
+            .collect()
+    }
+
+    pub fn emulator(&self, method: &str, path: &str, body: &str) {
+        let url = format!("{}/emulator/v1/{path}", self.var("EMULATOR_URL"));
+        let out = Command::new("curl")
+            .args([
+                "-fsS",
+                "-X",
+                method,
+                "-H",
+                "content-type: application/json",
+                "--data",
+                body,
+                &url,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "emulator {method} {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs a command on a resource's VM over SSH as the operator does: the operator's key
+    /// from its Secret, the host key pinned from status. Returns (exit code, stdout).
+    pub fn ssh(&self, ns: &str, kind: &str, name: &str, command: &str) -> (i32, String) {
+        let obj = self.get(ns, kind, name);
+        let ip = obj
+            .pointer("/status/instance/externalIp")
+            .or_else(|| obj.pointer("/status/instance/internalIp"))
+            .and_then(|v| v.as_str())
+            .expect("instance address")
+            .to_string();
+        let host_key = obj
+            .pointer("/status/instance/hostKey")
+            .and_then(|v| v.as_str())
+            .expect("pinned host key")
+            .to_string();
+        let label = if kind.starts_with("pvm") || kind.starts_with("projectvm") {
+            "projectvm"
+        } else {
+            "workspace"
+        };
+        let key_b64 = self.kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "secret",
+            &format!("{name}-{label}-ssh"),
+            "-o",
+            "jsonpath={.data.ssh-privatekey}",
+        ]);
+        let dir = tempdir(&format!("ssh-{ns}-{name}"));
+        let key_path = dir.join("id");
+        let key = base64_decode(key_b64.trim());
+        std::fs::write(&key_path, key).unwrap();
+        set_mode(&key_path, 0o600);
+        let kh = dir.join("known_hosts");
+        std::fs::write(&kh, format!("{ip} {host_key}\n")).unwrap();
+        let out = Command::new("ssh")
+            .args([
+                "-i",
+                key_path.to_str().unwrap(),
+                "-o",
+                &format!("UserKnownHostsFile={}", kh.display()),
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=10",
+            ])
+            .arg(format!("project@{ip}"))
+            .arg(command)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    }
+
+    pub fn refs(&self, which: &str) -> HashMap<String, String> {
+        let text = std::fs::read_to_string(format!("{}/{which}-demo.refs", self.var("GIT_STATE")))
+            .unwrap();
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    pub fn git_token(&self) -> String {
+        std::fs::read_to_string(self.var("GIT_TOKEN_FILE"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn set_git_tokens(&self, tokens: &[&str]) {
+        std::fs::write(self.var("GIT_TOKEN_FILE"), tokens.join("\n") + "\n").unwrap();
+    }
+
+    pub fn operator_restart(&self) {
+        let out = Command::new(repo_root().join("testbed/bed.sh"))
+            .args(["operator-start", self.state.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "operator restart failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn operator_kill(&self) {
+        let out = Command::new(repo_root().join("testbed/bed.sh"))
+            .args(["operator-kill", self.state.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "operator kill failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn metrics(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-fsS", &format!("{}/metrics", self.var("METRICS_URL"))])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn artifacts() -> PathBuf {
+    let d = repo_root().join("target/e2e-artifacts");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pvm-e2e-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn set_mode(p: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+pub fn base64_decode(s: &str) -> Vec<u8> {
+    let out = Command::new("base64")
+        .arg("-d")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(s.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    out.stdout
+}
+
+pub const READY_TIMEOUT: Duration = Duration::from_secs(300);

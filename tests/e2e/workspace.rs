@@ -1,0 +1,195 @@
+//! Workspaces end to end: a public repository opened in a real browser, and a private one
+//! whose token must never show up anywhere but the helper file on the VM.
+
+use std::process::Command;
+
+use crate::bed::{Bed, OPERATOR, READY_TIMEOUT, artifacts, base64_decode, bed, repo_root};
+
+/// The example manifest, pointed at this test's namespace.
+fn example(file: &str) -> String {
+    std::fs::read_to_string(repo_root().join("examples").join(file)).unwrap()
+}
+
+fn without_namespace(yaml: &str) -> String {
+    yaml.lines()
+        .filter(|l| !l.trim_start().starts_with("namespace:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn first_name(yaml: &str, kind: &str) -> String {
+    let mut in_kind = false;
+    for doc in yaml.split("\n---") {
+        in_kind = doc.contains(&format!("kind: {kind}"));
+        if in_kind {
+            let v: serde_yaml::Value = serde_yaml::from_str(doc).unwrap();
+            return v["metadata"]["name"].as_str().unwrap().to_string();
+        }
+    }
+    assert!(in_kind, "no {kind} in example");
+    unreachable!()
+}
+
+#[test]
+#[ignore = "needs the test bed: ./scripts/test.sh"]
+fn public_workspace_opens_in_a_browser() {
+    let _guard = OPERATOR.read().unwrap();
+    let b = bed();
+    let ns = b.namespace("e2e-ws-public");
+    let yaml = without_namespace(&example("workspace-public.yaml"));
+    let name = first_name(&yaml, "Workspace");
+    b.apply(&ns, &yaml);
+    b.wait_condition(&ns, "ws", &name, "Ready", READY_TIMEOUT);
+    let obj = b.get(&ns, "ws", &name);
+    for c in [
+        "InstanceReady",
+        "RepositoryCloned",
+        "CodeServerConfigured",
+        "Healthy",
+        "Routed",
+        "Ready",
+    ] {
+        assert_eq!(Bed::condition(&obj, c).unwrap()["status"], "True", "{c}");
+    }
+    let url = obj["status"]["url"]
+        .as_str()
+        .expect("status.url")
+        .to_string();
+    assert!(url.starts_with("http://10.213.0."), "{url}");
+
+    // The route: a Service and an EndpointSlice pointing at the VM.
+    let slice = b.kubectl(&[
+        "-n",
+        &ns,
+        "get",
+        "endpointslices",
+        "-l",
+        &format!("kubernetes.io/service-name={name}-workspace"),
+        "-o",
+        "jsonpath={.items[0].endpoints[0].addresses[0]}",
+    ]);
+    assert!(url.contains(slice.trim()), "slice {slice} vs url {url}");
+
+    // A person opens the URL, logs in with the generated password, sees the README.
+    let pw_b64 = b.kubectl(&[
+        "-n",
+        &ns,
+        "get",
+        "secret",
+        &format!("{name}-code-server"),
+        "-o",
+        "jsonpath={.data.password}",
+    ]);
+    let password = String::from_utf8(base64_decode(pw_b64.trim())).unwrap();
+    let shot = artifacts().join("workspace-public.png");
+    let out = Command::new("node")
+        .current_dir(repo_root().join("tests/browser"))
+        .args([
+            "open-workspace.mjs",
+            &url,
+            &password,
+            "README.md",
+            shot.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "browser did not see README.md at {url}: {}{}\n(screenshot: {})",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        shot.display()
+    );
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "screenshot is empty"
+    );
+
+    let uid = obj["metadata"]["uid"].as_str().unwrap().to_string();
+    b.kubectl(&["-n", &ns, "delete", "ws", &name, "--timeout=180s"]);
+    assert!(b.instances_of(&uid).is_empty());
+    b.delete_namespace(&ns);
+}
+
+#[test]
+#[ignore = "needs the test bed: ./scripts/test.sh"]
+fn private_workspace_clones_with_a_token_that_never_leaks() {
+    let _guard = OPERATOR.read().unwrap();
+    let b = bed();
+    let ns = b.namespace("e2e-ws-private");
+    let token = b.git_token();
+    let yaml = without_namespace(&example("workspace-private.yaml"));
+    let name = first_name(&yaml, "Workspace");
+    let secret_name = first_name(&yaml, "Secret");
+    b.apply(&ns, &yaml);
+    // The example carries a placeholder; put the real token in, as a user would.
+    let secret = b.kubectl_output(
+        &[
+            "-n",
+            &ns,
+            "create",
+            "secret",
+            "generic",
+            &secret_name,
+            "--from-file=token=/dev/stdin",
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ],
+        Some(&token),
+    );
+    b.apply(&ns, &String::from_utf8_lossy(&secret.stdout));
+    b.wait_condition(&ns, "ws", &name, "Ready", READY_TIMEOUT);
+    let obj = b.get(&ns, "ws", &name);
+    assert_eq!(
+        Bed::condition(&obj, "CredentialsCurrent").unwrap()["status"],
+        "True"
+    );
+    let main = b.refs("private")["main"].clone();
+    assert_eq!(obj["status"]["repository"]["commit"], main.as_str());
+
+    // The helper file: the VM user's alone.
+    let (code, out) = b.ssh(
+        &ns,
+        "ws",
+        &name,
+        "stat -c '%a %U' ~/.config/projectvm ~/.config/projectvm/git-credential-helper",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["700 project", "700 project"],
+        "{out}"
+    );
+
+    // Nowhere else: not in process arguments, logs or journal on the VM ...
+    let (_, found) = b.ssh(&ns, "ws", &name, &format!(
+        "ps -eo args | grep -F -c -- {t} ; sudo grep -rIlF -- {t} /var/log /etc /tmp 2>/dev/null | wc -l; sudo journalctl --no-pager 2>/dev/null | grep -F -c -- {t}",
+        t = shell_quote(&token)
+    ));
+    let counts: Vec<&str> = found.split_whitespace().collect();
+    // the grep itself is the one process whose arguments hold the token
+    assert!(
+        counts.len() >= 2 && counts[0].parse::<i32>().unwrap() <= 1 && counts[1] == "0",
+        "token found on the VM: {found}"
+    );
+    if let Some(j) = counts.get(2) {
+        assert_eq!(*j, "0", "token in the journal");
+    }
+    // ... nor in the operator's log, events, or the resource's status.
+    assert!(
+        !b.operator_log().contains(&token),
+        "token in the operator log"
+    );
+    let events = b.kubectl(&["-n", &ns, "get", "events", "-o", "json"]);
+    assert!(!events.contains(&token), "token in events");
+    assert!(
+        !serde_json::to_string(&obj).unwrap().contains(&token),
+        "token in the resource"
+    );
+    b.delete_namespace(&ns);
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
