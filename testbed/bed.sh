@@ -28,7 +28,7 @@ mkdir -p "$2"
 STATE=$(cd "$2" && pwd -P)
 ENV=$STATE/env
 OP_NS=projectvm-system
-RELEASE=projectvm
+RELEASE=projectvm-operator
 TOKEN_FILE=$STATE/git/tokens
 
 pid_alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
