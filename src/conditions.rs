@@ -45,19 +45,8 @@ pub struct Update {
 }
 
 impl Update {
-    pub fn new(
-        type_: &'static str,
-        status: Status,
-        reason: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            type_,
-            status,
-            reason: reason.into(),
-            message: message.into(),
-            fingerprint: None,
-        }
+    pub fn new(type_: &'static str, status: Status, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { type_, status, reason: reason.into(), message: message.into(), fingerprint: None }
     }
     pub fn with_fingerprint(mut self, fingerprint: Option<String>) -> Self {
         self.fingerprint = fingerprint;
@@ -72,8 +61,7 @@ pub fn set(conditions: &mut Vec<Condition>, update: Update, generation: Option<i
     let message = truncate_message(&update.message);
     match conditions.iter_mut().find(|c| c.type_ == update.type_) {
         Some(existing) => {
-            if existing.status != update.status.as_str() || existing.last_transition_time.is_none()
-            {
+            if existing.status != update.status.as_str() || existing.last_transition_time.is_none() {
                 existing.last_transition_time = Some(now.to_string());
             }
             existing.status = update.status.as_str().to_string();
@@ -167,12 +155,7 @@ mod tests {
     #[test]
     fn fingerprint_survives_failure_without_fingerprint() {
         let mut c = vec![];
-        set(
-            &mut c,
-            update(Status::True, "Done").with_fingerprint(Some("fp1".into())),
-            None,
-            "t1",
-        );
+        set(&mut c, update(Status::True, "Done").with_fingerprint(Some("fp1".into())), None, "t1");
         set(&mut c, update(Status::False, "Failed"), None, "t2");
         assert_eq!(c[0].fingerprint.as_deref(), Some("fp1"));
         clear_fingerprint(&mut c, types::READY);
@@ -183,12 +166,7 @@ mod tests {
     fn long_messages_keep_their_tail() {
         let mut c = vec![];
         let long = format!("{}END", "x".repeat(5000));
-        set(
-            &mut c,
-            Update::new(types::READY, Status::False, "R", long),
-            None,
-            "t",
-        );
+        set(&mut c, Update::new(types::READY, Status::False, "R", long), None, "t");
         assert!(c[0].message.len() <= MAX_MESSAGE_BYTES + 4);
         assert!(c[0].message.ends_with("END"));
     }

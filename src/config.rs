@@ -36,12 +36,7 @@ pub struct Config {
     #[arg(long, env = "PROJECTVM_COMPUTE_ENDPOINT")]
     pub compute_endpoint: Option<String>,
     /// Credentials for Compute Engine.
-    #[arg(
-        long,
-        env = "PROJECTVM_CREDENTIALS",
-        value_enum,
-        default_value = "default"
-    )]
+    #[arg(long, env = "PROJECTVM_CREDENTIALS", value_enum, default_value = "default")]
     pub credentials: CredentialsFlag,
     /// Address serving /metrics, /healthz and /readyz.
     #[arg(long, env = "PROJECTVM_METRICS_ADDR", default_value = "0.0.0.0:8080")]
@@ -50,11 +45,7 @@ pub struct Config {
     #[arg(long, env = "PROJECTVM_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
     /// Name of the leader-election Lease.
-    #[arg(
-        long,
-        env = "PROJECTVM_LEASE_NAME",
-        default_value = "projectvm-operator"
-    )]
+    #[arg(long, env = "PROJECTVM_LEASE_NAME", default_value = "projectvm-operator")]
     pub lease_name: String,
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
@@ -78,11 +69,7 @@ pub struct Config {
     #[arg(long, env = "PROJECTVM_SSH_PORT", default_value_t = 22)]
     pub ssh_port: u16,
     /// Where code-server is installed from when an image lacks it.
-    #[arg(
-        long,
-        env = "PROJECTVM_CODE_SERVER_INSTALL_URL",
-        default_value = "https://code-server.dev/install.sh"
-    )]
+    #[arg(long, env = "PROJECTVM_CODE_SERVER_INSTALL_URL", default_value = "https://code-server.dev/install.sh")]
     pub code_server_install_url: String,
     /// VPC network for new instances.
     #[arg(long, env = "PROJECTVM_NETWORK")]

@@ -23,10 +23,7 @@ pub struct Rates {
 
 impl Default for Rates {
     fn default() -> Self {
-        Self {
-            machine_types: default_machine_rates(),
-            disk_per_gb_month: default_disk_rate(),
-        }
+        Self { machine_types: default_machine_rates(), disk_per_gb_month: default_disk_rate() }
     }
 }
 
@@ -86,9 +83,7 @@ fn hours_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
 }
 
 fn parse(ts: &Option<String>) -> Option<DateTime<Utc>> {
-    ts.as_deref()
-        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|d| d.with_timezone(&Utc))
+    ts.as_deref().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|d| d.with_timezone(&Utc))
 }
 
 /// Advances the power history given what the cloud reports now. A running period opens at
@@ -124,20 +119,11 @@ pub fn observe_power(
 }
 
 /// The cost block from the power history.
-pub fn cost(
-    power: &PowerStatus,
-    compute_hourly: f64,
-    disk_hourly: f64,
-    now: DateTime<Utc>,
-) -> CostStatus {
-    let open_hours = parse(&power.running_since)
-        .map(|s| hours_between(s, now))
-        .unwrap_or(0.0);
+pub fn cost(power: &PowerStatus, compute_hourly: f64, disk_hourly: f64, now: DateTime<Utc>) -> CostStatus {
+    let open_hours = parse(&power.running_since).map(|s| hours_between(s, now)).unwrap_or(0.0);
     let hours_used = power.running_hours_closed + open_hours;
     let compute = power.compute_cost_closed + open_hours * compute_hourly;
-    let lifetime = parse(&power.created_at)
-        .map(|c| hours_between(c, now))
-        .unwrap_or(0.0);
+    let lifetime = parse(&power.created_at).map(|c| hours_between(c, now)).unwrap_or(0.0);
     let disk = lifetime * disk_hourly;
     let accrued = compute + disk;
     // The running share of the VM's life so far predicts the month; a VM younger than an
@@ -214,15 +200,7 @@ mod tests {
 
     #[test]
     fn running_period_counts_until_now() {
-        let p = observe_power(
-            &PowerStatus::default(),
-            true,
-            Some(t(0)),
-            None,
-            Some(t(0)),
-            1.0,
-            t(0),
-        );
+        let p = observe_power(&PowerStatus::default(), true, Some(t(0)), None, Some(t(0)), 1.0, t(0));
         let c = cost(&p, 1.0, 0.0, t(2));
         assert!((c.accrued - 2.0).abs() < 1e-9);
         assert!((c.estimated_monthly - 730.0).abs() < 1e-6);
@@ -230,15 +208,7 @@ mod tests {
 
     #[test]
     fn observing_same_state_twice_changes_nothing() {
-        let p1 = observe_power(
-            &PowerStatus::default(),
-            true,
-            Some(t(0)),
-            None,
-            Some(t(0)),
-            1.0,
-            t(1),
-        );
+        let p1 = observe_power(&PowerStatus::default(), true, Some(t(0)), None, Some(t(0)), 1.0, t(1));
         let p2 = observe_power(&p1, true, Some(t(0)), None, Some(t(0)), 1.0, t(2));
         assert_eq!(p1, p2);
         let s1 = observe_power(&p2, false, Some(t(0)), Some(t(2)), None, 1.0, t(3));
@@ -249,15 +219,7 @@ mod tests {
     #[test]
     fn stop_before_start_time_falls_back_to_now() {
         // A stale stop time (from an earlier cycle) must not produce a negative period.
-        let p1 = observe_power(
-            &PowerStatus::default(),
-            true,
-            Some(t(5)),
-            None,
-            Some(t(0)),
-            1.0,
-            t(5),
-        );
+        let p1 = observe_power(&PowerStatus::default(), true, Some(t(5)), None, Some(t(0)), 1.0, t(5));
         let p2 = observe_power(&p1, false, Some(t(5)), Some(t(1)), None, 1.0, t(7));
         assert!((p2.running_hours_closed - 2.0).abs() < 1e-9);
     }

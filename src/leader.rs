@@ -52,11 +52,7 @@ pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, ku
                     namespace: Some(cfg.namespace.clone()),
                     ..Default::default()
                 },
-                spec: Some(LeaseSpec {
-                    acquire_time: Some(MicroTime(now)),
-                    lease_transitions: Some(0),
-                    ..spec
-                }),
+                spec: Some(LeaseSpec { acquire_time: Some(MicroTime(now)), lease_transitions: Some(0), ..spec }),
             };
             match api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(true),
@@ -71,14 +67,8 @@ pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, ku
             let old = lease.spec.clone().unwrap_or_default();
             let taking_over = old.holder_identity.as_deref() != Some(cfg.identity.as_str());
             lease.spec = Some(LeaseSpec {
-                acquire_time: if taking_over {
-                    Some(MicroTime(now))
-                } else {
-                    old.acquire_time
-                },
-                lease_transitions: Some(
-                    old.lease_transitions.unwrap_or(0) + i32::from(taking_over),
-                ),
+                acquire_time: if taking_over { Some(MicroTime(now)) } else { old.acquire_time },
+                lease_transitions: Some(old.lease_transitions.unwrap_or(0) + i32::from(taking_over)),
                 ..spec
             });
             // resourceVersion in the object makes this a compare-and-swap.

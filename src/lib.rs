@@ -33,62 +33,50 @@ use anyhow::Context as _;
 /// Runs the operator until SIGTERM/SIGINT or loss of leadership.
 pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let rates = match &config.rates_file {
-        Some(p) => cost::Rates::from_yaml(
-            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        )
-        .with_context(|| format!("parsing {}", p.display()))?,
+        Some(p) => {
+            cost::Rates::from_yaml(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+                .with_context(|| format!("parsing {}", p.display()))?
+        }
         None => cost::Rates::default(),
     };
     let credentials = match config.credentials {
         config::CredentialsFlag::Default => cloud::gce::CredentialsMode::Default,
         config::CredentialsFlag::Anonymous => cloud::gce::CredentialsMode::Anonymous,
     };
-    let compute = cloud::gce::GceCompute::new(
-        &config.gcp_project,
-        config.compute_endpoint.as_deref(),
-        credentials,
-    )
-    .await
-    .context("creating the Compute Engine client")?;
-    let client = kube::Client::try_default()
+    let compute = cloud::gce::GceCompute::new(&config.gcp_project, config.compute_endpoint.as_deref(), credentials)
         .await
-        .context("connecting to Kubernetes")?;
+        .context("creating the Compute Engine client")?;
+    let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
     let metrics = Arc::new(metrics::Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
-    let server = tokio::spawn(server::serve(
-        config.metrics_addr,
-        metrics.clone(),
-        ready.clone(),
-    ));
+    let server = tokio::spawn(server::serve(config.metrics_addr, metrics.clone(), ready.clone()));
 
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
         }
     };
-    let lost_leadership: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
-        if config.leader_election {
-            let identity = std::env::var("POD_NAME")
-                .or_else(|_| std::env::var("HOSTNAME"))
-                .unwrap_or_else(|_| format!("projectvm-{}", std::process::id()));
-            ready.store(true, Ordering::Relaxed);
-            let cfg = leader::LeaseConfig {
-                name: config.lease_name.clone(),
-                namespace: config.lease_namespace.clone(),
-                identity,
-                lease_duration: Duration::from_secs(15),
-                renew_every: Duration::from_secs(5),
-            };
-            Box::pin(leader::acquire(client.clone(), cfg).await)
-        } else {
-            Box::pin(futures::future::pending())
+    let lost_leadership: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = if config.leader_election {
+        let identity = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| format!("projectvm-{}", std::process::id()));
+        ready.store(true, Ordering::Relaxed);
+        let cfg = leader::LeaseConfig {
+            name: config.lease_name.clone(),
+            namespace: config.lease_namespace.clone(),
+            identity,
+            lease_duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
         };
+        Box::pin(leader::acquire(client.clone(), cfg).await)
+    } else {
+        Box::pin(futures::future::pending())
+    };
     ready.store(true, Ordering::Relaxed);
-    let (ctx, wakeups) =
-        controller::Context::new(client, Arc::new(compute), config, rates, metrics);
+    let (ctx, wakeups) = controller::Context::new(client, Arc::new(compute), config, rates, metrics);
     tokio::select! {
         _ = controller::run(ctx, wakeups, shutdown) => tracing::info!("controllers stopped"),
         _ = lost_leadership => anyhow::bail!("lost leadership; exiting so a new leader can take over"),

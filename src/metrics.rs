@@ -58,45 +58,20 @@ impl Metrics {
         let ready = Family::<ObjectLabels, Gauge>::default();
         let accrued = Family::<ObjectLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let hourly = Family::<ObjectLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-        let namespace_cost =
-            Family::<NamespaceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let namespace_cost = Family::<NamespaceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let tasks_running = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
-        registry.register(
-            "reconcile_errors",
-            "Reconciles that failed and were retried",
-            failures.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time spent in one reconcile",
-            duration.clone(),
-        );
-        registry.register(
-            "ready",
-            "1 when the resource's Ready condition is True",
-            ready.clone(),
-        );
-        registry.register(
-            "cost_accrued_dollars",
-            "Cost accrued by one resource's VM, USD",
-            accrued.clone(),
-        );
-        registry.register(
-            "cost_hourly_rate_dollars",
-            "Current hourly rate of one resource's VM, USD",
-            hourly.clone(),
-        );
+        registry.register("reconcile_errors", "Reconciles that failed and were retried", failures.clone());
+        registry.register("reconcile_duration_seconds", "Time spent in one reconcile", duration.clone());
+        registry.register("ready", "1 when the resource's Ready condition is True", ready.clone());
+        registry.register("cost_accrued_dollars", "Cost accrued by one resource's VM, USD", accrued.clone());
+        registry.register("cost_hourly_rate_dollars", "Current hourly rate of one resource's VM, USD", hourly.clone());
         registry.register(
             "namespace_cost_accrued_dollars",
             "Cost accrued by all VMs of a namespace, USD",
             namespace_cost.clone(),
         );
-        registry.register(
-            "tasks_running",
-            "Step tasks running on VMs",
-            tasks_running.clone(),
-        );
+        registry.register("tasks_running", "Step tasks running on VMs", tasks_running.clone());
         Self {
             registry: Mutex::new(registry),
             reconciles,
@@ -118,56 +93,31 @@ impl Metrics {
     }
 
     pub fn reconcile_failed(&self, kind: &str) {
-        self.failures
-            .get_or_create(&KindLabel { kind: kind.into() })
-            .inc();
+        self.failures.get_or_create(&KindLabel { kind: kind.into() }).inc();
     }
 
     pub fn set_ready(&self, kind: &str, namespace: &str, name: &str, ready: bool) {
-        let l = ObjectLabels {
-            kind: kind.into(),
-            namespace: namespace.into(),
-            name: name.into(),
-        };
+        let l = ObjectLabels { kind: kind.into(), namespace: namespace.into(), name: name.into() };
         self.ready.get_or_create(&l).set(i64::from(ready));
     }
 
     pub fn set_cost(&self, kind: &str, namespace: &str, name: &str, accrued: f64, hourly: f64) {
-        let l = ObjectLabels {
-            kind: kind.into(),
-            namespace: namespace.into(),
-            name: name.into(),
-        };
+        let l = ObjectLabels { kind: kind.into(), namespace: namespace.into(), name: name.into() };
         self.accrued.get_or_create(&l).set(accrued);
         self.hourly.get_or_create(&l).set(hourly);
         let mut per = self.per_namespace.lock().expect("metrics lock");
         per.insert((namespace.to_string(), format!("{kind}/{name}")), accrued);
-        let total: f64 = per
-            .iter()
-            .filter(|((ns, _), _)| ns == namespace)
-            .map(|(_, v)| v)
-            .sum();
-        self.namespace_cost
-            .get_or_create(&NamespaceLabel {
-                namespace: namespace.into(),
-            })
-            .set(total);
+        let total: f64 = per.iter().filter(|((ns, _), _)| ns == namespace).map(|(_, v)| v).sum();
+        self.namespace_cost.get_or_create(&NamespaceLabel { namespace: namespace.into() }).set(total);
     }
 
     /// Drops a deleted resource's series.
     pub fn forget(&self, kind: &str, namespace: &str, name: &str) {
-        let l = ObjectLabels {
-            kind: kind.into(),
-            namespace: namespace.into(),
-            name: name.into(),
-        };
+        let l = ObjectLabels { kind: kind.into(), namespace: namespace.into(), name: name.into() };
         self.ready.remove(&l);
         self.accrued.remove(&l);
         self.hourly.remove(&l);
-        self.per_namespace
-            .lock()
-            .expect("metrics lock")
-            .remove(&(namespace.to_string(), format!("{kind}/{name}")));
+        self.per_namespace.lock().expect("metrics lock").remove(&(namespace.to_string(), format!("{kind}/{name}")));
     }
 
     /// The text exposition format.
@@ -191,23 +141,11 @@ mod tests {
         m.set_cost("projectvm", "team-b", "x", 2.0, 0.03);
         m.observe_reconcile("projectvm", Duration::from_millis(20));
         let text = m.render();
-        assert!(
-            text.contains("projectvm_namespace_cost_accrued_dollars{namespace=\"team-a\"} 2.0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("projectvm_namespace_cost_accrued_dollars{namespace=\"team-b\"} 2.0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("projectvm_reconciles_total{kind=\"projectvm\"} 1"),
-            "{text}"
-        );
+        assert!(text.contains("projectvm_namespace_cost_accrued_dollars{namespace=\"team-a\"} 2.0"), "{text}");
+        assert!(text.contains("projectvm_namespace_cost_accrued_dollars{namespace=\"team-b\"} 2.0"), "{text}");
+        assert!(text.contains("projectvm_reconciles_total{kind=\"projectvm\"} 1"), "{text}");
         m.forget("workspace", "team-a", "ui");
         m.set_cost("projectvm", "team-a", "api", 1.5, 0.03);
-        assert!(
-            m.render()
-                .contains("projectvm_namespace_cost_accrued_dollars{namespace=\"team-a\"} 1.5")
-        );
+        assert!(m.render().contains("projectvm_namespace_cost_accrued_dollars{namespace=\"team-a\"} 1.5"));
     }
 }

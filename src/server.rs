@@ -19,22 +19,12 @@ struct AppState {
 
 /// Serves until the process ends. `ready` turns true once the operator is up (leading or
 /// standing by as a healthy follower).
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-) -> std::io::Result<()> {
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> std::io::Result<()> {
     let app = Router::new()
         .route(
             "/metrics",
             get(|State(s): State<AppState>| async move {
-                (
-                    [(
-                        "content-type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    s.metrics.render(),
-                )
+                ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render())
             }),
         )
         .route("/healthz", get(|| async { "ok" }))

@@ -55,6 +55,8 @@ start_emulator() {
   if pid_alive "$STATE/gce/pid"; then return; fi
   rm -f "$STATE/gce/addr"
   log "starting the Compute Engine emulator"
+  # Machine disks must be traversable by the machines' own users (overlayfs checks).
+  umask 022
   setsid "$ROOT/target/debug/gce-emulator" --listen 127.0.0.1:0 --backend nspawn --rootfs "$rootfs" \
     --state-dir "$STATE/gce" --ready-file "$STATE/gce/addr" --cleanup-on-exit \
     >"$STATE/gce/emulator.log" 2>&1 </dev/null &
@@ -70,8 +72,7 @@ operator_kubeconfig() {
   token=$(kubectl -n "$OP_NS" create token "$sa" --duration=24h)
   server=$(kubectl config view --raw -o jsonpath='{.clusters[0].cluster.server}')
   ca=$(kubectl config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
-  umask 077
-  cat >"$STATE/operator.kubeconfig" <<KC
+  (umask 077; cat >"$STATE/operator.kubeconfig") <<KC
 apiVersion: v1
 kind: Config
 clusters: [{name: bed, cluster: {server: "$server", certificate-authority-data: "$ca"}}]
@@ -112,7 +113,7 @@ up() {
   fi
   "$S/make-repo.sh" "$STATE/git" public demo >"$STATE/git/public-demo.refs"
   "$S/make-repo.sh" "$STATE/git" private demo >"$STATE/git/private-demo.refs"
-  [[ -s $TOKEN_FILE ]] || { umask 077; python3 -c 'import secrets; print("pvt_" + secrets.token_hex(20))' >"$TOKEN_FILE"; }
+  [[ -s $TOKEN_FILE ]] || (umask 077; python3 -c 'import secrets; print("pvt_" + secrets.token_hex(20))' >"$TOKEN_FILE")
   if [[ ! -f $STATE/cp/admin.kubeconfig ]] || ! KUBECONFIG=$STATE/cp/admin.kubeconfig kubectl get --raw /readyz >/dev/null 2>&1; then
     "$S/control-plane.sh" up "$STATE/cp"
   fi

@@ -61,20 +61,14 @@ fn default_image_project() -> String {
 
 impl Default for ImageSpec {
     fn default() -> Self {
-        Self {
-            family: default_image_family(),
-            project: default_image_project(),
-        }
+        Self { family: default_image_family(), project: default_image_project() }
     }
 }
 
 impl ImageSpec {
     /// The `sourceImage` path Compute Engine expects for the newest image of the family.
     pub fn source_image(&self) -> String {
-        format!(
-            "projects/{}/global/images/family/{}",
-            self.project, self.family
-        )
+        format!("projects/{}/global/images/family/{}", self.project, self.family)
     }
 }
 

@@ -77,22 +77,13 @@ impl MachineSpec {
 /// Admission rules for the fields of [`MachineSpec`]. They go on the spec that flattens it,
 /// since CEL rules see one object level at a time.
 pub(crate) const MACHINE_RULES: &[(&str, &str)] = &[
-    (
-        "!(has(self.size) && has(self.machineType))",
-        "set either size or machineType, not both",
-    ),
+    ("!(has(self.size) && has(self.machineType))", "set either size or machineType, not both"),
     (
         "!has(self.idleTimeout) || self.runStrategy != 'Always'",
         "idleTimeout needs runStrategy Manual or Halted: with Always the VM would be started again right after an idle stop",
     ),
-    (
-        "!has(self.idleTimeout) || duration(self.idleTimeout) >= duration('1m')",
-        "idleTimeout must be at least 1m",
-    ),
-    (
-        "duration(self.progressTimeout) >= duration('1m')",
-        "progressTimeout must be at least 1m",
-    ),
+    ("!has(self.idleTimeout) || duration(self.idleTimeout) >= duration('1m')", "idleTimeout must be at least 1m"),
+    ("duration(self.progressTimeout) >= duration('1m')", "progressTimeout must be at least 1m"),
     ("self.user != 'root'", "user must not be root"),
     (
         "has(oldSelf.zone) ? (has(self.zone) && self.zone == oldSelf.zone) : !has(self.zone)",
@@ -102,14 +93,10 @@ pub(crate) const MACHINE_RULES: &[(&str, &str)] = &[
 
 /// Appends CEL rules to a schema's `x-kubernetes-validations`.
 pub(crate) fn push_rules(schema: &mut schemars::Schema, rules: &[(&str, &str)]) {
-    let list: Vec<serde_json::Value> = rules
-        .iter()
-        .map(|(rule, message)| serde_json::json!({ "rule": rule, "message": message }))
-        .collect();
+    let list: Vec<serde_json::Value> =
+        rules.iter().map(|(rule, message)| serde_json::json!({ "rule": rule, "message": message })).collect();
     let obj = schema.ensure_object();
-    let entry = obj
-        .entry("x-kubernetes-validations")
-        .or_insert_with(|| serde_json::Value::Array(vec![]));
+    let entry = obj.entry("x-kubernetes-validations").or_insert_with(|| serde_json::Value::Array(vec![]));
     if let serde_json::Value::Array(existing) = entry {
         existing.extend(list);
     }

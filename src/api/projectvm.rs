@@ -52,10 +52,7 @@ pub struct Prerequisites {
     /// Debian/Ubuntu package names, optionally `name=version`. When unset: git, curl,
     /// ca-certificates. An empty list installs nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(max = 200),
-        inner(regex(pattern = r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+:~-]+)?$"))
-    )]
+    #[schemars(length(max = 200), inner(regex(pattern = r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+:~-]+)?$")))]
     pub packages: Option<Vec<String>>,
     /// A bash script run as root after the packages are installed. It runs again only when
     /// its text changes, so it should be safe to re-run.

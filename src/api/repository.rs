@@ -19,10 +19,7 @@ pub const PATH_PATTERN: &str = r"^(/[A-Za-z0-9._+-]+)+/?$";
 pub(crate) fn url_rules(schema: &mut Schema) {
     push_rules(
         schema,
-        &[(
-            "!self.matches('(^|/)[.][.]?(/|$)')",
-            "repository URL must not contain '.' or '..' path segments",
-        )],
+        &[("!self.matches('(^|/)[.][.]?(/|$)')", "repository URL must not contain '.' or '..' path segments")],
     );
 }
 
@@ -37,13 +34,7 @@ pub(crate) fn revision_rules(schema: &mut Schema) {
 }
 
 pub(crate) fn path_rules(schema: &mut Schema) {
-    push_rules(
-        schema,
-        &[(
-            "!self.matches('(^|/)[.][.]?(/|$)')",
-            "path must not contain '.' or '..' segments",
-        )],
-    );
+    push_rules(schema, &[("!self.matches('(^|/)[.][.]?(/|$)')", "path must not contain '.' or '..' segments")]);
 }
 
 /// The git repository a ProjectVM keeps synced.
@@ -101,11 +92,7 @@ pub struct WorkspaceRepository {
 impl WorkspaceRepository {
     /// The clone URL, expanding GitHub shorthand.
     pub fn clone_url(&self) -> String {
-        if self.url.contains("://") {
-            self.url.clone()
-        } else {
-            format!("https://github.com/{}.git", self.url)
-        }
+        if self.url.contains("://") { self.url.clone() } else { format!("https://github.com/{}.git", self.url) }
     }
 
     /// The repository's name: last path segment without `.git`.
@@ -116,15 +103,7 @@ impl WorkspaceRepository {
 
 /// The repository's name from its URL: last path segment without a `.git` suffix.
 pub fn repo_name(url: &str) -> String {
-    let last = url
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or("repo");
+    let last = url.trim_end_matches('/').rsplit('/').next().unwrap_or("repo");
     let name = last.strip_suffix(".git").unwrap_or(last);
-    if name.is_empty() {
-        "repo".into()
-    } else {
-        name.into()
-    }
+    if name.is_empty() { "repo".into() } else { name.into() }
 }

@@ -84,11 +84,7 @@ fn default_port() -> i32 {
 
 impl Default for CodeServerSpec {
     fn default() -> Self {
-        Self {
-            port: default_port(),
-            auth: CodeServerAuth::default(),
-            password_secret_ref: None,
-        }
+        Self { port: default_port(), auth: CodeServerAuth::default(), password_secret_ref: None }
     }
 }
 
@@ -118,18 +114,13 @@ impl CodeServerAuth {
 pub struct IngressSpec {
     /// Host name the workspace is served at, e.g. `api.dev.example.com`.
     #[schemars(
-        regex(
-            pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-        ),
+        regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
         length(max = 253)
     )]
     pub host: String,
     /// IngressClass to use; the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
-        length(max = 253)
-    )]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(max = 253))]
     pub class_name: Option<String>,
     /// URL path prefix.
     #[serde(default = "default_ingress_path")]
@@ -137,10 +128,7 @@ pub struct IngressSpec {
     pub path: String,
     /// Secret holding the TLS certificate for `host`; the URL is https when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
-        length(max = 253)
-    )]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(max = 253))]
     pub tls_secret_name: Option<String>,
 }
 

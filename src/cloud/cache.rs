@@ -25,11 +25,7 @@ pub struct InstanceCache {
 
 impl InstanceCache {
     pub fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            zones: std::sync::Mutex::new(HashMap::new()),
-            lists: AtomicU64::new(0),
-        }
+        Self { ttl, zones: std::sync::Mutex::new(HashMap::new()), lists: AtomicU64::new(0) }
     }
 
     /// The instance, from a list of the zone no older than the TTL. Concurrent callers
@@ -45,9 +41,7 @@ impl InstanceCache {
             zones.entry(zone.to_string()).or_default().clone()
         };
         let mut entry = slot.lock().await;
-        let stale = entry
-            .as_ref()
-            .is_none_or(|z| z.fetched.elapsed() >= self.ttl);
+        let stale = entry.as_ref().is_none_or(|z| z.fetched.elapsed() >= self.ttl);
         if stale {
             let labels = BTreeMap::from([("managed-by".to_string(), "projectvm".to_string())]);
             let list = compute.list_instances(zone, &labels).await?;
@@ -73,9 +67,7 @@ impl InstanceCache {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{
-        GuestAttribute, InstanceRequest, InstanceState, OperationRef, OperationState,
-    };
+    use super::super::{GuestAttribute, InstanceRequest, InstanceState, OperationRef, OperationState};
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
@@ -104,10 +96,7 @@ mod tests {
     }
 
     fn unused<T>() -> Result<T, CloudError> {
-        Err(CloudError::new(
-            super::super::CloudErrorKind::Other,
-            "not used",
-        ))
+        Err(CloudError::new(super::super::CloudErrorKind::Other, "not used"))
     }
 
     #[async_trait::async_trait]
@@ -115,11 +104,7 @@ mod tests {
         async fn insert_instance(&self, _: &InstanceRequest) -> Result<OperationRef, CloudError> {
             unused()
         }
-        async fn get_instance(
-            &self,
-            _: &str,
-            _: &str,
-        ) -> Result<Option<CloudInstance>, CloudError> {
+        async fn get_instance(&self, _: &str, _: &str) -> Result<Option<CloudInstance>, CloudError> {
             unused()
         }
         async fn list_instances(
@@ -138,19 +123,10 @@ mod tests {
         async fn stop_instance(&self, _: &str, _: &str) -> Result<OperationRef, CloudError> {
             unused()
         }
-        async fn delete_instance(
-            &self,
-            _: &str,
-            _: &str,
-        ) -> Result<Option<OperationRef>, CloudError> {
+        async fn delete_instance(&self, _: &str, _: &str) -> Result<Option<OperationRef>, CloudError> {
             unused()
         }
-        async fn set_machine_type(
-            &self,
-            _: &str,
-            _: &str,
-            _: &str,
-        ) -> Result<OperationRef, CloudError> {
+        async fn set_machine_type(&self, _: &str, _: &str, _: &str) -> Result<OperationRef, CloudError> {
             unused()
         }
         async fn set_metadata(
@@ -162,12 +138,7 @@ mod tests {
         ) -> Result<OperationRef, CloudError> {
             unused()
         }
-        async fn guest_attributes(
-            &self,
-            _: &str,
-            _: &str,
-            _: &str,
-        ) -> Result<Vec<GuestAttribute>, CloudError> {
+        async fn guest_attributes(&self, _: &str, _: &str, _: &str) -> Result<Vec<GuestAttribute>, CloudError> {
             unused()
         }
         async fn operation(&self, _: &OperationRef) -> Result<OperationState, CloudError> {
@@ -177,15 +148,10 @@ mod tests {
 
     #[tokio::test]
     async fn one_list_serves_many_lookups() {
-        let cloud = Counting {
-            lists: AtomicUsize::new(0),
-        };
+        let cloud = Counting { lists: AtomicUsize::new(0) };
         let cache = InstanceCache::new(Duration::from_secs(60));
-        let (a, b, c) = tokio::join!(
-            cache.get(&cloud, "z", "a"),
-            cache.get(&cloud, "z", "b"),
-            cache.get(&cloud, "z", "missing")
-        );
+        let (a, b, c) =
+            tokio::join!(cache.get(&cloud, "z", "a"), cache.get(&cloud, "z", "b"), cache.get(&cloud, "z", "missing"));
         assert_eq!(a.unwrap().unwrap().name, "a");
         assert_eq!(b.unwrap().unwrap().name, "b");
         assert!(c.unwrap().is_none());
@@ -199,9 +165,7 @@ mod tests {
 
     #[tokio::test]
     async fn stale_lists_are_refreshed() {
-        let cloud = Counting {
-            lists: AtomicUsize::new(0),
-        };
+        let cloud = Counting { lists: AtomicUsize::new(0) };
         let cache = InstanceCache::new(Duration::from_millis(0));
         cache.get(&cloud, "z", "a").await.unwrap();
         cache.get(&cloud, "z", "a").await.unwrap();

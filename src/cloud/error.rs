@@ -26,9 +26,7 @@ impl CloudErrorKind {
         match self {
             CloudErrorKind::QuotaExceeded => "QuotaExceeded",
             CloudErrorKind::ZoneResourcesExhausted => "ZoneResourcesExhausted",
-            CloudErrorKind::PermissionDenied | CloudErrorKind::Unauthenticated => {
-                "PermissionDenied"
-            }
+            CloudErrorKind::PermissionDenied | CloudErrorKind::Unauthenticated => "PermissionDenied",
             CloudErrorKind::NotFound => "InstanceNotFound",
             CloudErrorKind::AlreadyExists => "InstanceNameConflict",
             CloudErrorKind::RateLimited => "RateLimited",
@@ -67,12 +65,7 @@ pub struct CloudError {
 
 impl CloudError {
     pub fn new(kind: CloudErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            http_status: None,
-            reason: None,
-        }
+        Self { kind, message: message.into(), http_status: None, reason: None }
     }
 }
 
@@ -84,17 +77,13 @@ pub fn classify_http(status: Option<u16>, reason: Option<&str>, message: &str) -
         (_, r) if r.starts_with("ZONE_RESOURCE_POOL_EXHAUSTED") || r == "resourcePoolExhausted" => {
             CloudErrorKind::ZoneResourcesExhausted
         }
-        (_, "rateLimitExceeded") | (_, "userRateLimitExceeded") | (Some(429), _) => {
-            CloudErrorKind::RateLimited
-        }
+        (_, "rateLimitExceeded") | (_, "userRateLimitExceeded") | (Some(429), _) => CloudErrorKind::RateLimited,
         (Some(404), _) | (_, "notFound") => CloudErrorKind::NotFound,
         (Some(409), _) | (_, "alreadyExists") => CloudErrorKind::AlreadyExists,
         (Some(412), _) | (_, "conditionNotMet") => CloudErrorKind::PreconditionFailed,
         (Some(401), _) => CloudErrorKind::Unauthenticated,
         (Some(403), _) if m.contains("quota") => CloudErrorKind::QuotaExceeded,
-        (Some(403), _) | (_, "forbidden") | (_, "insufficientPermissions") => {
-            CloudErrorKind::PermissionDenied
-        }
+        (Some(403), _) | (_, "forbidden") | (_, "insufficientPermissions") => CloudErrorKind::PermissionDenied,
         (Some(400), "resourceInUseByAnotherResource") | (Some(400), "invalidResourceUsage") => {
             CloudErrorKind::ResourceInUse
         }
@@ -108,16 +97,12 @@ pub fn classify_http(status: Option<u16>, reason: Option<&str>, message: &str) -
 pub fn classify_operation(code: &str, http_status: Option<i32>) -> CloudErrorKind {
     match code {
         "QUOTA_EXCEEDED" => CloudErrorKind::QuotaExceeded,
-        c if c.starts_with("ZONE_RESOURCE_POOL_EXHAUSTED") => {
-            CloudErrorKind::ZoneResourcesExhausted
-        }
+        c if c.starts_with("ZONE_RESOURCE_POOL_EXHAUSTED") => CloudErrorKind::ZoneResourcesExhausted,
         "RESOURCE_NOT_FOUND" => CloudErrorKind::NotFound,
         "RESOURCE_ALREADY_EXISTS" => CloudErrorKind::AlreadyExists,
         "PERMISSIONS_ERROR" | "FORBIDDEN" => CloudErrorKind::PermissionDenied,
         "RESOURCE_OPERATION_RATE_EXCEEDED" | "RATE_LIMIT_EXCEEDED" => CloudErrorKind::RateLimited,
-        "RESOURCE_IN_USE_BY_ANOTHER_RESOURCE" | "INVALID_RESOURCE_USAGE" => {
-            CloudErrorKind::ResourceInUse
-        }
+        "RESOURCE_IN_USE_BY_ANOTHER_RESOURCE" | "INVALID_RESOURCE_USAGE" => CloudErrorKind::ResourceInUse,
         "INVALID_FIELD_VALUE" | "BAD_REQUEST" => CloudErrorKind::InvalidRequest,
         _ => match http_status {
             Some(s) => classify_http(u16::try_from(s).ok(), None, ""),
@@ -135,26 +120,15 @@ impl From<GaxError> for CloudError {
                 _ => None,
             })
         });
-        let message = e
-            .status()
-            .map(|s| s.message.clone())
-            .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| e.to_string());
-        let kind = if http_status.is_none()
-            && (e.is_io() || e.is_connect() || e.is_timeout() || e.is_transport())
-        {
+        let message = e.status().map(|s| s.message.clone()).filter(|m| !m.is_empty()).unwrap_or_else(|| e.to_string());
+        let kind = if http_status.is_none() && (e.is_io() || e.is_connect() || e.is_timeout() || e.is_transport()) {
             CloudErrorKind::Unavailable
         } else if e.is_authentication() {
             CloudErrorKind::Unauthenticated
         } else {
             classify_http(http_status, reason.as_deref(), &message)
         };
-        CloudError {
-            kind,
-            message,
-            http_status,
-            reason,
-        }
+        CloudError { kind, message, http_status, reason }
     }
 }
 
@@ -166,12 +140,7 @@ mod tests {
     #[test]
     fn http_errors_map_on_status_and_reason() {
         let cases: &[(Option<u16>, Option<&str>, &str, CloudErrorKind)] = &[
-            (
-                Some(404),
-                Some("notFound"),
-                "The resource 'x' was not found",
-                NotFound,
-            ),
+            (Some(404), Some("notFound"), "The resource 'x' was not found", NotFound),
             (Some(409), Some("alreadyExists"), "exists", AlreadyExists),
             (
                 Some(403),
@@ -179,30 +148,10 @@ mod tests {
                 "Required 'compute.instances.create' permission for 'projects/p'",
                 PermissionDenied,
             ),
-            (
-                Some(403),
-                Some("quotaExceeded"),
-                "Quota 'CPUS' exceeded",
-                QuotaExceeded,
-            ),
-            (
-                Some(403),
-                None,
-                "Quota 'CPUS' exceeded.  Limit: 8.0",
-                QuotaExceeded,
-            ),
-            (
-                Some(429),
-                Some("rateLimitExceeded"),
-                "slow down",
-                RateLimited,
-            ),
-            (
-                Some(412),
-                Some("conditionNotMet"),
-                "fingerprint",
-                PreconditionFailed,
-            ),
+            (Some(403), Some("quotaExceeded"), "Quota 'CPUS' exceeded", QuotaExceeded),
+            (Some(403), None, "Quota 'CPUS' exceeded.  Limit: 8.0", QuotaExceeded),
+            (Some(429), Some("rateLimitExceeded"), "slow down", RateLimited),
+            (Some(412), Some("conditionNotMet"), "fingerprint", PreconditionFailed),
             (
                 Some(400),
                 Some("invalidResourceUsage"),
@@ -215,40 +164,18 @@ mod tests {
             (None, None, "?", Other),
         ];
         for (status, reason, msg, want) in cases {
-            assert_eq!(
-                classify_http(*status, *reason, msg),
-                *want,
-                "{status:?} {reason:?}"
-            );
+            assert_eq!(classify_http(*status, *reason, msg), *want, "{status:?} {reason:?}");
         }
     }
 
     #[test]
     fn operation_errors_map_on_code() {
-        assert_eq!(
-            classify_operation("QUOTA_EXCEEDED", Some(403)),
-            QuotaExceeded
-        );
-        assert_eq!(
-            classify_operation("ZONE_RESOURCE_POOL_EXHAUSTED", Some(503)),
-            ZoneResourcesExhausted
-        );
-        assert_eq!(
-            classify_operation("ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", None),
-            ZoneResourcesExhausted
-        );
-        assert_eq!(
-            classify_operation("RESOURCE_NOT_FOUND", Some(404)),
-            NotFound
-        );
-        assert_eq!(
-            classify_operation("PERMISSIONS_ERROR", None),
-            PermissionDenied
-        );
-        assert_eq!(
-            classify_operation("RESOURCE_IN_USE_BY_ANOTHER_RESOURCE", Some(400)),
-            ResourceInUse
-        );
+        assert_eq!(classify_operation("QUOTA_EXCEEDED", Some(403)), QuotaExceeded);
+        assert_eq!(classify_operation("ZONE_RESOURCE_POOL_EXHAUSTED", Some(503)), ZoneResourcesExhausted);
+        assert_eq!(classify_operation("ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", None), ZoneResourcesExhausted);
+        assert_eq!(classify_operation("RESOURCE_NOT_FOUND", Some(404)), NotFound);
+        assert_eq!(classify_operation("PERMISSIONS_ERROR", None), PermissionDenied);
+        assert_eq!(classify_operation("RESOURCE_IN_USE_BY_ANOTHER_RESOURCE", Some(400)), ResourceInUse);
         assert_eq!(classify_operation("INTERNAL_ERROR", Some(500)), Unavailable);
         assert_eq!(classify_operation("SOMETHING_NEW", None), Other);
     }
@@ -256,10 +183,7 @@ mod tests {
     #[test]
     fn reasons_and_retry() {
         assert_eq!(QuotaExceeded.condition_reason(), "QuotaExceeded");
-        assert_eq!(
-            ZoneResourcesExhausted.condition_reason(),
-            "ZoneResourcesExhausted"
-        );
+        assert_eq!(ZoneResourcesExhausted.condition_reason(), "ZoneResourcesExhausted");
         assert_eq!(PermissionDenied.condition_reason(), "PermissionDenied");
         assert!(RateLimited.retryable());
         assert!(Unavailable.retryable());

@@ -6,15 +6,14 @@ use std::time::Duration;
 
 use google_cloud_compute_v1::client::{Instances, ZoneOperations};
 use google_cloud_compute_v1::model::{
-    self, AccessConfig, AttachedDisk, AttachedDiskInitializeParams, Instance,
-    InstancesSetMachineTypeRequest, Metadata, NetworkInterface, Operation, ServiceAccount, Tags,
+    self, AccessConfig, AttachedDisk, AttachedDiskInitializeParams, Instance, InstancesSetMachineTypeRequest, Metadata,
+    NetworkInterface, Operation, ServiceAccount, Tags,
 };
 use google_cloud_gax::retry_policy::NeverRetry;
 
 use super::error::{CloudError, CloudErrorKind, classify_operation};
 use super::{
-    CloudInstance, Compute, GuestAttribute, InstanceRequest, InstanceState, OperationRef,
-    OperationState, short_name,
+    CloudInstance, Compute, GuestAttribute, InstanceRequest, InstanceState, OperationRef, OperationState, short_name,
 };
 
 /// How the client authenticates.
@@ -35,11 +34,7 @@ pub struct GceCompute {
 }
 
 impl GceCompute {
-    pub async fn new(
-        project: &str,
-        endpoint: Option<&str>,
-        credentials: CredentialsMode,
-    ) -> anyhow::Result<Self> {
+    pub async fn new(project: &str, endpoint: Option<&str>, credentials: CredentialsMode) -> anyhow::Result<Self> {
         // The controller has its own capped backoff; the client should not retry on its own.
         let mut ib = Instances::builder().with_retry_policy(NeverRetry);
         let mut ob = ZoneOperations::builder().with_retry_policy(NeverRetry);
@@ -48,38 +43,20 @@ impl GceCompute {
             ob = ob.with_endpoint(e);
         }
         if credentials == CredentialsMode::Anonymous {
-            ib = ib.with_credentials(
-                google_cloud_auth::credentials::anonymous::Builder::new().build(),
-            );
-            ob = ob.with_credentials(
-                google_cloud_auth::credentials::anonymous::Builder::new().build(),
-            );
+            ib = ib.with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
+            ob = ob.with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
         }
-        Ok(Self {
-            project: project.to_string(),
-            instances: ib.build().await?,
-            operations: ob.build().await?,
-        })
+        Ok(Self { project: project.to_string(), instances: ib.build().await?, operations: ob.build().await? })
     }
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn op_ref(op: Operation, zone: &str) -> Result<OperationRef, CloudError> {
-    let name = op.name.ok_or_else(|| {
-        CloudError::new(
-            CloudErrorKind::Other,
-            "Compute Engine returned an operation without a name",
-        )
-    })?;
-    Ok(OperationRef {
-        name,
-        zone: op
-            .zone
-            .as_deref()
-            .map(short_name)
-            .unwrap_or_else(|| zone.to_string()),
-    })
+    let name = op
+        .name
+        .ok_or_else(|| CloudError::new(CloudErrorKind::Other, "Compute Engine returned an operation without a name"))?;
+    Ok(OperationRef { name, zone: op.zone.as_deref().map(short_name).unwrap_or_else(|| zone.to_string()) })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -90,10 +67,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
 }
 
 fn state(s: Option<&model::instance::Status>) -> InstanceState {
@@ -120,26 +94,13 @@ pub fn to_cloud_instance(i: Instance) -> CloudInstance {
         name: i.name.clone().unwrap_or_default(),
         id: i.id.map(|v| v.to_string()).unwrap_or_default(),
         zone: i.zone.as_deref().map(short_name).unwrap_or_default(),
-        machine_type: i
-            .machine_type
-            .as_deref()
-            .map(short_name)
-            .unwrap_or_default(),
+        machine_type: i.machine_type.as_deref().map(short_name).unwrap_or_default(),
         state: state(i.status.as_ref()),
-        labels: i
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        metadata_fingerprint: metadata
-            .and_then(|m| m.fingerprint.as_ref())
-            .map(|f| hex(f)),
+        labels: i.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        metadata_fingerprint: metadata.and_then(|m| m.fingerprint.as_ref()).map(|f| hex(f)),
         metadata: metadata
             .map(|m| {
-                m.items
-                    .iter()
-                    .filter_map(|it| Some((it.key.clone()?, it.value.clone().unwrap_or_default())))
-                    .collect()
+                m.items.iter().filter_map(|it| Some((it.key.clone()?, it.value.clone().unwrap_or_default()))).collect()
             })
             .unwrap_or_default(),
         internal_ip: nic.and_then(|n| n.network_ip.clone()),
@@ -152,28 +113,18 @@ pub fn to_cloud_instance(i: Instance) -> CloudInstance {
 }
 
 fn metadata_items(items: &BTreeMap<String, String>) -> Vec<model::metadata::Items> {
-    items
-        .iter()
-        .map(|(k, v)| model::metadata::Items::new().set_key(k).set_value(v))
-        .collect()
+    items.iter().map(|(k, v)| model::metadata::Items::new().set_key(k).set_value(v)).collect()
 }
 
 /// The label filter expression for a list call.
 pub fn label_filter(labels: &BTreeMap<String, String>) -> String {
-    labels
-        .iter()
-        .map(|(k, v)| format!("(labels.{k} = \"{v}\")"))
-        .collect::<Vec<_>>()
-        .join(" AND ")
+    labels.iter().map(|(k, v)| format!("(labels.{k} = \"{v}\")")).collect::<Vec<_>>().join(" AND ")
 }
 
 /// The instance body for an insert.
 pub fn instance_body(req: &InstanceRequest) -> Instance {
-    let mut nic = NetworkInterface::new().set_network(
-        req.network
-            .clone()
-            .unwrap_or_else(|| "global/networks/default".into()),
-    );
+    let mut nic =
+        NetworkInterface::new().set_network(req.network.clone().unwrap_or_else(|| "global/networks/default".into()));
     if let Some(s) = &req.subnetwork {
         nic = nic.set_subnetwork(s.clone());
     }
@@ -184,20 +135,14 @@ pub fn instance_body(req: &InstanceRequest) -> Instance {
     }
     let mut body = Instance::new()
         .set_name(req.name.clone())
-        .set_machine_type(format!(
-            "zones/{}/machineTypes/{}",
-            req.zone, req.machine_type
-        ))
+        .set_machine_type(format!("zones/{}/machineTypes/{}", req.zone, req.machine_type))
         .set_labels(req.labels.clone())
         .set_metadata(Metadata::new().set_items(metadata_items(&req.metadata)))
-        .set_disks([AttachedDisk::new()
-            .set_boot(true)
-            .set_auto_delete(true)
-            .set_initialize_params(
-                AttachedDiskInitializeParams::new()
-                    .set_disk_size_gb(req.disk_size_gb)
-                    .set_source_image(req.source_image.clone()),
-            )])
+        .set_disks([AttachedDisk::new().set_boot(true).set_auto_delete(true).set_initialize_params(
+            AttachedDiskInitializeParams::new()
+                .set_disk_size_gb(req.disk_size_gb)
+                .set_source_image(req.source_image.clone()),
+        )])
         .set_network_interfaces([nic])
         .set_tags(Tags::new().set_items(req.tags.clone()));
     if let Some(email) = &req.service_account_email {
@@ -215,10 +160,7 @@ async fn timed<T>(
         Ok(r) => r.map_err(CloudError::from),
         Err(_) => Err(CloudError::new(
             CloudErrorKind::Unavailable,
-            format!(
-                "Compute Engine did not answer within {}s",
-                TIMEOUT.as_secs()
-            ),
+            format!("Compute Engine did not answer within {}s", TIMEOUT.as_secs()),
         )),
     }
 }
@@ -227,32 +169,14 @@ async fn timed<T>(
 impl Compute for GceCompute {
     async fn insert_instance(&self, req: &InstanceRequest) -> Result<OperationRef, CloudError> {
         let op = timed(
-            self.instances
-                .insert()
-                .set_project(&self.project)
-                .set_zone(&req.zone)
-                .set_body(instance_body(req))
-                .send(),
+            self.instances.insert().set_project(&self.project).set_zone(&req.zone).set_body(instance_body(req)).send(),
         )
         .await?;
         op_ref(op, &req.zone)
     }
 
-    async fn get_instance(
-        &self,
-        zone: &str,
-        name: &str,
-    ) -> Result<Option<CloudInstance>, CloudError> {
-        match timed(
-            self.instances
-                .get()
-                .set_project(&self.project)
-                .set_zone(zone)
-                .set_instance(name)
-                .send(),
-        )
-        .await
-        {
+    async fn get_instance(&self, zone: &str, name: &str) -> Result<Option<CloudInstance>, CloudError> {
+        match timed(self.instances.get().set_project(&self.project).set_zone(zone).set_instance(name).send()).await {
             Ok(i) => Ok(Some(to_cloud_instance(i))),
             Err(e) if e.kind == CloudErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -289,60 +213,28 @@ impl Compute for GceCompute {
     }
 
     async fn start_instance(&self, zone: &str, name: &str) -> Result<OperationRef, CloudError> {
-        let op = timed(
-            self.instances
-                .start()
-                .set_project(&self.project)
-                .set_zone(zone)
-                .set_instance(name)
-                .send(),
-        )
-        .await?;
+        let op =
+            timed(self.instances.start().set_project(&self.project).set_zone(zone).set_instance(name).send()).await?;
         op_ref(op, zone)
     }
 
     async fn stop_instance(&self, zone: &str, name: &str) -> Result<OperationRef, CloudError> {
-        let op = timed(
-            self.instances
-                .stop()
-                .set_project(&self.project)
-                .set_zone(zone)
-                .set_instance(name)
-                .send(),
-        )
-        .await?;
+        let op =
+            timed(self.instances.stop().set_project(&self.project).set_zone(zone).set_instance(name).send()).await?;
         op_ref(op, zone)
     }
 
-    async fn delete_instance(
-        &self,
-        zone: &str,
-        name: &str,
-    ) -> Result<Option<OperationRef>, CloudError> {
-        match timed(
-            self.instances
-                .delete()
-                .set_project(&self.project)
-                .set_zone(zone)
-                .set_instance(name)
-                .send(),
-        )
-        .await
-        {
+    async fn delete_instance(&self, zone: &str, name: &str) -> Result<Option<OperationRef>, CloudError> {
+        match timed(self.instances.delete().set_project(&self.project).set_zone(zone).set_instance(name).send()).await {
             Ok(op) => op_ref(op, zone).map(Some),
             Err(e) if e.kind == CloudErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    async fn set_machine_type(
-        &self,
-        zone: &str,
-        name: &str,
-        machine_type: &str,
-    ) -> Result<OperationRef, CloudError> {
-        let body = InstancesSetMachineTypeRequest::new()
-            .set_machine_type(format!("zones/{zone}/machineTypes/{machine_type}"));
+    async fn set_machine_type(&self, zone: &str, name: &str, machine_type: &str) -> Result<OperationRef, CloudError> {
+        let body =
+            InstancesSetMachineTypeRequest::new().set_machine_type(format!("zones/{zone}/machineTypes/{machine_type}"));
         let op = timed(
             self.instances
                 .set_machine_type()
@@ -411,15 +303,9 @@ impl Compute for GceCompute {
     }
 
     async fn operation(&self, op: &OperationRef) -> Result<OperationState, CloudError> {
-        let o = timed(
-            self.operations
-                .get()
-                .set_project(&self.project)
-                .set_zone(&op.zone)
-                .set_operation(&op.name)
-                .send(),
-        )
-        .await?;
+        let o =
+            timed(self.operations.get().set_project(&self.project).set_zone(&op.zone).set_operation(&op.name).send())
+                .await?;
         Ok(operation_state(&o))
     }
 }
@@ -427,19 +313,13 @@ impl Compute for GceCompute {
 /// Where an operation stands, including the error it finished with.
 pub fn operation_state(o: &Operation) -> OperationState {
     if o.status != Some(model::operation::Status::Done) {
-        return OperationState::Running {
-            progress: o.progress,
-        };
+        return OperationState::Running { progress: o.progress };
     }
     let Some(first) = o.error.as_ref().and_then(|e| e.errors.first()) else {
         return OperationState::Done;
     };
     let code = first.code.clone().unwrap_or_default();
-    let message = first
-        .message
-        .clone()
-        .or_else(|| o.http_error_message.clone())
-        .unwrap_or_else(|| code.clone());
+    let message = first.message.clone().or_else(|| o.http_error_message.clone()).unwrap_or_else(|| code.clone());
     OperationState::Failed(CloudError {
         kind: classify_operation(&code, o.http_error_status_code),
         message,
@@ -458,10 +338,7 @@ mod tests {
             ("managed-by".to_string(), "projectvm".to_string()),
             ("projectvm-kind".to_string(), "workspace".to_string()),
         ]);
-        assert_eq!(
-            label_filter(&l),
-            "(labels.managed-by = \"projectvm\") AND (labels.projectvm-kind = \"workspace\")"
-        );
+        assert_eq!(label_filter(&l), "(labels.managed-by = \"projectvm\") AND (labels.projectvm-kind = \"workspace\")");
     }
 
     #[test]
@@ -477,12 +354,18 @@ mod tests {
             .set_name("pvm-a")
             .set_id(42u64)
             .set_zone("https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-a")
-            .set_machine_type("https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-a/machineTypes/e2-small")
+            .set_machine_type(
+                "https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-a/machineTypes/e2-small",
+            )
             .set_status(model::instance::Status::Running)
             .set_network_interfaces([NetworkInterface::new()
                 .set_network_ip("10.0.0.2")
                 .set_access_configs([AccessConfig::new().set_nat_ip("34.1.2.3")])])
-            .set_metadata(Metadata::new().set_fingerprint(bytes::Bytes::from_static(&[1, 2])).set_items([model::metadata::Items::new().set_key("ssh-keys").set_value("u:k")]));
+            .set_metadata(
+                Metadata::new()
+                    .set_fingerprint(bytes::Bytes::from_static(&[1, 2]))
+                    .set_items([model::metadata::Items::new().set_key("ssh-keys").set_value("u:k")]),
+            );
         let c = to_cloud_instance(i);
         assert_eq!(c.id, "42");
         assert_eq!(c.zone, "us-central1-a");
@@ -511,51 +394,26 @@ mod tests {
             tags: vec!["projectvm".into()],
         };
         let body = instance_body(&req);
-        assert_eq!(
-            body.machine_type.as_deref(),
-            Some("zones/us-central1-a/machineTypes/e2-medium")
-        );
-        assert_eq!(
-            body.disks[0]
-                .initialize_params
-                .as_ref()
-                .unwrap()
-                .disk_size_gb,
-            Some(50)
-        );
+        assert_eq!(body.machine_type.as_deref(), Some("zones/us-central1-a/machineTypes/e2-medium"));
+        assert_eq!(body.disks[0].initialize_params.as_ref().unwrap().disk_size_gb, Some(50));
         assert_eq!(body.network_interfaces[0].access_configs.len(), 1);
-        assert_eq!(
-            body.metadata.unwrap().items[0].key.as_deref(),
-            Some("enable-guest-attributes")
-        );
+        assert_eq!(body.metadata.unwrap().items[0].key.as_deref(), Some("enable-guest-attributes"));
     }
 
     #[test]
     fn operation_errors() {
-        let op = Operation::new()
-            .set_status(model::operation::Status::Done)
-            .set_http_error_status_code(403)
-            .set_error(
-                model::operation::Error::new().set_errors([model::operation::error::Errors::new()
-                    .set_code("QUOTA_EXCEEDED")
-                    .set_message("Quota 'CPUS' exceeded.  Limit: 8.0 in region us-central1.")]),
-            );
-        let OperationState::Failed(e) = operation_state(&op) else {
-            panic!()
-        };
+        let op = Operation::new().set_status(model::operation::Status::Done).set_http_error_status_code(403).set_error(
+            model::operation::Error::new().set_errors([model::operation::error::Errors::new()
+                .set_code("QUOTA_EXCEEDED")
+                .set_message("Quota 'CPUS' exceeded.  Limit: 8.0 in region us-central1.")]),
+        );
+        let OperationState::Failed(e) = operation_state(&op) else { panic!() };
         assert_eq!(e.kind, CloudErrorKind::QuotaExceeded);
         assert!(e.message.contains("CPUS"));
         assert_eq!(
-            operation_state(
-                &Operation::new()
-                    .set_status(model::operation::Status::Running)
-                    .set_progress(40)
-            ),
+            operation_state(&Operation::new().set_status(model::operation::Status::Running).set_progress(40)),
             OperationState::Running { progress: Some(40) }
         );
-        assert_eq!(
-            operation_state(&Operation::new().set_status(model::operation::Status::Done)),
-            OperationState::Done
-        );
+        assert_eq!(operation_state(&Operation::new().set_status(model::operation::Status::Done)), OperationState::Done);
     }
 }

@@ -95,11 +95,7 @@ pub struct GuestAttribute {
 pub trait Compute: Send + Sync + 'static {
     async fn insert_instance(&self, req: &InstanceRequest) -> Result<OperationRef, CloudError>;
     /// `Ok(None)` when the instance does not exist.
-    async fn get_instance(
-        &self,
-        zone: &str,
-        name: &str,
-    ) -> Result<Option<CloudInstance>, CloudError>;
+    async fn get_instance(&self, zone: &str, name: &str) -> Result<Option<CloudInstance>, CloudError>;
     /// All instances in the zone carrying these labels (server-side filter, all pages).
     async fn list_instances(
         &self,
@@ -109,17 +105,8 @@ pub trait Compute: Send + Sync + 'static {
     async fn start_instance(&self, zone: &str, name: &str) -> Result<OperationRef, CloudError>;
     async fn stop_instance(&self, zone: &str, name: &str) -> Result<OperationRef, CloudError>;
     /// `Ok(None)` when the instance is already gone: not-found is success.
-    async fn delete_instance(
-        &self,
-        zone: &str,
-        name: &str,
-    ) -> Result<Option<OperationRef>, CloudError>;
-    async fn set_machine_type(
-        &self,
-        zone: &str,
-        name: &str,
-        machine_type: &str,
-    ) -> Result<OperationRef, CloudError>;
+    async fn delete_instance(&self, zone: &str, name: &str) -> Result<Option<OperationRef>, CloudError>;
+    async fn set_machine_type(&self, zone: &str, name: &str, machine_type: &str) -> Result<OperationRef, CloudError>;
     async fn set_metadata(
         &self,
         zone: &str,

@@ -19,10 +19,7 @@ fn sanitize(s: &str, allow_underscore: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         let c = c.to_ascii_lowercase();
-        let ok = c.is_ascii_lowercase()
-            || c.is_ascii_digit()
-            || c == '-'
-            || (allow_underscore && c == '_');
+        let ok = c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (allow_underscore && c == '_');
         let c = if ok { c } else { '-' };
         if c == '-' && out.ends_with('-') {
             continue;
@@ -65,12 +62,7 @@ pub fn label_value(v: &str) -> String {
 }
 
 /// The labels every instance carries.
-pub fn instance_labels(
-    kind: &str,
-    namespace: &str,
-    name: &str,
-    uid: &str,
-) -> BTreeMap<String, String> {
+pub fn instance_labels(kind: &str, namespace: &str, name: &str, uid: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("managed-by".to_string(), "projectvm".to_string()),
         ("projectvm-kind".to_string(), label_value(kind)),
@@ -100,21 +92,14 @@ mod tests {
         !n.is_empty()
             && n.len() <= 63
             && b[0].is_ascii_lowercase()
-            && n.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && !n.ends_with('-')
     }
 
     #[test]
     fn simple_names_stay_readable() {
-        assert_eq!(
-            instance_name("projectvm", "team-a", "api"),
-            "pvm-team-a-api"
-        );
-        assert_eq!(
-            instance_name("workspace", "default", "demo"),
-            "ws-default-demo"
-        );
+        assert_eq!(instance_name("projectvm", "team-a", "api"), "pvm-team-a-api");
+        assert_eq!(instance_name("workspace", "default", "demo"), "ws-default-demo");
     }
 
     #[test]
@@ -127,10 +112,7 @@ mod tests {
             ("workspace", &"n".repeat(63), &"m".repeat(253)),
             ("projectvm", "ns", "ends."),
         ];
-        let names: Vec<String> = cases
-            .iter()
-            .map(|(k, n, m)| instance_name(k, n, m))
-            .collect();
+        let names: Vec<String> = cases.iter().map(|(k, n, m)| instance_name(k, n, m)).collect();
         for n in &names {
             assert!(valid(n), "{n}");
         }
@@ -138,10 +120,7 @@ mod tests {
         dedup.sort();
         dedup.dedup();
         assert_eq!(dedup.len(), names.len(), "{names:?}");
-        assert_eq!(
-            instance_name("projectvm", "ns", "a.b"),
-            instance_name("projectvm", "ns", "a.b")
-        );
+        assert_eq!(instance_name("projectvm", "ns", "a.b"), instance_name("projectvm", "ns", "a.b"));
     }
 
     #[test]
@@ -150,10 +129,7 @@ mod tests {
         for v in l.values() {
             assert!(
                 v.len() <= 63
-                    && v.chars().all(|c| c.is_ascii_lowercase()
-                        || c.is_ascii_digit()
-                        || c == '-'
-                        || c == '_'),
+                    && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'),
                 "{v}"
             );
         }

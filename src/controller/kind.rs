@@ -70,11 +70,7 @@ impl VmKind for Workspace {
         self.status.as_ref().map(|s| &s.vm)
     }
     fn status_json(vm: &VmStatus, url: Option<&str>) -> serde_json::Value {
-        serde_json::to_value(WorkspaceStatus {
-            url: url.map(String::from),
-            vm: vm.clone(),
-        })
-        .unwrap_or_default()
+        serde_json::to_value(WorkspaceStatus { url: url.map(String::from), vm: vm.clone() }).unwrap_or_default()
     }
     fn current_url(&self) -> Option<&str> {
         self.status.as_ref().and_then(|s| s.url.as_deref())
@@ -84,12 +80,7 @@ impl VmKind for Workspace {
     }
     fn uses_secret(&self, name: &str) -> bool {
         self.credentials_ref().is_some_and(|r| r.name == name)
-            || self
-                .spec
-                .code_server
-                .password_secret_ref
-                .as_ref()
-                .is_some_and(|r| r.name == name)
+            || self.spec.code_server.password_secret_ref.as_ref().is_some_and(|r| r.name == name)
             || name == super::secrets::password_secret_name(&self.name_any())
     }
 }

@@ -84,10 +84,7 @@ impl Context {
     ) -> (Arc<Self>, Wakeups) {
         let (tp, rp) = mpsc::unbounded_channel();
         let (tw, rw) = mpsc::unbounded_channel();
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         let ctx = Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -96,23 +93,14 @@ impl Context {
             ssh: SshPool::new(),
             tasks: TaskRegistry::new(config.max_concurrent_tasks),
             metrics,
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default(),
+            http: reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().unwrap_or_default(),
             config,
             rates,
             failures: Mutex::new(HashMap::new()),
             wake_projectvm: tp,
             wake_workspace: tw,
         };
-        (
-            Arc::new(ctx),
-            Wakeups {
-                projectvm: rp,
-                workspace: rw,
-            },
-        )
+        (Arc::new(ctx), Wakeups { projectvm: rp, workspace: rw })
     }
 
     /// A closure that re-queues the object's reconcile.
@@ -182,13 +170,7 @@ pub async fn run(
         None => Api::all(client.clone()),
     };
 
-    let pvm = controller_for(
-        pvms,
-        secrets.clone(),
-        wakeups.projectvm,
-        ctx.clone(),
-        shutdown.clone(),
-    );
+    let pvm = controller_for(pvms, secrets.clone(), wakeups.projectvm, ctx.clone(), shutdown.clone());
     let ws = controller_for(wss, secrets, wakeups.workspace, ctx.clone(), shutdown);
     futures::future::join(pvm, ws).await;
 }
@@ -217,9 +199,7 @@ async fn controller_for<K>(
                 .map(|o| ObjectRef::from_obj(&**o))
                 .collect::<Vec<_>>()
         })
-        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(
-            wakeups,
-        ))
+        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(wakeups))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|_| futures::future::ready(()))

@@ -18,40 +18,26 @@ use super::secrets::{self, Token};
 use super::work::{self, KindWork, StepEnv, Work};
 use super::{Context, Error, FIELD_MANAGER, FINALIZER, PAUSED_ANNOTATION, START_ANNOTATION};
 use crate::api::{
-    DeletionPolicy, InstanceStatus, PendingOperation, Phase, PowerStatus, Progress,
-    RepositoryStatus, RunStrategy, VmStatus,
+    DeletionPolicy, InstanceStatus, PendingOperation, Phase, PowerStatus, Progress, RepositoryStatus, RunStrategy,
+    VmStatus,
 };
-use crate::cloud::{
-    CloudError, CloudInstance, InstanceRequest, InstanceState, OperationRef, OperationState, naming,
-};
+use crate::cloud::{CloudError, CloudInstance, InstanceRequest, InstanceState, OperationRef, OperationState, naming};
 use crate::conditions::{self, Status, Update, types};
 use crate::cost;
-use crate::engine::instance::{
-    InstanceAction, InstanceInputs, StartReason, StopReason, plan_instance,
-};
+use crate::engine::instance::{InstanceAction, InstanceInputs, StartReason, StopReason, plan_instance};
 use crate::engine::tasks::humanize;
 use crate::engine::{StepDecision, StepId, StepObservation, due, plan_steps};
 use crate::ssh::{self, SshTarget};
 
 /// `kind/namespace/name`, the key for tasks and backoff.
 pub fn object_key<K: VmKind>(o: &K) -> String {
-    format!(
-        "{}/{}/{}",
-        K::LABEL,
-        o.namespace().unwrap_or_default(),
-        o.name_any()
-    )
+    format!("{}/{}/{}", K::LABEL, o.namespace().unwrap_or_default(), o.name_any())
 }
 
 /// Entry point for both controllers: the finalizer decides between apply and cleanup.
-pub async fn reconcile<K: VmKind + KindWork>(
-    obj: Arc<K>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
+pub async fn reconcile<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let ns = obj
-        .namespace()
-        .ok_or_else(|| Error::Invalid("resource has no namespace".into()))?;
+    let ns = obj.namespace().ok_or_else(|| Error::Invalid("resource has no namespace".into()))?;
     let key = object_key(&*obj);
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, obj, |event| async {
@@ -90,8 +76,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
-    s.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|d| d.with_timezone(&Utc))
+    s.and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|d| d.with_timezone(&Utc))
 }
 
 /// Parses `1h30m`-style durations (the forms the CRD admits).
@@ -141,11 +126,7 @@ impl<K: VmKind + KindWork> Run<K> {
             .and_then(|i| i.zone.clone())
             .or_else(|| obj.machine().zone.clone())
             .unwrap_or_else(|| ctx.config.default_zone.clone());
-        let instance_name = naming::instance_name(
-            K::LABEL,
-            &obj.namespace().unwrap_or_default(),
-            &obj.name_any(),
-        );
+        let instance_name = naming::instance_name(K::LABEL, &obj.namespace().unwrap_or_default(), &obj.name_any());
         Self {
             key: object_key(&*obj),
             url: obj.current_url().map(String::from),
@@ -170,9 +151,7 @@ impl<K: VmKind + KindWork> Run<K> {
         let before = conditions::get(&self.status.conditions, update.type_).cloned();
         // A Warning event when a condition newly turns False with a specific reason.
         if update.status == Status::False
-            && before
-                .as_ref()
-                .is_none_or(|b| b.status != "False" || b.reason != update.reason)
+            && before.as_ref().is_none_or(|b| b.status != "False" || b.reason != update.reason)
             && is_failure_reason(&update.reason)
         {
             self.warn(&update.reason, &update.message);
@@ -207,9 +186,8 @@ impl<K: VmKind + KindWork> Run<K> {
     fn progress(&mut self, step: &str, message: impl Into<String>, percent: Option<i32>) {
         let message = message.into();
         let p = self.status.progress.get_or_insert_with(Progress::default);
-        let changed = p.step.as_deref() != Some(step)
-            || p.message.as_deref() != Some(message.as_str())
-            || p.percent != percent;
+        let changed =
+            p.step.as_deref() != Some(step) || p.message.as_deref() != Some(message.as_str()) || p.percent != percent;
         p.step = Some(step.to_string());
         p.message = Some(message);
         p.percent = percent;
@@ -224,22 +202,15 @@ impl<K: VmKind + KindWork> Run<K> {
         let ns = self.obj.namespace().unwrap_or_default();
         let api: Api<K> = Api::namespaced(self.ctx.client.clone(), &ns);
         let new = K::status_json(&self.status, self.url.as_deref());
-        let old = self
-            .obj
-            .vm_status()
-            .map(|s| K::status_json(s, self.obj.current_url()));
+        let old = self.obj.vm_status().map(|s| K::status_json(s, self.obj.current_url()));
         if old.as_ref() != Some(&new) {
             let patch = serde_json::json!({
                 "apiVersion": K::api_version(&()),
                 "kind": K::kind(&()),
                 "status": new,
             });
-            api.patch_status(
-                &self.obj.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
+            api.patch_status(&self.obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+                .await?;
         }
         let reference = self.obj.object_ref(&());
         for e in &self.events {
@@ -248,13 +219,7 @@ impl<K: VmKind + KindWork> Run<K> {
             }
         }
         if let Some(cost) = &self.status.cost {
-            self.ctx.metrics.set_cost(
-                K::LABEL,
-                &ns,
-                &self.obj.name_any(),
-                cost.accrued,
-                cost.hourly_rate,
-            );
+            self.ctx.metrics.set_cost(K::LABEL, &ns, &self.obj.name_any(), cost.accrued, cost.hourly_rate);
         }
         self.ctx.metrics.set_ready(
             K::LABEL,
@@ -287,25 +252,16 @@ async fn apply<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
     let mut run = Run::new(obj.clone(), ctx.clone());
 
     // Paused: touch nothing, say so once.
-    let paused = obj
-        .annotations()
-        .get(PAUSED_ANNOTATION)
-        .is_some_and(|v| v == "true");
+    let paused = obj.annotations().get(PAUSED_ANNOTATION).is_some_and(|v| v == "true");
     let was_paused = run.status.progress.as_ref().and_then(|p| p.step.as_deref()) == Some("Paused");
     if paused {
         if !was_paused {
             run.event(
                 EventType::Normal,
                 "Paused",
-                format!(
-                    "reconciling paused by annotation {PAUSED_ANNOTATION}=true; remove it to resume"
-                ),
+                format!("reconciling paused by annotation {PAUSED_ANNOTATION}=true; remove it to resume"),
             );
-            run.progress(
-                "Paused",
-                format!("reconciling paused by annotation {PAUSED_ANNOTATION}"),
-                None,
-            );
+            run.progress("Paused", format!("reconciling paused by annotation {PAUSED_ANNOTATION}"), None);
         }
         return run.finish().await.map(|_| Action::await_change());
     }
@@ -317,28 +273,17 @@ async fn apply<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
     let key = secrets::ensure_ssh_key(&ctx, &*obj).await?;
     let user = obj.machine().user.clone();
     let desired_metadata = BTreeMap::from([
-        (
-            "ssh-keys".to_string(),
-            format!("{user}:{}", key.public_openssh),
-        ),
+        ("ssh-keys".to_string(), format!("{user}:{}", key.public_openssh)),
         ("enable-guest-attributes".to_string(), "TRUE".to_string()),
     ]);
 
     // A cloud operation in flight: poll it, never wait on it.
     let mut fresh = run.status.instance.is_none();
     if let Some(op) = run.status.operation.clone() {
-        match ctx
-            .compute
-            .operation(&OperationRef {
-                name: op.name.clone(),
-                zone: op.zone.clone(),
-            })
-            .await
-        {
+        match ctx.compute.operation(&OperationRef { name: op.name.clone(), zone: op.zone.clone() }).await {
             Ok(OperationState::Running { progress }) => {
                 let started = parse_time(op.started_at.as_deref()).unwrap_or(run.now);
-                let limit = parse_duration(&obj.machine().progress_timeout)
-                    .unwrap_or(Duration::from_secs(900));
+                let limit = parse_duration(&obj.machine().progress_timeout).unwrap_or(Duration::from_secs(900));
                 if (run.now - started).to_std().unwrap_or_default() > limit {
                     run.status.operation = None;
                     run.set(Update::new(
@@ -357,10 +302,7 @@ async fn apply<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
                 } else {
                     run.progress(
                         "Instance",
-                        format!(
-                            "waiting for Compute Engine operation {} ({})",
-                            op.kind, op.name
-                        ),
+                        format!("waiting for Compute Engine operation {} ({})", op.kind, op.name),
                         progress,
                     );
                     run.soon(FAST);
@@ -388,13 +330,9 @@ async fn apply<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
     }
 
     let instance = if fresh {
-        ctx.compute
-            .get_instance(&run.zone, &run.instance_name)
-            .await?
+        ctx.compute.get_instance(&run.zone, &run.instance_name).await?
     } else {
-        ctx.instances
-            .get(&*ctx.compute, &run.zone, &run.instance_name)
-            .await?
+        ctx.instances.get(&*ctx.compute, &run.zone, &run.instance_name).await?
     };
 
     // Power history and cost, from the cloud's own start/stop times.
@@ -408,7 +346,9 @@ async fn apply<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
     let power = run.status.power.clone().unwrap_or_default();
     let action = plan_instance(&InstanceInputs {
         instance: instance.as_ref(),
-        uid: obj.uid().as_deref().unwrap_or(""),
+        owned: instance
+            .as_ref()
+            .is_some_and(|i| naming::belongs_to(i, K::LABEL, &obj.namespace().unwrap_or_default(), &obj.name_any())),
         desired_machine_type: &desired_mt,
         run_strategy: obj.machine().run_strategy,
         desired_metadata: &desired_metadata,
@@ -421,35 +361,17 @@ async fn apply<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
     match action {
         InstanceAction::Running => {
             let inst = instance.expect("running implies an instance");
-            if run
-                .status
-                .power
-                .as_ref()
-                .is_some_and(|p| p.resizing_to.is_some())
-            {
+            if run.status.power.as_ref().is_some_and(|p| p.resizing_to.is_some()) {
                 let p = run.power();
                 p.resizing_to = None;
                 p.resize_restore_running = None;
-                run.event(
-                    EventType::Normal,
-                    "Resized",
-                    format!("machine type is now {}", inst.machine_type),
-                );
+                run.event(EventType::Normal, "Resized", format!("machine type is now {}", inst.machine_type));
             }
             run_steps(&mut run, &inst, &key).await?;
         }
         InstanceAction::Stopped => {
-            let reason = run
-                .status
-                .power
-                .as_ref()
-                .and_then(|p| p.last_stop_reason.clone());
-            if run
-                .status
-                .power
-                .as_ref()
-                .is_some_and(|p| p.resizing_to.is_some())
-            {
+            let reason = run.status.power.as_ref().and_then(|p| p.last_stop_reason.clone());
+            if run.status.power.as_ref().is_some_and(|p| p.resizing_to.is_some()) {
                 let p = run.power();
                 p.resizing_to = None;
                 p.resize_restore_running = None;
@@ -463,10 +385,7 @@ async fn apply<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
                 Some("IdleTimeout") => format!(
                     "stopped after idleTimeout {} without activity (last activity {})",
                     obj.machine().idle_timeout.clone().unwrap_or_default(),
-                    run.status
-                        .last_activity_at
-                        .clone()
-                        .unwrap_or_else(|| "never".into())
+                    run.status.last_activity_at.clone().unwrap_or_else(|| "never".into())
                 ),
                 Some("Halted") => "stopped: runStrategy is Halted".to_string(),
                 _ if obj.machine().run_strategy == RunStrategy::Manual => format!(
@@ -474,15 +393,8 @@ async fn apply<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
                 ),
                 _ => "stopped".to_string(),
             };
-            let reason = reason
-                .filter(|r| r == "IdleTimeout")
-                .unwrap_or_else(|| "Stopped".into());
-            run.set(Update::new(
-                types::INSTANCE_READY,
-                Status::False,
-                reason.clone(),
-                message.clone(),
-            ));
+            let reason = reason.filter(|r| r == "IdleTimeout").unwrap_or_else(|| "Stopped".into());
+            run.set(Update::new(types::INSTANCE_READY, Status::False, reason.clone(), message.clone()));
             run.status.phase = Some(Phase::Stopped);
             run.set(Update::new(types::READY, Status::False, reason, message));
             run.status.progress = Some(Progress {
@@ -495,14 +407,7 @@ async fn apply<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
         }
         other => {
             let inst = instance.clone();
-            instance_action(
-                &mut run,
-                other,
-                inst.as_ref(),
-                &desired_metadata,
-                start_request.as_deref(),
-            )
-            .await?;
+            instance_action(&mut run, other, inst.as_ref(), &desired_metadata, start_request.as_deref()).await?;
         }
     }
     summarize(&mut run);
@@ -512,20 +417,11 @@ async fn apply<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
 /// Records what a finished operation did.
 fn operation_done<K: VmKind + KindWork>(run: &mut Run<K>, op: &PendingOperation) {
     let (reason, note) = match op.kind.as_str() {
-        "insert" => (
-            "Created",
-            format!("created instance {} in {}", run.instance_name, op.zone),
-        ),
+        "insert" => ("Created", format!("created instance {} in {}", run.instance_name, op.zone)),
         "start" => ("Started", format!("started instance {}", run.instance_name)),
         "stop" => ("Stopped", format!("stopped instance {}", run.instance_name)),
-        "setMachineType" => (
-            "MachineTypeSet",
-            format!("set the machine type of {}", run.instance_name),
-        ),
-        "setMetadata" => (
-            "MetadataSet",
-            format!("updated the metadata of {}", run.instance_name),
-        ),
+        "setMachineType" => ("MachineTypeSet", format!("set the machine type of {}", run.instance_name)),
+        "setMetadata" => ("MetadataSet", format!("updated the metadata of {}", run.instance_name)),
         _ => return,
     };
     run.event(EventType::Normal, reason, note);
@@ -535,16 +431,8 @@ fn operation_done<K: VmKind + KindWork>(run: &mut Run<K>, op: &PendingOperation)
 /// A failed cloud call or operation: condition, event, backoff.
 fn cloud_failure<K: VmKind + KindWork>(run: &mut Run<K>, what: &str, err: &CloudError) {
     let reason = err.kind.condition_reason();
-    let message = format!(
-        "Compute Engine {what} of instance {} failed: {}",
-        run.instance_name, err.message
-    );
-    run.set(Update::new(
-        types::INSTANCE_READY,
-        Status::False,
-        reason,
-        message.clone(),
-    ));
+    let message = format!("Compute Engine {what} of instance {} failed: {}", run.instance_name, err.message);
+    run.set(Update::new(types::INSTANCE_READY, Status::False, reason, message.clone()));
     run.set(Update::new(types::READY, Status::False, reason, message));
 }
 
@@ -571,6 +459,16 @@ fn observe_instance<K: VmKind + KindWork>(run: &mut Run<K>, inst: &CloudInstance
 
     let prev = run.status.instance.clone().unwrap_or_default();
     let same_instance = prev.id.as_deref() == Some(inst.id.as_str());
+    if prev.id.is_none() && inst.labels.get("projectvm-uid").map(String::as_str) != run.obj.uid().as_deref() {
+        run.event(
+            EventType::Normal,
+            "Adopted",
+            format!(
+                "adopted existing instance {} (id {}) made for an earlier resource of the same name",
+                inst.name, inst.id
+            ),
+        );
+    }
     run.status.instance = Some(InstanceStatus {
         name: Some(inst.name.clone()),
         id: Some(inst.id.clone()),
@@ -580,11 +478,7 @@ fn observe_instance<K: VmKind + KindWork>(run: &mut Run<K>, inst: &CloudInstance
         internal_ip: inst.internal_ip.clone(),
         external_ip: inst.external_ip.clone(),
         host_key: if same_instance { prev.host_key } else { None },
-        host_key_fingerprint: if same_instance {
-            prev.host_key_fingerprint
-        } else {
-            None
-        },
+        host_key_fingerprint: if same_instance { prev.host_key_fingerprint } else { None },
     });
     if !same_instance && prev.id.is_some() {
         // A new instance under the same name: everything on the VM must be redone.
@@ -606,28 +500,17 @@ fn observe_instance<K: VmKind + KindWork>(run: &mut Run<K>, inst: &CloudInstance
 }
 
 fn idle_expired<K: VmKind + KindWork>(run: &Run<K>, inst: Option<&CloudInstance>) -> bool {
-    let Some(timeout) = run
-        .obj
-        .machine()
-        .idle_timeout
-        .as_deref()
-        .and_then(parse_duration)
-    else {
+    let Some(timeout) = run.obj.machine().idle_timeout.as_deref().and_then(parse_duration) else {
         return false;
     };
     if inst.is_none_or(|i| i.state != InstanceState::Running) {
         return false;
     }
-    let since = [
-        run.status.last_activity_at.as_deref(),
-        run.status
-            .power
-            .as_ref()
-            .and_then(|p| p.running_since.as_deref()),
-    ]
-    .into_iter()
-    .filter_map(parse_time)
-    .max();
+    let since =
+        [run.status.last_activity_at.as_deref(), run.status.power.as_ref().and_then(|p| p.running_since.as_deref())]
+            .into_iter()
+            .filter_map(parse_time)
+            .max();
     since.is_some_and(|t| (run.now - t).to_std().unwrap_or_default() >= timeout)
 }
 
@@ -672,10 +555,7 @@ async fn instance_action<K: VmKind + KindWork>(
             ));
             run.progress("Instance", format!("creating instance {name}"), None);
             run.status.phase = Some(Phase::Provisioning);
-            ctx.compute
-                .insert_instance(&req)
-                .await
-                .map(|op| Some(("insert", op)))
+            ctx.compute.insert_instance(&req).await.map(|op| Some(("insert", op)))
         }
         InstanceAction::NameConflict { owner_uid } => {
             let message = format!(
@@ -685,35 +565,16 @@ async fn instance_action<K: VmKind + KindWork>(
                     .map(|u| format!("resource uid {u}"))
                     .unwrap_or_else(|| "something other than projectvm".into())
             );
-            run.set(Update::new(
-                types::INSTANCE_READY,
-                Status::False,
-                "InstanceNameConflict",
-                message.clone(),
-            ));
-            run.set(Update::new(
-                types::READY,
-                Status::False,
-                "InstanceNameConflict",
-                message,
-            ));
+            run.set(Update::new(types::INSTANCE_READY, Status::False, "InstanceNameConflict", message.clone()));
+            run.set(Update::new(types::READY, Status::False, "InstanceNameConflict", message));
             run.status.phase = Some(Phase::Failed);
             run.soon(Duration::from_secs(300));
             Ok(None)
         }
         InstanceAction::WaitTransition => {
             let state = inst.map(|i| state_str(&i.state)).unwrap_or_default();
-            let reason = if state == "STOPPING" {
-                "Stopping"
-            } else {
-                "Starting"
-            };
-            run.set(Update::new(
-                types::INSTANCE_READY,
-                Status::False,
-                reason,
-                format!("instance is {state}"),
-            ));
+            let reason = if state == "STOPPING" { "Stopping" } else { "Starting" };
+            run.set(Update::new(types::INSTANCE_READY, Status::False, reason, format!("instance is {state}")));
             run.progress("Instance", format!("instance is {state}"), None);
             run.soon(FAST);
             Ok(None)
@@ -725,18 +586,10 @@ async fn instance_action<K: VmKind + KindWork>(
                     let p = run.power();
                     p.resizing_to = Some(to.clone());
                     p.resize_restore_running = Some(true);
-                    run.event(
-                        EventType::Normal,
-                        "Resizing",
-                        format!("stopping to change the machine type to {to}"),
-                    );
+                    run.event(EventType::Normal, "Resizing", format!("stopping to change the machine type to {to}"));
                 }
                 StopReason::IdleTimeout => {
-                    let last = run
-                        .status
-                        .last_activity_at
-                        .clone()
-                        .unwrap_or_else(|| "never".into());
+                    let last = run.status.last_activity_at.clone().unwrap_or_else(|| "never".into());
                     run.event(
                         EventType::Normal,
                         "IdleTimeout",
@@ -746,9 +599,7 @@ async fn instance_action<K: VmKind + KindWork>(
                         ),
                     );
                 }
-                StopReason::Halted => {
-                    run.event(EventType::Normal, "Stopping", "runStrategy is Halted")
-                }
+                StopReason::Halted => run.event(EventType::Normal, "Stopping", "runStrategy is Halted"),
             }
             run.power().last_stop_reason = Some(reason.as_str().to_string());
             run.set(Update::new(
@@ -757,10 +608,7 @@ async fn instance_action<K: VmKind + KindWork>(
                 "Stopping",
                 format!("stopping instance ({})", reason.as_str()),
             ));
-            ctx.compute
-                .stop_instance(&zone, &name)
-                .await
-                .map(|op| Some(("stop", op)))
+            ctx.compute.stop_instance(&zone, &name).await.map(|op| Some(("stop", op)))
         }
         InstanceAction::Start(reason) => {
             match reason {
@@ -777,22 +625,12 @@ async fn instance_action<K: VmKind + KindWork>(
                         format!("starting: annotation {START_ANNOTATION} was set"),
                     );
                 }
-                StartReason::Always => run.event(
-                    EventType::Normal,
-                    "Starting",
-                    "runStrategy is Always and the VM was stopped",
-                ),
+                StartReason::Always => {
+                    run.event(EventType::Normal, "Starting", "runStrategy is Always and the VM was stopped")
+                }
             }
-            run.set(Update::new(
-                types::INSTANCE_READY,
-                Status::False,
-                "Starting",
-                "starting instance",
-            ));
-            ctx.compute
-                .start_instance(&zone, &name)
-                .await
-                .map(|op| Some(("start", op)))
+            run.set(Update::new(types::INSTANCE_READY, Status::False, "Starting", "starting instance"));
+            ctx.compute.start_instance(&zone, &name).await.map(|op| Some(("start", op)))
         }
         InstanceAction::SetMachineType(mt) => {
             let p = run.power();
@@ -806,24 +644,14 @@ async fn instance_action<K: VmKind + KindWork>(
                 "Resizing",
                 format!("setting machine type {mt}"),
             ));
-            ctx.compute
-                .set_machine_type(&zone, &name, mt)
-                .await
-                .map(|op| Some(("setMachineType", op)))
+            ctx.compute.set_machine_type(&zone, &name, mt).await.map(|op| Some(("setMachineType", op)))
         }
         InstanceAction::SetMetadata => {
             let mut items = inst.map(|i| i.metadata.clone()).unwrap_or_default();
             items.extend(metadata.clone());
             let fp = inst.and_then(|i| i.metadata_fingerprint.clone());
-            run.progress(
-                "Instance",
-                "updating instance metadata (SSH key, guest attributes)",
-                None,
-            );
-            ctx.compute
-                .set_metadata(&zone, &name, fp.as_deref(), &items)
-                .await
-                .map(|op| Some(("setMetadata", op)))
+            run.progress("Instance", "updating instance metadata (SSH key, guest attributes)", None);
+            ctx.compute.set_metadata(&zone, &name, fp.as_deref(), &items).await.map(|op| Some(("setMetadata", op)))
         }
         InstanceAction::AcknowledgeStartRequest => {
             run.power().acknowledged_start_request = start_request.map(String::from);
@@ -847,10 +675,7 @@ async fn instance_action<K: VmKind + KindWork>(
                 zone: op.zone,
                 started_at: Some(rfc3339(run.now)),
             });
-            if matches!(
-                action,
-                InstanceAction::Stop(StopReason::Resize) | InstanceAction::SetMachineType(_)
-            ) {
+            if matches!(action, InstanceAction::Stop(StopReason::Resize) | InstanceAction::SetMachineType(_)) {
                 run.status.phase = Some(Phase::Resizing);
             }
             run.soon(FAST);
@@ -887,9 +712,7 @@ async fn run_steps<K: VmKind + KindWork>(
     let Some(address) = (if ctx.config.use_internal_ip {
         inst.internal_ip.clone()
     } else {
-        inst.external_ip
-            .clone()
-            .or_else(|| inst.internal_ip.clone())
+        inst.external_ip.clone().or_else(|| inst.internal_ip.clone())
     }) else {
         run.set(Update::new(
             types::INSTANCE_READY,
@@ -902,25 +725,15 @@ async fn run_steps<K: VmKind + KindWork>(
     };
 
     // Pin the host key the guest agent published; never trust on first use.
-    let pinned = run
-        .status
-        .instance
-        .as_ref()
-        .and_then(|i| i.host_key.clone());
+    let pinned = run.status.instance.as_ref().and_then(|i| i.host_key.clone());
     let host_key = match pinned {
         Some(k) => k,
         None => {
-            let attrs = ctx
-                .compute
-                .guest_attributes(&run.zone, &run.instance_name, "hostkeys/")
-                .await?;
+            let attrs = ctx.compute.guest_attributes(&run.zone, &run.instance_name, "hostkeys/").await?;
             let preferred = ["ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa"];
-            let found = preferred.iter().find_map(|t| {
-                attrs
-                    .iter()
-                    .find(|a| a.key == *t)
-                    .map(|a| format!("{} {}", a.key, a.value.trim()))
-            });
+            let found = preferred
+                .iter()
+                .find_map(|t| attrs.iter().find(|a| a.key == *t).map(|a| format!("{} {}", a.key, a.value.trim())));
             match found {
                 Some(k) => {
                     let fp = ssh::host_key_fingerprint(&k).unwrap_or_default();
@@ -931,7 +744,12 @@ async fn run_steps<K: VmKind + KindWork>(
                     k
                 }
                 None => {
-                    run.set(Update::new(types::INSTANCE_READY, Status::False, "Waiting", "waiting for the guest agent to publish the SSH host keys (guest attributes hostkeys/)"));
+                    run.set(Update::new(
+                        types::INSTANCE_READY,
+                        Status::False,
+                        "Waiting",
+                        "waiting for the guest agent to publish the SSH host keys (guest attributes hostkeys/)",
+                    ));
                     run.progress("Instance", "waiting for host keys", None);
                     run.soon(FAST);
                     return Ok(());
@@ -974,16 +792,9 @@ async fn run_steps<K: VmKind + KindWork>(
     }
 
     let limit = parse_duration(&machine.progress_timeout).unwrap_or(Duration::from_secs(900));
-    let prepared: Vec<(StepId, work::Prepared)> = K::GRAPH
-        .iter()
-        .map(|n| (n.id, run.obj.prepare(n.id, &env)))
-        .collect();
-    let find = |id: StepId| {
-        prepared
-            .iter()
-            .find(|(s, _)| *s == id)
-            .map(|(_, p)| p.clone())
-    };
+    let prepared: Vec<(StepId, work::Prepared)> =
+        K::GRAPH.iter().map(|n| (n.id, run.obj.prepare(n.id, &env))).collect();
+    let find = |id: StepId| prepared.iter().find(|(s, _)| *s == id).map(|(_, p)| p.clone());
     let conds = run.status.conditions.clone();
     let plan = plan_steps(K::GRAPH, |id| {
         let node = K::GRAPH.iter().find(|n| n.id == id).expect("node in graph");
@@ -1001,28 +812,14 @@ async fn run_steps<K: VmKind + KindWork>(
     let run_now = due(K::GRAPH, &plan);
 
     for node in K::GRAPH {
-        let decision = plan
-            .iter()
-            .find(|(id, _)| *id == node.id)
-            .map(|(_, d)| *d)
-            .unwrap_or(StepDecision::Blocked);
+        let decision = plan.iter().find(|(id, _)| *id == node.id).map(|(_, d)| *d).unwrap_or(StepDecision::Blocked);
         let prep = find(node.id).expect("prepared");
         let (fp, work) = match prep {
             Ok(p) => p,
             Err(blocked) => {
-                run.set(Update::new(
-                    node.condition,
-                    Status::False,
-                    blocked.reason,
-                    blocked.message.clone(),
-                ));
+                run.set(Update::new(node.condition, Status::False, blocked.reason, blocked.message.clone()));
                 if run.obj.credentials_ref().is_some() && blocked.reason == "SecretNotFound" {
-                    run.set(Update::new(
-                        types::CREDENTIALS_CURRENT,
-                        Status::False,
-                        "SecretNotFound",
-                        blocked.message,
-                    ));
+                    run.set(Update::new(types::CREDENTIALS_CURRENT, Status::False, "SecretNotFound", blocked.message));
                 }
                 run.soon(Duration::from_secs(30));
                 continue;
@@ -1031,26 +828,13 @@ async fn run_steps<K: VmKind + KindWork>(
         match decision {
             StepDecision::Collect => {
                 if let Some((task_fp, outcome)) = ctx.tasks.take_finished(&run.key, node.id) {
-                    collect(
-                        run,
-                        node.id,
-                        node.condition,
-                        &task_fp,
-                        &fp,
-                        outcome,
-                        env.token.as_ref(),
-                    );
+                    collect(run, node.id, node.condition, &task_fp, &fp, outcome, env.token.as_ref());
                 }
                 run.soon(Duration::from_millis(200));
             }
             StepDecision::Running => {
                 let p = ctx.tasks.progress(&run.key, node.id).unwrap_or_default();
-                run.set(Update::new(
-                    node.condition,
-                    Status::False,
-                    "InProgress",
-                    p.message.clone(),
-                ));
+                run.set(Update::new(node.condition, Status::False, "InProgress", p.message.clone()));
                 if node.id == StepId::Repository && env.token.is_some() {
                     run.set(Update::new(
                         types::CREDENTIALS_CURRENT,
@@ -1068,9 +852,7 @@ async fn run_steps<K: VmKind + KindWork>(
                 }
             }
             StepDecision::Blocked => {
-                if !conditions::is_true(&run.status.conditions, node.condition)
-                    || !run_now.contains(&node.id)
-                {
+                if !conditions::is_true(&run.status.conditions, node.condition) || !run_now.contains(&node.id) {
                     let waiting: Vec<&str> = node.after.iter().map(|s| s.name()).collect();
                     if !conditions::get(&run.status.conditions, node.condition)
                         .is_some_and(|c| c.status == "False" && is_failure_reason(&c.reason))
@@ -1104,14 +886,9 @@ async fn run_steps<K: VmKind + KindWork>(
                 let t = target.clone();
                 let step = node.id;
                 let fp2 = fp.clone();
-                ctx.tasks.spawn(
-                    &run.key,
-                    node.id,
-                    &fp,
-                    limit,
-                    ctx.waker(&*run.obj),
-                    move |progress| work::run_remote(ssh, t, step, remote, fp2, limit, progress),
-                );
+                ctx.tasks.spawn(&run.key, node.id, &fp, limit, ctx.waker(&*run.obj), move |progress| {
+                    work::run_remote(ssh, t, step, remote, fp2, limit, progress)
+                });
                 run.soon(Duration::from_secs(10));
             }
         }
@@ -1126,13 +903,7 @@ async fn run_steps<K: VmKind + KindWork>(
         let probe = crate::guest::activity_probe(&machine.user);
         match ctx
             .ssh
-            .exec(
-                &target,
-                crate::guest::RUN_AS_USER,
-                Some(probe.as_bytes()),
-                Duration::from_secs(20),
-                None,
-            )
+            .exec(&target, crate::guest::RUN_AS_USER, Some(probe.as_bytes()), Duration::from_secs(20), None)
             .await
         {
             Ok(out) if String::from_utf8_lossy(&out.stdout).contains("PROJECTVM_ACTIVE=1") => {
@@ -1147,15 +918,10 @@ async fn run_steps<K: VmKind + KindWork>(
 }
 
 /// Finds the code-server password: the referenced Secret, or the generated one.
-async fn workspace_password<K: VmKind + KindWork>(
-    run: &mut Run<K>,
-) -> Result<Option<Token>, Error> {
+async fn workspace_password<K: VmKind + KindWork>(run: &mut Run<K>) -> Result<Option<Token>, Error> {
     let ctx = run.ctx.clone();
     let value = serde_json::to_value(&*run.obj).unwrap_or_default();
-    let auth = value
-        .pointer("/spec/codeServer/auth")
-        .and_then(|v| v.as_str())
-        .unwrap_or("password");
+    let auth = value.pointer("/spec/codeServer/auth").and_then(|v| v.as_str()).unwrap_or("password");
     if auth == "none" {
         return Ok(None);
     }
@@ -1166,12 +932,7 @@ async fn workspace_password<K: VmKind + KindWork>(
         return match secrets::read_token(&ctx, &ns, &r).await? {
             Ok(t) => Ok(Some(t)),
             Err(p) => {
-                run.set(Update::new(
-                    types::CODE_SERVER_CONFIGURED,
-                    Status::False,
-                    "SecretNotFound",
-                    p.message,
-                ));
+                run.set(Update::new(types::CODE_SERVER_CONFIGURED, Status::False, "SecretNotFound", p.message));
                 Ok(None)
             }
         };
@@ -1194,24 +955,10 @@ fn collect<K: VmKind + KindWork>(
         // A result for inputs that have since changed still says what is on the VM, but
         // the step runs again for the new inputs.
         let fp = (task_fp == desired_fp).then(|| task_fp.to_string());
-        let status = if fp.is_some() {
-            Status::True
-        } else {
-            Status::False
-        };
-        let reason = if fp.is_some() {
-            outcome.reason.clone()
-        } else {
-            "InProgress".into()
-        };
-        run.set(
-            Update::new(condition, status, reason, message.clone()).with_fingerprint(fp.clone()),
-        );
-        run.event(
-            EventType::Normal,
-            &outcome.reason,
-            format!("{}: {message}", step.name()),
-        );
+        let status = if fp.is_some() { Status::True } else { Status::False };
+        let reason = if fp.is_some() { outcome.reason.clone() } else { "InProgress".into() };
+        run.set(Update::new(condition, status, reason, message.clone()).with_fingerprint(fp.clone()));
+        run.event(EventType::Normal, &outcome.reason, format!("{}: {message}", step.name()));
         if step == StepId::Repository {
             run.status.repository = Some(RepositoryStatus {
                 revision: outcome.outputs.get("revision").cloned(),
@@ -1229,20 +976,9 @@ fn collect<K: VmKind + KindWork>(
         }
         run.progress(step.name(), "done", Some(100));
     } else {
-        run.set(Update::new(
-            condition,
-            Status::False,
-            outcome.reason.clone(),
-            message.clone(),
-        ));
-        if step == StepId::Repository && outcome.reason == "AuthenticationFailed" && token.is_some()
-        {
-            run.set(Update::new(
-                types::CREDENTIALS_CURRENT,
-                Status::False,
-                "AuthenticationFailed",
-                message.clone(),
-            ));
+        run.set(Update::new(condition, Status::False, outcome.reason.clone(), message.clone()));
+        if step == StepId::Repository && outcome.reason == "AuthenticationFailed" && token.is_some() {
+            run.set(Update::new(types::CREDENTIALS_CURRENT, Status::False, "AuthenticationFailed", message.clone()));
         }
         run.progress(step.name(), format!("failed: {}", outcome.reason), None);
     }
@@ -1251,35 +987,20 @@ fn collect<K: VmKind + KindWork>(
 /// How long code-server may take to answer after it was configured.
 const HEALTH_GRACE: Duration = Duration::from_secs(180);
 
-async fn health<K: VmKind + KindWork>(
-    run: &mut Run<K>,
-    condition: &'static str,
-    url: &str,
-    fp: &str,
-) {
+async fn health<K: VmKind + KindWork>(run: &mut Run<K>, condition: &'static str, url: &str, fp: &str) {
     let answer = work::probe_health(&run.ctx.http, url).await;
     if answer.last_heartbeat_ms > 0
         && let Some(t) = DateTime::<Utc>::from_timestamp_millis(answer.last_heartbeat_ms)
     {
         let t = rfc3339(t);
-        if run
-            .status
-            .last_activity_at
-            .as_deref()
-            .is_none_or(|prev| prev < t.as_str())
-        {
+        if run.status.last_activity_at.as_deref().is_none_or(|prev| prev < t.as_str()) {
             run.status.last_activity_at = Some(t);
         }
     }
     if answer.healthy {
         run.set(
-            Update::new(
-                condition,
-                Status::True,
-                "Healthy",
-                format!("GET {url}: {}", answer.summary),
-            )
-            .with_fingerprint(Some(fp.to_string())),
+            Update::new(condition, Status::True, "Healthy", format!("GET {url}: {}", answer.summary))
+                .with_fingerprint(Some(fp.to_string())),
         );
         return;
     }
@@ -1320,16 +1041,11 @@ async fn route<K: VmKind + KindWork>(
 ) -> Result<(), Error> {
     // Only Workspaces have a route.
     let value = serde_json::to_value(&*run.obj).unwrap_or_default();
-    let ws: crate::api::Workspace =
-        serde_json::from_value(value).map_err(|e| Error::Invalid(e.to_string()))?;
+    let ws: crate::api::Workspace = serde_json::from_value(value).map_err(|e| Error::Invalid(e.to_string()))?;
     super::route::apply(&run.ctx, &ws, address).await?;
     let url = super::route::url(ws.spec.ingress.as_ref(), address, ws.spec.code_server.port);
     if run.url.as_deref() != Some(url.as_str()) {
-        run.event(
-            EventType::Normal,
-            "Routed",
-            format!("workspace is served at {url}"),
-        );
+        run.event(EventType::Normal, "Routed", format!("workspace is served at {url}"));
     }
     run.url = Some(url.clone());
     run.set(
@@ -1337,10 +1053,7 @@ async fn route<K: VmKind + KindWork>(
             condition,
             Status::True,
             "Routed",
-            format!(
-                "Service {} routes to {address}; open {url}",
-                super::route::service_name(&ws.name_any())
-            ),
+            format!("Service {} routes to {address}; open {url}", super::route::service_name(&ws.name_any())),
         )
         .with_fingerprint(Some(fp.to_string())),
     );
@@ -1350,11 +1063,8 @@ async fn route<K: VmKind + KindWork>(
 /// Ready, phase and the progress timeout, from the conditions.
 fn summarize<K: VmKind + KindWork>(run: &mut Run<K>) {
     let instance_ready = conditions::is_true(&run.status.conditions, types::INSTANCE_READY);
-    let pending: Vec<&'static str> = K::GRAPH
-        .iter()
-        .map(|n| n.condition)
-        .filter(|c| !conditions::is_true(&run.status.conditions, c))
-        .collect();
+    let pending: Vec<&'static str> =
+        K::GRAPH.iter().map(|n| n.condition).filter(|c| !conditions::is_true(&run.status.conditions, c)).collect();
     let ready = instance_ready && pending.is_empty() && run.status.operation.is_none();
     if ready {
         let was = conditions::is_true(&run.status.conditions, types::READY);
@@ -1362,12 +1072,7 @@ fn summarize<K: VmKind + KindWork>(run: &mut Run<K>) {
             Some(u) => format!("ready at {u}"),
             None => "ready: instance running, prerequisites installed, repository synced".into(),
         };
-        run.set(Update::new(
-            types::READY,
-            Status::True,
-            "Ready",
-            msg.clone(),
-        ));
+        run.set(Update::new(types::READY, Status::True, "Ready", msg.clone()));
         if !was {
             run.event(EventType::Normal, "Ready", msg);
         }
@@ -1383,47 +1088,24 @@ fn summarize<K: VmKind + KindWork>(run: &mut Run<K>) {
     // Not ready: say why, by the first condition that is not True.
     let blocking = std::iter::once(types::INSTANCE_READY)
         .chain(K::GRAPH.iter().map(|n| n.condition))
-        .find_map(|t| {
-            conditions::get(&run.status.conditions, t)
-                .filter(|c| c.status != "True")
-                .cloned()
-        });
+        .find_map(|t| conditions::get(&run.status.conditions, t).filter(|c| c.status != "True").cloned());
     let (reason, message) = match &blocking {
         Some(c) => (c.reason.clone(), format!("{}: {}", c.type_, c.message)),
-        None => (
-            "NotReady".to_string(),
-            "waiting for the instance".to_string(),
-        ),
+        None => ("NotReady".to_string(), "waiting for the instance".to_string()),
     };
-    let failing = blocking
-        .as_ref()
-        .is_some_and(|c| is_failure_reason(&c.reason));
+    let failing = blocking.as_ref().is_some_and(|c| is_failure_reason(&c.reason));
     run.set(Update::new(types::READY, Status::False, reason, message));
     if run.status.phase != Some(Phase::Resizing) || run.status.operation.is_none() {
         run.status.phase = Some(if failing {
             Phase::Failed
-        } else if run
-            .status
-            .operation
-            .as_ref()
-            .is_some_and(|o| o.kind == "stop")
-        {
+        } else if run.status.operation.as_ref().is_some_and(|o| o.kind == "stop") {
             Phase::Stopping
-        } else if run
-            .status
-            .power
-            .as_ref()
-            .is_some_and(|p| p.resizing_to.is_some())
-        {
+        } else if run.status.power.as_ref().is_some_and(|p| p.resizing_to.is_some()) {
             Phase::Resizing
         } else if !instance_ready {
             Phase::Provisioning
         } else {
-            match K::GRAPH
-                .iter()
-                .find(|n| pending.contains(&n.condition))
-                .map(|n| n.id)
-            {
+            match K::GRAPH.iter().find(|n| pending.contains(&n.condition)).map(|n| n.id) {
                 Some(StepId::Prerequisites) => Phase::Installing,
                 Some(StepId::Repository) => Phase::Syncing,
                 Some(_) => Phase::Configuring,
@@ -1432,28 +1114,15 @@ fn summarize<K: VmKind + KindWork>(run: &mut Run<K>) {
         });
     }
     // Progress timeout: no progress for that long fails the resource, naming the step.
-    let limit =
-        parse_duration(&run.obj.machine().progress_timeout).unwrap_or(Duration::from_secs(900));
-    let last = run
-        .status
-        .progress
-        .as_ref()
-        .and_then(|p| parse_time(p.last_progress_at.as_deref()));
+    let limit = parse_duration(&run.obj.machine().progress_timeout).unwrap_or(Duration::from_secs(900));
+    let last = run.status.progress.as_ref().and_then(|p| parse_time(p.last_progress_at.as_deref()));
     match last {
         None => run.progress("Pending", "starting", None),
         Some(t) if (run.now - t).to_std().unwrap_or_default() > limit => {
-            let step = run
-                .status
-                .progress
-                .as_ref()
-                .and_then(|p| p.step.clone())
-                .unwrap_or_else(|| "Instance".into());
-            let message = format!(
-                "step {step} made no progress for {} (progressTimeout)",
-                humanize(limit)
-            );
-            let already = conditions::get(&run.status.conditions, types::READY)
-                .is_some_and(|c| c.reason == "StepTimedOut");
+            let step = run.status.progress.as_ref().and_then(|p| p.step.clone()).unwrap_or_else(|| "Instance".into());
+            let message = format!("step {step} made no progress for {} (progressTimeout)", humanize(limit));
+            let already =
+                conditions::get(&run.status.conditions, types::READY).is_some_and(|c| c.reason == "StepTimedOut");
             if !already {
                 run.warn("StepTimedOut", &message);
             }
@@ -1476,22 +1145,14 @@ fn summarize<K: VmKind + KindWork>(run: &mut Run<K>) {
 async fn cleanup<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let mut run = Run::new(obj.clone(), ctx.clone());
     ctx.tasks.forget(&run.key);
-    if let Some(addr) = run
-        .status
-        .instance
-        .as_ref()
-        .and_then(|i| i.external_ip.clone().or(i.internal_ip.clone()))
-    {
+    if let Some(addr) = run.status.instance.as_ref().and_then(|i| i.external_ip.clone().or(i.internal_ip.clone())) {
         ctx.ssh.forget(&addr).await;
     }
     if obj.machine().deletion_policy == DeletionPolicy::Orphan {
         run.event(
             EventType::Normal,
             "Orphaned",
-            format!(
-                "deletionPolicy is Orphan: instance {} in {} is kept",
-                run.instance_name, run.zone
-            ),
+            format!("deletionPolicy is Orphan: instance {} in {} is kept", run.instance_name, run.zone),
         );
         let reference = obj.object_ref(&());
         for e in &run.events {
@@ -1501,20 +1162,9 @@ async fn cleanup<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result
     }
     run.status.phase = Some(Phase::Deleting);
     if let Some(op) = run.status.operation.clone().filter(|o| o.kind == "delete") {
-        match ctx
-            .compute
-            .operation(&OperationRef {
-                name: op.name.clone(),
-                zone: op.zone.clone(),
-            })
-            .await?
-        {
+        match ctx.compute.operation(&OperationRef { name: op.name.clone(), zone: op.zone.clone() }).await? {
             OperationState::Running { .. } => {
-                run.progress(
-                    "Deleting",
-                    format!("deleting instance {}", run.instance_name),
-                    None,
-                );
+                run.progress("Deleting", format!("deleting instance {}", run.instance_name), None);
                 run.soon(FAST);
                 return run.finish().await;
             }
@@ -1529,49 +1179,30 @@ async fn cleanup<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result
             }
         }
     }
-    let instance = ctx
-        .compute
-        .get_instance(&run.zone, &run.instance_name)
-        .await?;
+    let instance = ctx.compute.get_instance(&run.zone, &run.instance_name).await?;
     let ours = instance
         .as_ref()
-        .is_some_and(|i| i.labels.get("projectvm-uid").map(String::as_str) == obj.uid().as_deref());
+        .is_some_and(|i| naming::belongs_to(i, K::LABEL, &obj.namespace().unwrap_or_default(), &obj.name_any()));
     if !ours {
         // Gone (or never ours): nothing left to do, the finalizer comes off.
         ctx.instances.invalidate(&run.zone);
-        run.event(
-            EventType::Normal,
-            "Deleted",
-            format!("instance {} is gone", run.instance_name),
-        );
+        run.event(EventType::Normal, "Deleted", format!("instance {} is gone", run.instance_name));
         let reference = obj.object_ref(&());
         for e in &run.events {
             let _ = ctx.recorder.publish(e, &reference).await;
         }
         return Ok(Action::await_change());
     }
-    match ctx
-        .compute
-        .delete_instance(&run.zone, &run.instance_name)
-        .await
-    {
+    match ctx.compute.delete_instance(&run.zone, &run.instance_name).await {
         Ok(Some(op)) => {
-            run.event(
-                EventType::Normal,
-                "Deleting",
-                format!("deleting instance {}", run.instance_name),
-            );
+            run.event(EventType::Normal, "Deleting", format!("deleting instance {}", run.instance_name));
             run.status.operation = Some(PendingOperation {
                 name: op.name,
                 kind: "delete".into(),
                 zone: op.zone,
                 started_at: Some(rfc3339(run.now)),
             });
-            run.progress(
-                "Deleting",
-                format!("deleting instance {}", run.instance_name),
-                None,
-            );
+            run.progress("Deleting", format!("deleting instance {}", run.instance_name), None);
             run.soon(FAST);
             run.finish().await
         }

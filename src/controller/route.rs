@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec as K8sIngressSpec, IngressTLS, ServiceBackendPort,
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend,
+    IngressSpec as K8sIngressSpec, IngressTLS, ServiceBackendPort,
 };
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
@@ -26,16 +26,8 @@ pub fn service_name(ws: &str) -> String {
 pub fn url(ingress: Option<&IngressSpec>, vm_address: &str, port: i32) -> String {
     match ingress {
         Some(i) => {
-            let scheme = if i.tls_secret_name.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            let path = if i.path.ends_with('/') {
-                i.path.clone()
-            } else {
-                format!("{}/", i.path)
-            };
+            let scheme = if i.tls_secret_name.is_some() { "https" } else { "http" };
+            let path = if i.path.ends_with('/') { i.path.clone() } else { format!("{}/", i.path) };
             format!("{scheme}://{}{path}", i.host)
         }
         None => format!("http://{vm_address}:{port}/"),
@@ -44,10 +36,7 @@ pub fn url(ingress: Option<&IngressSpec>, vm_address: &str, port: i32) -> String
 
 fn meta(ws: &Workspace, name: &str, extra_labels: &[(&str, &str)]) -> ObjectMeta {
     let mut labels = BTreeMap::from([
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            "projectvm".to_string(),
-        ),
+        ("app.kubernetes.io/managed-by".to_string(), "projectvm".to_string()),
         ("projectvm.dev/workspace".to_string(), ws.name_any()),
     ]);
     for (k, v) in extra_labels {
@@ -73,37 +62,24 @@ pub fn desired(ws: &Workspace, address: &str) -> (Service, EndpointSlice, Option
                 name: Some("http".into()),
                 port,
                 protocol: Some("TCP".into()),
-                target_port: Some(
-                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port),
-                ),
+                target_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port)),
                 ..Default::default()
             }]),
             ..Default::default()
         }),
         ..Default::default()
     };
-    let address_type = if address.contains(':') {
-        "IPv6"
-    } else {
-        "IPv4"
-    };
+    let address_type = if address.contains(':') { "IPv6" } else { "IPv4" };
     let slice = EndpointSlice {
         metadata: meta(
             ws,
             &format!("{svc_name}-vm"),
-            &[
-                ("kubernetes.io/service-name", &svc_name),
-                ("endpointslice.kubernetes.io/managed-by", "projectvm.dev"),
-            ],
+            &[("kubernetes.io/service-name", &svc_name), ("endpointslice.kubernetes.io/managed-by", "projectvm.dev")],
         ),
         address_type: address_type.into(),
         endpoints: vec![Endpoint {
             addresses: vec![address.to_string()],
-            conditions: Some(EndpointConditions {
-                ready: Some(true),
-                serving: Some(true),
-                terminating: Some(false),
-            }),
+            conditions: Some(EndpointConditions { ready: Some(true), serving: Some(true), terminating: Some(false) }),
             ..Default::default()
         }],
         ports: Some(vec![EndpointPort {
@@ -117,12 +93,10 @@ pub fn desired(ws: &Workspace, address: &str) -> (Service, EndpointSlice, Option
         metadata: meta(ws, &svc_name, &[]),
         spec: Some(K8sIngressSpec {
             ingress_class_name: i.class_name.clone(),
-            tls: i.tls_secret_name.as_ref().map(|s| {
-                vec![IngressTLS {
-                    hosts: Some(vec![i.host.clone()]),
-                    secret_name: Some(s.clone()),
-                }]
-            }),
+            tls: i
+                .tls_secret_name
+                .as_ref()
+                .map(|s| vec![IngressTLS { hosts: Some(vec![i.host.clone()]), secret_name: Some(s.clone()) }]),
             rules: Some(vec![IngressRule {
                 host: Some(i.host.clone()),
                 http: Some(HTTPIngressRuleValue {
@@ -132,10 +106,7 @@ pub fn desired(ws: &Workspace, address: &str) -> (Service, EndpointSlice, Option
                         backend: IngressBackend {
                             service: Some(IngressServiceBackend {
                                 name: svc_name.clone(),
-                                port: Some(ServiceBackendPort {
-                                    name: Some("http".into()),
-                                    number: None,
-                                }),
+                                port: Some(ServiceBackendPort { name: Some("http".into()), number: None }),
                             }),
                             ..Default::default()
                         },
@@ -155,9 +126,7 @@ pub async fn apply(ctx: &Context, ws: &Workspace, address: &str) -> Result<(), E
     let (service, slice, ingress) = desired(ws, address);
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let svc_name = service_name(&ws.name_any());
-    Api::<Service>::namespaced(ctx.client.clone(), &ns)
-        .patch(&svc_name, &pp, &Patch::Apply(&service))
-        .await?;
+    Api::<Service>::namespaced(ctx.client.clone(), &ns).patch(&svc_name, &pp, &Patch::Apply(&service)).await?;
     Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ns)
         .patch(&format!("{svc_name}-vm"), &pp, &Patch::Apply(&slice))
         .await?;
@@ -197,28 +166,16 @@ mod tests {
             path: "/ws".into(),
             tls_secret_name: Some("tls".into()),
         };
-        assert_eq!(
-            url(Some(&i), "10.0.0.5", 8080),
-            "https://demo.dev.example.com/ws/"
-        );
+        assert_eq!(url(Some(&i), "10.0.0.5", 8080), "https://demo.dev.example.com/ws/");
     }
 
     #[test]
     fn route_points_at_the_vm() {
         let (svc, slice, ing) = desired(&ws(None), "10.213.0.20");
         assert_eq!(svc.metadata.name.as_deref(), Some("demo-workspace"));
-        assert!(
-            svc.spec.as_ref().unwrap().selector.is_none(),
-            "selector-less service"
-        );
-        assert_eq!(
-            slice.endpoints[0].addresses,
-            vec!["10.213.0.20".to_string()]
-        );
-        assert_eq!(
-            slice.metadata.labels.as_ref().unwrap()["kubernetes.io/service-name"],
-            "demo-workspace"
-        );
+        assert!(svc.spec.as_ref().unwrap().selector.is_none(), "selector-less service");
+        assert_eq!(slice.endpoints[0].addresses, vec!["10.213.0.20".to_string()]);
+        assert_eq!(slice.metadata.labels.as_ref().unwrap()["kubernetes.io/service-name"], "demo-workspace");
         assert_eq!(slice.ports.as_ref().unwrap()[0].port, Some(8080));
         assert!(ing.is_none());
         assert_eq!(svc.metadata.owner_references.as_ref().unwrap()[0].uid, "u1");
@@ -238,14 +195,6 @@ mod tests {
         assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx"));
         let rule = &spec.rules.unwrap()[0];
         assert_eq!(rule.host.as_deref(), Some("demo.example.com"));
-        assert_eq!(
-            rule.http.as_ref().unwrap().paths[0]
-                .backend
-                .service
-                .as_ref()
-                .unwrap()
-                .name,
-            "demo-workspace"
-        );
+        assert_eq!(rule.http.as_ref().unwrap().paths[0].backend.service.as_ref().unwrap().name, "demo-workspace");
     }
 }

@@ -25,9 +25,7 @@ pub struct Token {
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token")
-            .field("version", &self.version)
-            .finish_non_exhaustive()
+        f.debug_struct("Token").field("version", &self.version).finish_non_exhaustive()
     }
 }
 
@@ -57,18 +55,9 @@ pub async fn read_token(
         .as_ref()
         .and_then(|d| d.get(&r.key))
         .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(&r.key))
-                .map(|s| s.trim().to_string())
-        });
+        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(&r.key)).map(|s| s.trim().to_string()));
     match value {
-        Some(v) if !v.is_empty() => Ok(Ok(Token {
-            value: v,
-            version: secret.resource_version().unwrap_or_default(),
-        })),
+        Some(v) if !v.is_empty() => Ok(Ok(Token { value: v, version: secret.resource_version().unwrap_or_default() })),
         _ => Ok(Err(SecretProblem {
             message: format!(
                 "Secret {namespace}/{} has no key {:?}: add the repository token under that key",
@@ -101,10 +90,7 @@ fn owned_meta<K: VmKind>(obj: &K, name: &str) -> ObjectMeta {
         namespace: obj.namespace(),
         owner_references: obj.controller_owner_ref(&()).map(|o| vec![o]),
         labels: Some(BTreeMap::from([
-            (
-                "app.kubernetes.io/managed-by".to_string(),
-                "projectvm".to_string(),
-            ),
+            ("app.kubernetes.io/managed-by".to_string(), "projectvm".to_string()),
             (format!("projectvm.dev/{}", K::LABEL), obj.name_any()),
         ])),
         ..Default::default()
@@ -127,27 +113,17 @@ pub async fn ensure_ssh_key<K: VmKind>(ctx: &Context, obj: &K) -> Result<SshKey,
         metadata: owned_meta(obj, &name),
         type_: Some("kubernetes.io/ssh-auth".into()),
         data: Some(BTreeMap::from([
-            (
-                "ssh-privatekey".to_string(),
-                ByteString(pair.private_openssh.clone().into_bytes()),
-            ),
-            (
-                "ssh-publickey".to_string(),
-                ByteString(pair.public_openssh.clone().into_bytes()),
-            ),
+            ("ssh-privatekey".to_string(), ByteString(pair.private_openssh.clone().into_bytes())),
+            ("ssh-publickey".to_string(), ByteString(pair.public_openssh.clone().into_bytes())),
         ])),
         ..Default::default()
     };
     match api.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(SshKey {
-            private_openssh: pair.private_openssh,
-            public_openssh: pair.public_openssh,
-        }),
+        Ok(_) => Ok(SshKey { private_openssh: pair.private_openssh, public_openssh: pair.public_openssh }),
         // Lost a race with another reconcile: use what is stored.
         Err(kube::Error::Api(e)) if e.code == 409 => {
             let s = api.get(&name).await?;
-            parse_ssh_secret(&s)
-                .ok_or_else(|| Error::Invalid(format!("Secret {ns}/{name} holds no SSH key")))
+            parse_ssh_secret(&s).ok_or_else(|| Error::Invalid(format!("Secret {ns}/{name} holds no SSH key")))
         }
         Err(e) => Err(e.into()),
     }
@@ -157,10 +133,7 @@ fn parse_ssh_secret(s: &Secret) -> Option<SshKey> {
     let d = s.data.as_ref()?;
     let private = String::from_utf8(d.get("ssh-privatekey")?.0.clone()).ok()?;
     let public = String::from_utf8(d.get("ssh-publickey")?.0.clone()).ok()?;
-    Some(SshKey {
-        private_openssh: private,
-        public_openssh: public.trim().to_string(),
-    })
+    Some(SshKey { private_openssh: private, public_openssh: public.trim().to_string() })
 }
 
 /// Gets or creates the generated code-server password Secret; returns the password and the
@@ -181,19 +154,10 @@ pub async fn ensure_password<K: VmKind>(ctx: &Context, obj: &K) -> Result<Token,
     let secret = Secret {
         metadata: owned_meta(obj, &name),
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            "password".to_string(),
-            ByteString(password.into_bytes()),
-        )])),
+        data: Some(BTreeMap::from([("password".to_string(), ByteString(password.into_bytes()))])),
         ..Default::default()
     };
-    let _ = api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&secret),
-        )
-        .await?;
+    let _ = api.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&secret)).await?;
     let s = api.get(&name).await?;
     let p = s
         .data
@@ -201,10 +165,7 @@ pub async fn ensure_password<K: VmKind>(ctx: &Context, obj: &K) -> Result<Token,
         .and_then(|d| d.get("password"))
         .map(|b| String::from_utf8_lossy(&b.0).to_string())
         .unwrap_or_default();
-    Ok(Token {
-        value: p,
-        version: s.resource_version().unwrap_or_default(),
-    })
+    Ok(Token { value: p, version: s.resource_version().unwrap_or_default() })
 }
 
 #[cfg(test)]
@@ -213,10 +174,7 @@ mod tests {
 
     #[test]
     fn token_debug_hides_value() {
-        let t = Token {
-            value: "ghp_supersecret".into(),
-            version: "42".into(),
-        };
+        let t = Token { value: "ghp_supersecret".into(), version: "42".into() };
         let d = format!("{t:?}");
         assert!(!d.contains("supersecret"), "{d}");
         assert!(d.contains("42"));

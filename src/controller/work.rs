@@ -31,25 +31,11 @@ pub struct StepEnv {
 /// The action of a step with its inputs.
 #[derive(Clone, Debug)]
 pub enum Work {
-    Prerequisites {
-        packages: Vec<String>,
-        script: Option<String>,
-    },
-    Repository {
-        sync: RepoSync,
-        token: Option<Token>,
-        host: String,
-    },
-    CodeServer {
-        cfg: CodeServerConfig,
-        install_url: String,
-    },
-    Health {
-        url: String,
-    },
-    Route {
-        address: String,
-    },
+    Prerequisites { packages: Vec<String>, script: Option<String> },
+    Repository { sync: RepoSync, token: Option<Token>, host: String },
+    CodeServer { cfg: CodeServerConfig, install_url: String },
+    Health { url: String },
+    Route { address: String },
 }
 
 /// A step ready to plan: its fingerprint and work, or why it cannot run.
@@ -87,16 +73,10 @@ fn repository_work(
     if wants_token && env.token.is_none() {
         return Err(StepBlocked {
             reason: "SecretNotFound",
-            message: env
-                .token_problem
-                .clone()
-                .unwrap_or_else(|| "credentials Secret not readable".into()),
+            message: env.token_problem.clone().unwrap_or_else(|| "credentials Secret not readable".into()),
         });
     }
-    let helper = env
-        .token
-        .as_ref()
-        .map(|_| guest::credential_helper_path(user));
+    let helper = env.token.as_ref().map(|_| guest::credential_helper_path(user));
     let token_version = env.token.as_ref().map(|t| t.version.as_str()).unwrap_or("");
     let fp = fingerprint(&[
         &env.instance_id,
@@ -110,14 +90,7 @@ fn repository_work(
     Ok((
         fp,
         Work::Repository {
-            sync: RepoSync {
-                url,
-                revision,
-                path,
-                depth,
-                credential_helper: helper,
-                user: user.to_string(),
-            },
+            sync: RepoSync { url, revision, path, depth, credential_helper: helper, user: user.to_string() },
             token: env.token.clone(),
             host,
         },
@@ -131,11 +104,7 @@ impl KindWork for ProjectVM {
             StepId::Prerequisites => {
                 let packages = self.spec.prerequisites.effective_packages();
                 let script = self.spec.prerequisites.script.clone();
-                let fp = fingerprint(&[
-                    &env.instance_id,
-                    &packages.join(" "),
-                    script.as_deref().unwrap_or(""),
-                ]);
+                let fp = fingerprint(&[&env.instance_id, &packages.join(" "), script.as_deref().unwrap_or("")]);
                 Ok((fp, Work::Prerequisites { packages, script }))
             }
             StepId::Repository => {
@@ -150,10 +119,9 @@ impl KindWork for ProjectVM {
                     r.credentials_secret_ref.is_some(),
                 )
             }
-            other => Err(StepBlocked {
-                reason: "InternalError",
-                message: format!("ProjectVM has no step {}", other.name()),
-            }),
+            other => {
+                Err(StepBlocked { reason: "InternalError", message: format!("ProjectVM has no step {}", other.name()) })
+            }
         }
     }
 }
@@ -201,13 +169,7 @@ impl KindWork for Workspace {
                     self.spec.code_server.auth.as_str(),
                     password.as_ref().map(|p| p.version.as_str()).unwrap_or(""),
                 ]);
-                Ok((
-                    fp,
-                    Work::CodeServer {
-                        cfg,
-                        install_url: env.code_server_install_url.clone(),
-                    },
-                ))
+                Ok((fp, Work::CodeServer { cfg, install_url: env.code_server_install_url.clone() }))
             }
             StepId::Health => {
                 let url = format!("http://{}:{port}/healthz", env.address);
@@ -215,24 +177,12 @@ impl KindWork for Workspace {
             }
             StepId::Route => {
                 let ingress = serde_json::to_string(&self.spec.ingress).unwrap_or_default();
-                let fp = fingerprint(&[
-                    &env.instance_id,
-                    &env.address,
-                    &port.to_string(),
-                    &ingress,
-                    &self.name_any(),
-                ]);
-                Ok((
-                    fp,
-                    Work::Route {
-                        address: env.address.clone(),
-                    },
-                ))
+                let fp = fingerprint(&[&env.instance_id, &env.address, &port.to_string(), &ingress, &self.name_any()]);
+                Ok((fp, Work::Route { address: env.address.clone() }))
             }
-            StepId::Prerequisites => Err(StepBlocked {
-                reason: "InternalError",
-                message: "Workspace has no Prerequisites step".into(),
-            }),
+            StepId::Prerequisites => {
+                Err(StepBlocked { reason: "InternalError", message: "Workspace has no Prerequisites step".into() })
+            }
         }
     }
 }
@@ -240,11 +190,7 @@ impl KindWork for Workspace {
 /// Maps an SSH failure to a step outcome.
 pub fn ssh_failure(step: StepId, e: &SshError) -> TaskOutcome {
     match e {
-        SshError::HostKeyMismatch {
-            host,
-            expected,
-            presented,
-        } => TaskOutcome::failed(
+        SshError::HostKeyMismatch { host, expected, presented } => TaskOutcome::failed(
             "HostKeyMismatch",
             format!(
                 "the VM at {host} presented host key {presented}, but the instance's guest attributes pin {expected}; refusing to connect"
@@ -258,11 +204,7 @@ pub fn ssh_failure(step: StepId, e: &SshError) -> TaskOutcome {
         ),
         SshError::Timeout { what, limit } => TaskOutcome::failed(
             "StepTimedOut",
-            format!(
-                "step {} timed out after {}s: {what}",
-                step.name(),
-                limit.as_secs()
-            ),
+            format!("step {} timed out after {}s: {what}", step.name(), limit.as_secs()),
         ),
         other => TaskOutcome::failed("SSHUnavailable", format!("step {}: {other}", step.name())),
     }
@@ -281,36 +223,17 @@ pub async fn run_remote(
 ) -> TaskOutcome {
     let result = match work {
         Work::Prerequisites { packages, script } => {
-            prerequisites(
-                &ssh,
-                &target,
-                &packages,
-                script.as_deref(),
-                &fp,
-                limit,
-                &progress,
-            )
-            .await
+            prerequisites(&ssh, &target, &packages, script.as_deref(), &fp, limit, &progress).await
         }
         Work::Repository { sync, token, host } => {
-            repository(
-                &ssh,
-                &target,
-                &sync,
-                token.as_ref(),
-                &host,
-                limit,
-                &progress,
-            )
-            .await
+            repository(&ssh, &target, &sync, token.as_ref(), &host, limit, &progress).await
         }
         Work::CodeServer { cfg, install_url } => {
             code_server(&ssh, &target, &cfg, &install_url, &fp, limit, &progress).await
         }
-        Work::Health { .. } | Work::Route { .. } => Ok(TaskOutcome::failed(
-            "InternalError",
-            "inline step run as a task",
-        )),
+        Work::Health { .. } | Work::Route { .. } => {
+            Ok(TaskOutcome::failed("InternalError", "inline step run as a task"))
+        }
     };
     result.unwrap_or_else(|e| ssh_failure(step, &e))
 }
@@ -327,47 +250,23 @@ async fn prerequisites(
     progress: &ProgressReporter,
 ) -> Result<TaskOutcome, SshError> {
     // Cheap check: the VM records the fingerprint it last completed with.
-    let marker = ssh
-        .exec(t, &guest::read_marker("prerequisites"), None, SHORT, None)
-        .await?;
+    let marker = ssh.exec(t, &guest::read_marker("prerequisites"), None, SHORT, None).await?;
     if String::from_utf8_lossy(&marker.stdout).trim() == fp {
-        return Ok(TaskOutcome::ok(
-            "Installed",
-            "prerequisites already installed",
-        ));
+        return Ok(TaskOutcome::ok("Installed", "prerequisites already installed"));
     }
     progress.report(None, format!("installing {} package(s)", packages.len()));
     if let Some(s) = script {
-        ssh.write_file(
-            t,
-            guest::PREREQUISITES_SCRIPT,
-            s.as_bytes(),
-            0o700,
-            Some("root"),
-            SHORT,
-        )
-        .await?;
+        ssh.write_file(t, guest::PREREQUISITES_SCRIPT, s.as_bytes(), 0o700, Some("root"), SHORT).await?;
     }
     let body = guest::prerequisites(packages, script.is_some(), fp);
-    let out = ssh
-        .exec(t, guest::RUN_AS_ROOT, Some(body.as_bytes()), limit, None)
-        .await?;
+    let out = ssh.exec(t, guest::RUN_AS_ROOT, Some(body.as_bytes()), limit, None).await?;
     if out.exit_status == 0 {
         return Ok(TaskOutcome::ok(
             "Installed",
-            format!(
-                "installed: {}",
-                if packages.is_empty() {
-                    "no packages".to_string()
-                } else {
-                    packages.join(", ")
-                }
-            ),
+            format!("installed: {}", if packages.is_empty() { "no packages".to_string() } else { packages.join(", ") }),
         ));
     }
-    let tail = ssh
-        .exec(t, &guest::prerequisites_log_tail(20), None, SHORT, None)
-        .await?;
+    let tail = ssh.exec(t, &guest::prerequisites_log_tail(20), None, SHORT, None).await?;
     Ok(TaskOutcome::failed(
         "PrerequisitesFailed",
         format!(
@@ -389,26 +288,12 @@ async fn repository(
     progress: &ProgressReporter,
 ) -> Result<TaskOutcome, SshError> {
     if let (Some(token), Some(helper)) = (token, sync.credential_helper.as_deref()) {
-        ssh.exec(
-            t,
-            guest::RUN_AS_ROOT,
-            Some(guest::prepare_credential_dir(&sync.user).as_bytes()),
-            SHORT,
-            None,
-        )
-        .await?;
-        let body = guest::credential_helper(host, &token.value);
-        ssh.write_file(t, helper, body.as_bytes(), 0o700, Some(&sync.user), SHORT)
+        ssh.exec(t, guest::RUN_AS_ROOT, Some(guest::prepare_credential_dir(&sync.user).as_bytes()), SHORT, None)
             .await?;
+        let body = guest::credential_helper(host, &token.value);
+        ssh.write_file(t, helper, body.as_bytes(), 0o700, Some(&sync.user), SHORT).await?;
     }
-    ssh.exec(
-        t,
-        guest::RUN_AS_ROOT,
-        Some(guest::prepare_repo_parent(sync).as_bytes()),
-        SHORT,
-        None,
-    )
-    .await?;
+    ssh.exec(t, guest::RUN_AS_ROOT, Some(guest::prepare_repo_parent(sync).as_bytes()), SHORT, None).await?;
     progress.report(Some(0), format!("syncing {}", sync.url));
     let seen = std::sync::Mutex::new(String::new());
     let on_output = |chunk: OutputChunk<'_>| {
@@ -418,9 +303,7 @@ async fn repository(
             // Keep the buffer small: only the latest progress line matters.
             if s.len() > 8192 {
                 let cut = s.len() - 4096;
-                let cut = (cut..s.len())
-                    .find(|i| s.is_char_boundary(*i))
-                    .unwrap_or(s.len());
+                let cut = (cut..s.len()).find(|i| s.is_char_boundary(*i)).unwrap_or(s.len());
                 s.drain(..cut);
             }
             if let Some(p) = git::progress_percent(&s) {
@@ -429,15 +312,7 @@ async fn repository(
         }
     };
     let script = guest::repository_sync(sync);
-    let out = ssh
-        .exec(
-            t,
-            guest::RUN_AS_USER,
-            Some(script.as_bytes()),
-            limit,
-            Some(&on_output),
-        )
-        .await?;
+    let out = ssh.exec(t, guest::RUN_AS_USER, Some(script.as_bytes()), limit, Some(&on_output)).await?;
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     if out.exit_status != 0 {
@@ -449,39 +324,25 @@ async fn repository(
             git::GitFailure::AuthenticationFailed => {
                 format!("the token was rejected by {host}: refresh the credentials Secret")
             }
-            git::GitFailure::RevisionNotFound => format!(
-                "revision {:?} does not exist in {}",
-                sync.revision.as_deref().unwrap_or("(default)"),
-                sync.url
-            ),
+            git::GitFailure::RevisionNotFound => {
+                format!("revision {:?} does not exist in {}", sync.revision.as_deref().unwrap_or("(default)"), sync.url)
+            }
             git::GitFailure::RepositoryUnreachable => format!("cannot reach {host}"),
             git::GitFailure::CheckoutConflict => format!("cannot check out into {}", sync.path),
             git::GitFailure::SyncFailed => format!("syncing {} failed", sync.url),
         };
         let detail = redact(&git::tail(&stderr, 6), token);
-        return Ok(TaskOutcome::failed(
-            kind.reason(),
-            format!("{subject}: {detail}"),
-        ));
+        return Ok(TaskOutcome::failed(kind.reason(), format!("{subject}: {detail}")));
     }
-    let value = |marker: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(marker))
-            .map(str::trim)
-            .unwrap_or("")
-            .to_string()
-    };
+    let value =
+        |marker: &str| stdout.lines().find_map(|l| l.strip_prefix(marker)).map(str::trim).unwrap_or("").to_string();
     let commit = value(guest::COMMIT_MARKER);
     let branch = value(guest::BRANCH_MARKER);
     progress.report(Some(100), "synced");
     let revision = sync.revision.clone().unwrap_or(branch);
-    Ok(TaskOutcome::ok(
-        "Synced",
-        format!("{} at {} ({})", sync.path, short(&commit), revision),
-    )
-    .with_output("commit", commit)
-    .with_output("revision", revision))
+    Ok(TaskOutcome::ok("Synced", format!("{} at {} ({})", sync.path, short(&commit), revision))
+        .with_output("commit", commit)
+        .with_output("revision", revision))
 }
 
 fn short(commit: &str) -> &str {
@@ -505,14 +366,9 @@ async fn code_server(
     limit: Duration,
     progress: &ProgressReporter,
 ) -> Result<TaskOutcome, SshError> {
-    let marker = ssh
-        .exec(t, &guest::read_marker("code-server"), None, SHORT, None)
-        .await?;
+    let marker = ssh.exec(t, &guest::read_marker("code-server"), None, SHORT, None).await?;
     if String::from_utf8_lossy(&marker.stdout).trim() == fp {
-        return Ok(TaskOutcome::ok(
-            "Configured",
-            format!("code-server serves {} on port {}", cfg.folder, cfg.port),
-        ));
+        return Ok(TaskOutcome::ok("Configured", format!("code-server serves {} on port {}", cfg.folder, cfg.port)));
     }
     progress.report(None, "writing code-server configuration");
     ssh.write_file(
@@ -535,9 +391,7 @@ async fn code_server(
     .await?;
     progress.report(None, "restarting code-server");
     let script = guest::code_server_apply(cfg, install_url, fp);
-    let out = ssh
-        .exec(t, guest::RUN_AS_ROOT, Some(script.as_bytes()), limit, None)
-        .await?;
+    let out = ssh.exec(t, guest::RUN_AS_ROOT, Some(script.as_bytes()), limit, None).await?;
     if out.exit_status != 0 {
         return Ok(TaskOutcome::failed(
             "CodeServerFailed",
@@ -548,10 +402,7 @@ async fn code_server(
             ),
         ));
     }
-    Ok(TaskOutcome::ok(
-        "Configured",
-        format!("code-server serves {} on port {}", cfg.folder, cfg.port),
-    ))
+    Ok(TaskOutcome::ok("Configured", format!("code-server serves {} on port {}", cfg.folder, cfg.port)))
 }
 
 /// What code-server's `/healthz` said.
@@ -570,11 +421,7 @@ pub fn parse_health(status: u16, body: &str) -> HealthAnswer {
     let hb = v.get("lastHeartbeat").and_then(|h| h.as_i64()).unwrap_or(0);
     let healthy = status == 200 && (state == "alive" || state == "expired");
     let snippet: String = body.chars().take(200).collect();
-    HealthAnswer {
-        healthy,
-        last_heartbeat_ms: hb,
-        summary: format!("HTTP {status} {snippet}"),
-    }
+    HealthAnswer { healthy, last_heartbeat_ms: hb, summary: format!("HTTP {status} {snippet}") }
 }
 
 /// GETs the health URL once, bounded.
@@ -585,11 +432,9 @@ pub async fn probe_health(http: &reqwest::Client, url: &str) -> HealthAnswer {
             let body = resp.text().await.unwrap_or_default();
             parse_health(status, &body)
         }
-        Err(e) => HealthAnswer {
-            healthy: false,
-            last_heartbeat_ms: 0,
-            summary: format!("no answer: {}", error_chain(&e)),
-        },
+        Err(e) => {
+            HealthAnswer { healthy: false, last_heartbeat_ms: 0, summary: format!("no answer: {}", error_chain(&e)) }
+        }
     }
 }
 
@@ -613,11 +458,7 @@ mod tests {
     }
 
     fn env() -> StepEnv {
-        StepEnv {
-            instance_id: "111".into(),
-            address: "10.0.0.9".into(),
-            ..Default::default()
-        }
+        StepEnv { instance_id: "111".into(), address: "10.0.0.9".into(), ..Default::default() }
     }
 
     const BASE: &str = "apiVersion: projectvm.dev/v1alpha1\nkind: ProjectVM\nmetadata: {name: a, namespace: n}\nspec:\n  repository: {url: 'https://git.example.com/acme/api.git', revision: main}\n";
@@ -627,14 +468,8 @@ mod tests {
         let a = pvm(BASE);
         let b = pvm(&BASE.replace("revision: main", "revision: feature"));
         let e = env();
-        assert_eq!(
-            a.prepare(StepId::Prerequisites, &e).unwrap().0,
-            b.prepare(StepId::Prerequisites, &e).unwrap().0
-        );
-        assert_ne!(
-            a.prepare(StepId::Repository, &e).unwrap().0,
-            b.prepare(StepId::Repository, &e).unwrap().0
-        );
+        assert_eq!(a.prepare(StepId::Prerequisites, &e).unwrap().0, b.prepare(StepId::Prerequisites, &e).unwrap().0);
+        assert_ne!(a.prepare(StepId::Repository, &e).unwrap().0, b.prepare(StepId::Repository, &e).unwrap().0);
     }
 
     #[test]
@@ -643,19 +478,13 @@ mod tests {
         let mut e2 = env();
         e2.instance_id = "222".into();
         for s in [StepId::Prerequisites, StepId::Repository] {
-            assert_ne!(
-                a.prepare(s, &env()).unwrap().0,
-                a.prepare(s, &e2).unwrap().0
-            );
+            assert_ne!(a.prepare(s, &env()).unwrap().0, a.prepare(s, &e2).unwrap().0);
         }
     }
 
     #[test]
     fn missing_secret_blocks_repository_with_secret_not_found() {
-        let a = pvm(&BASE.replace(
-            "revision: main}",
-            "revision: main, credentialsSecretRef: {name: tok}}",
-        ));
+        let a = pvm(&BASE.replace("revision: main}", "revision: main, credentialsSecretRef: {name: tok}}"));
         let mut e = env();
         e.token_problem = Some("Secret n/tok (key \"token\") not found".into());
         let err = a.prepare(StepId::Repository, &e).unwrap_err();
@@ -665,31 +494,17 @@ mod tests {
 
     #[test]
     fn refreshed_token_changes_fingerprint_and_never_enters_it() {
-        let a = pvm(&BASE.replace(
-            "revision: main}",
-            "revision: main, credentialsSecretRef: {name: tok}}",
-        ));
+        let a = pvm(&BASE.replace("revision: main}", "revision: main, credentialsSecretRef: {name: tok}}"));
         let mut e = env();
-        e.token = Some(Token {
-            value: "secret-1".into(),
-            version: "1".into(),
-        });
+        e.token = Some(Token { value: "secret-1".into(), version: "1".into() });
         let (fp1, w) = a.prepare(StepId::Repository, &e).unwrap();
-        e.token = Some(Token {
-            value: "secret-2".into(),
-            version: "2".into(),
-        });
+        e.token = Some(Token { value: "secret-2".into(), version: "2".into() });
         let (fp2, _) = a.prepare(StepId::Repository, &e).unwrap();
         assert_ne!(fp1, fp2);
         assert!(!fp1.contains("secret"));
-        let Work::Repository { sync, host, .. } = w else {
-            panic!()
-        };
+        let Work::Repository { sync, host, .. } = w else { panic!() };
         assert_eq!(host, "git.example.com");
-        assert_eq!(
-            sync.credential_helper.as_deref(),
-            Some("/home/project/.config/projectvm/git-credential-helper")
-        );
+        assert_eq!(sync.credential_helper.as_deref(), Some("/home/project/.config/projectvm/git-credential-helper"));
         assert!(!guest::repository_sync(&sync).contains("secret-1"));
     }
 
@@ -700,20 +515,13 @@ mod tests {
         )
         .unwrap();
         let mut e = env();
-        e.password = Some(Token {
-            value: "pw".into(),
-            version: "3".into(),
-        });
+        e.password = Some(Token { value: "pw".into(), version: "3".into() });
         let (_, work) = w.prepare(StepId::Repository, &e).unwrap();
-        let Work::Repository { sync, .. } = work else {
-            panic!()
-        };
+        let Work::Repository { sync, .. } = work else { panic!() };
         assert_eq!(sync.url, "https://github.com/acme/demo.git");
         assert_eq!(sync.path, "/home/project/demo");
         let (_, work) = w.prepare(StepId::CodeServer, &e).unwrap();
-        let Work::CodeServer { cfg, .. } = work else {
-            panic!()
-        };
+        let Work::CodeServer { cfg, .. } = work else { panic!() };
         assert_eq!(cfg.port, 8080);
         assert_eq!(cfg.password.as_deref(), Some("pw"));
         let (_, work) = w.prepare(StepId::Health, &e).unwrap();
@@ -733,13 +541,7 @@ mod tests {
 
     #[test]
     fn redaction() {
-        let t = Token {
-            value: "tok123".into(),
-            version: "1".into(),
-        };
-        assert_eq!(
-            redact("remote said tok123!", Some(&t)),
-            "remote said [REDACTED]!"
-        );
+        let t = Token { value: "tok123".into(), version: "1".into() };
+        assert_eq!(redact("remote said tok123!", Some(&t)), "remote said [REDACTED]!");
     }
 }

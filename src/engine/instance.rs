@@ -11,8 +11,9 @@ use crate::cloud::{CloudInstance, InstanceState};
 #[derive(Clone, Debug)]
 pub struct InstanceInputs<'a> {
     pub instance: Option<&'a CloudInstance>,
-    /// UID of the resource; an instance carrying another UID's labels is not ours.
-    pub uid: &'a str,
+    /// Whether the instance's labels say it was made for this resource (this object, or an
+    /// earlier one of the same kind, namespace and name, which this one adopts).
+    pub owned: bool,
     pub desired_machine_type: &'a str,
     pub run_strategy: RunStrategy,
     /// Metadata items the operator manages (ssh-keys, enable-guest-attributes).
@@ -85,11 +86,8 @@ pub fn plan_instance(i: &InstanceInputs<'_>) -> InstanceAction {
     let Some(inst) = i.instance else {
         return InstanceAction::Create;
     };
-    let owner = inst.labels.get("projectvm-uid");
-    if owner.map(String::as_str) != Some(i.uid) {
-        return InstanceAction::NameConflict {
-            owner_uid: owner.cloned(),
-        };
+    if !i.owned {
+        return InstanceAction::NameConflict { owner_uid: inst.labels.get("projectvm-uid").cloned() };
     }
     let running = match &inst.state {
         InstanceState::Running => true,
@@ -109,25 +107,18 @@ pub fn plan_instance(i: &InstanceInputs<'_>) -> InstanceAction {
         return InstanceAction::Start(StartReason::AfterResize);
     }
 
-    let metadata_current = i
-        .desired_metadata
-        .iter()
-        .all(|(k, v)| inst.metadata.get(k) == Some(v));
+    let metadata_current = i.desired_metadata.iter().all(|(k, v)| inst.metadata.get(k) == Some(v));
     if !metadata_current {
         return InstanceAction::SetMetadata;
     }
 
-    let requested = i
-        .start_request
-        .is_some_and(|r| i.power.acknowledged_start_request.as_deref() != Some(r));
+    let requested = i.start_request.is_some_and(|r| i.power.acknowledged_start_request.as_deref() != Some(r));
     match (i.run_strategy, running) {
         (RunStrategy::Always, false) => InstanceAction::Start(StartReason::Always),
         (RunStrategy::Halted, true) => InstanceAction::Stop(StopReason::Halted),
         (RunStrategy::Manual, false) if requested => InstanceAction::Start(StartReason::Requested),
         (RunStrategy::Manual, true) if requested => InstanceAction::AcknowledgeStartRequest,
-        (RunStrategy::Manual, true) if i.idle_expired => {
-            InstanceAction::Stop(StopReason::IdleTimeout)
-        }
+        (RunStrategy::Manual, true) if i.idle_expired => InstanceAction::Stop(StopReason::IdleTimeout),
         (RunStrategy::Halted, false) if requested => InstanceAction::AcknowledgeStartRequest,
         (_, true) => InstanceAction::Running,
         (_, false) => InstanceAction::Stopped,
@@ -165,6 +156,7 @@ mod tests {
         start_request: Option<&'static str>,
         idle: bool,
         metadata: BTreeMap<String, String>,
+        owned: bool,
     }
 
     impl Case {
@@ -177,12 +169,13 @@ mod tests {
                 start_request: None,
                 idle: false,
                 metadata: [("ssh-keys".to_string(), "project:key".to_string())].into(),
+                owned: true,
             }
         }
         fn plan(&self) -> InstanceAction {
             plan_instance(&InstanceInputs {
                 instance: self.instance.as_ref(),
-                uid: "uid-1",
+                owned: self.owned,
                 desired_machine_type: self.mt,
                 run_strategy: self.rs,
                 desired_metadata: &self.metadata,
@@ -202,31 +195,20 @@ mod tests {
 
     #[test]
     fn foreign_instance_is_a_conflict() {
-        let mut i = inst(Running, "e2-medium");
-        i.labels.insert("projectvm-uid".into(), "other".into());
-        assert_eq!(
-            Case::new(Some(i)).plan(),
-            InstanceAction::NameConflict {
-                owner_uid: Some("other".into())
-            }
-        );
+        let mut c = Case::new(Some(inst(Running, "e2-medium")));
+        c.owned = false;
+        assert_eq!(c.plan(), InstanceAction::NameConflict { owner_uid: Some("uid-1".into()) });
     }
 
     #[test]
     fn our_running_instance_is_adopted_as_running() {
-        assert_eq!(
-            Case::new(Some(inst(Running, "e2-medium"))).plan(),
-            InstanceAction::Running
-        );
+        assert_eq!(Case::new(Some(inst(Running, "e2-medium"))).plan(), InstanceAction::Running);
     }
 
     #[test]
     fn transitions_are_waited_for() {
         for s in [Provisioning, Staging, Stopping, Suspending, Repairing] {
-            assert_eq!(
-                Case::new(Some(inst(s, "e2-medium"))).plan(),
-                InstanceAction::WaitTransition
-            );
+            assert_eq!(Case::new(Some(inst(s, "e2-medium"))).plan(), InstanceAction::WaitTransition);
         }
     }
 
@@ -265,8 +247,7 @@ mod tests {
     #[test]
     fn metadata_drift_is_corrected() {
         let mut c = Case::new(Some(inst(Running, "e2-medium")));
-        c.metadata
-            .insert("enable-guest-attributes".into(), "TRUE".into());
+        c.metadata.insert("enable-guest-attributes".into(), "TRUE".into());
         assert_eq!(c.plan(), InstanceAction::SetMetadata);
     }
 

@@ -66,30 +66,10 @@ pub const PROJECTVM_GRAPH: &[StepNode] = &[
 
 /// Workspace: instance → (clone ∥ code-server configuration) → health → route.
 pub const WORKSPACE_GRAPH: &[StepNode] = &[
-    StepNode {
-        id: StepId::Repository,
-        condition: types::REPOSITORY_CLONED,
-        after: &[],
-        every_reconcile: false,
-    },
-    StepNode {
-        id: StepId::CodeServer,
-        condition: types::CODE_SERVER_CONFIGURED,
-        after: &[],
-        every_reconcile: false,
-    },
-    StepNode {
-        id: StepId::Health,
-        condition: types::HEALTHY,
-        after: &[StepId::CodeServer],
-        every_reconcile: true,
-    },
-    StepNode {
-        id: StepId::Route,
-        condition: types::ROUTED,
-        after: &[StepId::Health],
-        every_reconcile: true,
-    },
+    StepNode { id: StepId::Repository, condition: types::REPOSITORY_CLONED, after: &[], every_reconcile: false },
+    StepNode { id: StepId::CodeServer, condition: types::CODE_SERVER_CONFIGURED, after: &[], every_reconcile: false },
+    StepNode { id: StepId::Health, condition: types::HEALTHY, after: &[StepId::CodeServer], every_reconcile: true },
+    StepNode { id: StepId::Route, condition: types::ROUTED, after: &[StepId::Health], every_reconcile: true },
 ];
 
 /// What is known about one step when planning.
@@ -137,32 +117,22 @@ pub enum StepDecision {
 
 /// Decides, for each step of the graph in order, what to do. A step is satisfied when its
 /// decision is `UpToDate`, which unblocks the steps after it.
-pub fn plan_steps(
-    graph: &[StepNode],
-    observe: impl Fn(StepId) -> StepObservation,
-) -> Vec<(StepId, StepDecision)> {
+pub fn plan_steps(graph: &[StepNode], observe: impl Fn(StepId) -> StepObservation) -> Vec<(StepId, StepDecision)> {
     let mut decided: Vec<(StepId, StepDecision)> = Vec::with_capacity(graph.len());
     for node in graph {
         let obs = observe(node.id);
-        let deps_ok = node.after.iter().all(|dep| {
-            decided
-                .iter()
-                .any(|(id, d)| id == dep && *d == StepDecision::UpToDate)
-        });
-        let up_to_date = obs.condition_true
-            && obs.recorded_fingerprint.as_deref() == Some(obs.desired_fingerprint.as_str());
+        let deps_ok =
+            node.after.iter().all(|dep| decided.iter().any(|(id, d)| id == dep && *d == StepDecision::UpToDate));
+        let up_to_date =
+            obs.condition_true && obs.recorded_fingerprint.as_deref() == Some(obs.desired_fingerprint.as_str());
         let decision = match &obs.task {
             TaskView::Finished { .. } => StepDecision::Collect,
-            TaskView::Running { fingerprint } if *fingerprint == obs.desired_fingerprint => {
-                StepDecision::Running
-            }
+            TaskView::Running { fingerprint } if *fingerprint == obs.desired_fingerprint => StepDecision::Running,
             // A task for old inputs is still running: let it finish before starting anew.
             TaskView::Running { .. } => StepDecision::Running,
             _ if !deps_ok => StepDecision::Blocked,
             _ if up_to_date && !node.every_reconcile => StepDecision::UpToDate,
-            TaskView::BackingOff { fingerprint, ready }
-                if *fingerprint == obs.desired_fingerprint && !ready =>
-            {
+            TaskView::BackingOff { fingerprint, ready } if *fingerprint == obs.desired_fingerprint && !ready => {
                 StepDecision::BackingOff
             }
             _ if up_to_date => StepDecision::Run,
@@ -187,8 +157,7 @@ pub fn due(graph: &[StepNode], plan: &[(StepId, StepDecision)]) -> Vec<StepId> {
         .iter()
         .filter_map(|node| {
             let decision = plan.iter().find(|(id, _)| *id == node.id)?.1;
-            let run = decision == StepDecision::Run
-                || (node.every_reconcile && decision == StepDecision::UpToDate);
+            let run = decision == StepDecision::Run || (node.every_reconcile && decision == StepDecision::UpToDate);
             run.then_some(node.id)
         })
         .collect()
@@ -225,17 +194,10 @@ mod tests {
         }
     }
 
-    fn plan(
-        graph: &[StepNode],
-        m: HashMap<StepId, StepObservation>,
-    ) -> HashMap<StepId, StepDecision> {
-        plan_steps(graph, |id| {
-            m.get(&id)
-                .cloned()
-                .unwrap_or(obs("fp", None, false, TaskView::Idle))
-        })
-        .into_iter()
-        .collect()
+    fn plan(graph: &[StepNode], m: HashMap<StepId, StepObservation>) -> HashMap<StepId, StepDecision> {
+        plan_steps(graph, |id| m.get(&id).cloned().unwrap_or(obs("fp", None, false, TaskView::Idle)))
+            .into_iter()
+            .collect()
     }
 
     #[test]
@@ -248,10 +210,7 @@ mod tests {
     #[test]
     fn repository_runs_once_prerequisites_are_current() {
         let mut m = HashMap::new();
-        m.insert(
-            StepId::Prerequisites,
-            obs("a", Some("a"), true, TaskView::Idle),
-        );
+        m.insert(StepId::Prerequisites, obs("a", Some("a"), true, TaskView::Idle));
         let p = plan(PROJECTVM_GRAPH, m);
         assert_eq!(p[&StepId::Prerequisites], StepDecision::UpToDate);
         assert_eq!(p[&StepId::Repository], StepDecision::Run);
@@ -261,14 +220,8 @@ mod tests {
     fn changed_inputs_rerun_only_that_step() {
         // revision changed: repository fingerprint differs, prerequisites untouched
         let mut m = HashMap::new();
-        m.insert(
-            StepId::Prerequisites,
-            obs("a", Some("a"), true, TaskView::Idle),
-        );
-        m.insert(
-            StepId::Repository,
-            obs("new", Some("old"), true, TaskView::Idle),
-        );
+        m.insert(StepId::Prerequisites, obs("a", Some("a"), true, TaskView::Idle));
+        m.insert(StepId::Repository, obs("new", Some("old"), true, TaskView::Idle));
         let p = plan(PROJECTVM_GRAPH, m);
         assert_eq!(p[&StepId::Prerequisites], StepDecision::UpToDate);
         assert_eq!(p[&StepId::Repository], StepDecision::Run);
@@ -277,21 +230,8 @@ mod tests {
     #[test]
     fn changed_prerequisites_block_repository_until_done() {
         let mut m = HashMap::new();
-        m.insert(
-            StepId::Prerequisites,
-            obs(
-                "b",
-                Some("a"),
-                true,
-                TaskView::Running {
-                    fingerprint: "b".into(),
-                },
-            ),
-        );
-        m.insert(
-            StepId::Repository,
-            obs("r", Some("r"), true, TaskView::Idle),
-        );
+        m.insert(StepId::Prerequisites, obs("b", Some("a"), true, TaskView::Running { fingerprint: "b".into() }));
+        m.insert(StepId::Repository, obs("r", Some("r"), true, TaskView::Idle));
         let p = plan(PROJECTVM_GRAPH, m);
         assert_eq!(p[&StepId::Prerequisites], StepDecision::Running);
         assert_eq!(p[&StepId::Repository], StepDecision::Blocked);
@@ -309,21 +249,8 @@ mod tests {
     #[test]
     fn health_runs_while_clone_is_still_running() {
         let mut m = HashMap::new();
-        m.insert(
-            StepId::Repository,
-            obs(
-                "r",
-                None,
-                false,
-                TaskView::Running {
-                    fingerprint: "r".into(),
-                },
-            ),
-        );
-        m.insert(
-            StepId::CodeServer,
-            obs("c", Some("c"), true, TaskView::Idle),
-        );
+        m.insert(StepId::Repository, obs("r", None, false, TaskView::Running { fingerprint: "r".into() }));
+        m.insert(StepId::CodeServer, obs("c", Some("c"), true, TaskView::Idle));
         let p = plan(WORKSPACE_GRAPH, m);
         assert_eq!(p[&StepId::Repository], StepDecision::Running);
         assert_eq!(p[&StepId::Health], StepDecision::Run);
@@ -333,20 +260,12 @@ mod tests {
     #[test]
     fn steady_state_rechecks_inline_steps_only() {
         let mut m = HashMap::new();
-        for id in [
-            StepId::Repository,
-            StepId::CodeServer,
-            StepId::Health,
-            StepId::Route,
-        ] {
+        for id in [StepId::Repository, StepId::CodeServer, StepId::Health, StepId::Route] {
             m.insert(id, obs("f", Some("f"), true, TaskView::Idle));
         }
         let p = plan_steps(WORKSPACE_GRAPH, |id| m[&id].clone());
         assert!(p.iter().all(|(_, d)| *d == StepDecision::UpToDate), "{p:?}");
-        assert_eq!(
-            due(WORKSPACE_GRAPH, &p),
-            vec![StepId::Health, StepId::Route]
-        );
+        assert_eq!(due(WORKSPACE_GRAPH, &p), vec![StepId::Health, StepId::Route]);
     }
 
     #[test]
@@ -354,15 +273,7 @@ mod tests {
         let mut m = HashMap::new();
         m.insert(
             StepId::Prerequisites,
-            obs(
-                "new",
-                None,
-                false,
-                TaskView::Finished {
-                    fingerprint: "old".into(),
-                    success: true,
-                },
-            ),
+            obs("new", None, false, TaskView::Finished { fingerprint: "old".into(), success: true }),
         );
         let p = plan(PROJECTVM_GRAPH, m);
         assert_eq!(p[&StepId::Prerequisites], StepDecision::Collect);
@@ -373,52 +284,19 @@ mod tests {
         let mut m = HashMap::new();
         m.insert(
             StepId::Prerequisites,
-            obs(
-                "a",
-                None,
-                false,
-                TaskView::BackingOff {
-                    fingerprint: "a".into(),
-                    ready: false,
-                },
-            ),
+            obs("a", None, false, TaskView::BackingOff { fingerprint: "a".into(), ready: false }),
         );
-        assert_eq!(
-            plan(PROJECTVM_GRAPH, m.clone())[&StepId::Prerequisites],
-            StepDecision::BackingOff
-        );
+        assert_eq!(plan(PROJECTVM_GRAPH, m.clone())[&StepId::Prerequisites], StepDecision::BackingOff);
         m.insert(
             StepId::Prerequisites,
-            obs(
-                "b",
-                None,
-                false,
-                TaskView::BackingOff {
-                    fingerprint: "a".into(),
-                    ready: false,
-                },
-            ),
+            obs("b", None, false, TaskView::BackingOff { fingerprint: "a".into(), ready: false }),
         );
-        assert_eq!(
-            plan(PROJECTVM_GRAPH, m.clone())[&StepId::Prerequisites],
-            StepDecision::Run
-        );
+        assert_eq!(plan(PROJECTVM_GRAPH, m.clone())[&StepId::Prerequisites], StepDecision::Run);
         m.insert(
             StepId::Prerequisites,
-            obs(
-                "a",
-                None,
-                false,
-                TaskView::BackingOff {
-                    fingerprint: "a".into(),
-                    ready: true,
-                },
-            ),
+            obs("a", None, false, TaskView::BackingOff { fingerprint: "a".into(), ready: true }),
         );
-        assert_eq!(
-            plan(PROJECTVM_GRAPH, m)[&StepId::Prerequisites],
-            StepDecision::Run
-        );
+        assert_eq!(plan(PROJECTVM_GRAPH, m)[&StepId::Prerequisites], StepDecision::Run);
     }
 
     #[test]

@@ -25,20 +25,10 @@ pub struct TaskOutcome {
 
 impl TaskOutcome {
     pub fn ok(reason: &str, message: impl Into<String>) -> Self {
-        Self {
-            success: true,
-            reason: reason.into(),
-            message: message.into(),
-            outputs: HashMap::new(),
-        }
+        Self { success: true, reason: reason.into(), message: message.into(), outputs: HashMap::new() }
     }
     pub fn failed(reason: &str, message: impl Into<String>) -> Self {
-        Self {
-            success: false,
-            reason: reason.into(),
-            message: message.into(),
-            outputs: HashMap::new(),
-        }
+        Self { success: false, reason: reason.into(), message: message.into(), outputs: HashMap::new() }
     }
     pub fn with_output(mut self, key: &str, value: impl Into<String>) -> Self {
         self.outputs.insert(key.into(), value.into());
@@ -54,14 +44,9 @@ pub struct ProgressInfo {
 }
 
 enum State {
-    Running {
-        progress: Arc<Mutex<ProgressInfo>>,
-        abort: tokio::task::AbortHandle,
-    },
+    Running { progress: Arc<Mutex<ProgressInfo>>, abort: tokio::task::AbortHandle },
     Finished(TaskOutcome),
-    BackingOff {
-        until: Instant,
-    },
+    BackingOff { until: Instant },
 }
 
 struct Entry {
@@ -115,10 +100,7 @@ impl ProgressReporter {
 
 impl TaskRegistry {
     pub fn new(max_concurrent: usize) -> Self {
-        Self {
-            entries: Arc::new(Mutex::new(HashMap::new())),
-            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
-        }
+        Self { entries: Arc::new(Mutex::new(HashMap::new())), permits: Arc::new(Semaphore::new(max_concurrent.max(1))) }
     }
 
     /// How the planner sees this step's task.
@@ -127,17 +109,11 @@ impl TaskRegistry {
         match entries.get(&(object.to_string(), step)) {
             None => TaskView::Idle,
             Some(e) => match &e.state {
-                State::Running { .. } => TaskView::Running {
-                    fingerprint: e.fingerprint.clone(),
-                },
-                State::Finished(o) => TaskView::Finished {
-                    fingerprint: e.fingerprint.clone(),
-                    success: o.success,
-                },
-                State::BackingOff { until } => TaskView::BackingOff {
-                    fingerprint: e.fingerprint.clone(),
-                    ready: Instant::now() >= *until,
-                },
+                State::Running { .. } => TaskView::Running { fingerprint: e.fingerprint.clone() },
+                State::Finished(o) => TaskView::Finished { fingerprint: e.fingerprint.clone(), success: o.success },
+                State::BackingOff { until } => {
+                    TaskView::BackingOff { fingerprint: e.fingerprint.clone(), ready: Instant::now() >= *until }
+                }
             },
         }
     }
@@ -146,9 +122,7 @@ impl TaskRegistry {
     pub fn progress(&self, object: &str, step: StepId) -> Option<ProgressInfo> {
         let entries = self.entries.lock().expect("tasks lock");
         match &entries.get(&(object.to_string(), step))?.state {
-            State::Running { progress, .. } => {
-                Some(progress.lock().expect("progress lock").clone())
-            }
+            State::Running { progress, .. } => Some(progress.lock().expect("progress lock").clone()),
             _ => None,
         }
     }
@@ -164,37 +138,21 @@ impl TaskRegistry {
 
     /// Starts the step's action in the background, bounded by `limit`. Does nothing when a
     /// task for this step is already running.
-    pub fn spawn<F, Fut>(
-        &self,
-        object: &str,
-        step: StepId,
-        fingerprint: &str,
-        limit: Duration,
-        wake: Wake,
-        action: F,
-    ) where
+    pub fn spawn<F, Fut>(&self, object: &str, step: StepId, fingerprint: &str, limit: Duration, wake: Wake, action: F)
+    where
         F: FnOnce(ProgressReporter) -> Fut + Send + 'static,
         Fut: Future<Output = TaskOutcome> + Send + 'static,
     {
         let key = (object.to_string(), step);
         let mut entries = self.entries.lock().expect("tasks lock");
         let failures = match entries.get(&key) {
-            Some(Entry {
-                state: State::Running { .. },
-                ..
-            }) => return,
+            Some(Entry { state: State::Running { .. }, .. }) => return,
             Some(e) if e.fingerprint == fingerprint => e.failures,
             _ => 0,
         };
-        let progress = Arc::new(Mutex::new(ProgressInfo {
-            percent: None,
-            message: "queued".into(),
-        }));
-        let reporter = ProgressReporter {
-            progress: progress.clone(),
-            wake: wake.clone(),
-            last_wake: Arc::new(Mutex::new(None)),
-        };
+        let progress = Arc::new(Mutex::new(ProgressInfo { percent: None, message: "queued".into() }));
+        let reporter =
+            ProgressReporter { progress: progress.clone(), wake: wake.clone(), last_wake: Arc::new(Mutex::new(None)) };
         let permits = self.permits.clone();
         let registry = self.entries.clone();
         let task_key = key.clone();
@@ -207,11 +165,7 @@ impl TaskRegistry {
                         Ok(outcome) => outcome,
                         Err(_) => TaskOutcome::failed(
                             "StepTimedOut",
-                            format!(
-                                "step {} did not finish within {}",
-                                task_key.1.name(),
-                                humanize(limit)
-                            ),
+                            format!("step {} did not finish within {}", task_key.1.name(), humanize(limit)),
                         ),
                     }
                 }
@@ -231,10 +185,7 @@ impl TaskRegistry {
             key,
             Entry {
                 fingerprint: fingerprint.to_string(),
-                state: State::Running {
-                    progress,
-                    abort: handle.abort_handle(),
-                },
+                state: State::Running { progress, abort: handle.abort_handle() },
                 failures,
             },
         );
@@ -256,9 +207,7 @@ impl TaskRegistry {
         } else {
             let delay = backoff(entry.failures);
             entry.failures += 1;
-            entry.state = State::BackingOff {
-                until: Instant::now() + delay,
-            };
+            entry.state = State::BackingOff { until: Instant::now() + delay };
         }
         Some((fingerprint, outcome))
     }
@@ -280,10 +229,7 @@ impl TaskRegistry {
     /// Number of tasks currently running (for metrics).
     pub fn running(&self) -> usize {
         let entries = self.entries.lock().expect("tasks lock");
-        entries
-            .values()
-            .filter(|e| matches!(e.state, State::Running { .. }))
-            .count()
+        entries.values().filter(|e| matches!(e.state, State::Running { .. })).count()
     }
 }
 
@@ -330,38 +276,18 @@ mod tests {
         let r = TaskRegistry::new(2);
         let (wake, woken) = counter_wake();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        r.spawn(
-            "o",
-            StepId::Repository,
-            "fp",
-            Duration::from_secs(5),
-            wake,
-            |p| async move {
-                p.report(Some(50), "cloning");
-                let _ = rx.await;
-                TaskOutcome::ok("Synced", "done").with_output("commit", "abc")
-            },
-        );
-        assert_eq!(
-            r.view("o", StepId::Repository),
-            TaskView::Running {
-                fingerprint: "fp".into()
-            }
-        );
+        r.spawn("o", StepId::Repository, "fp", Duration::from_secs(5), wake, |p| async move {
+            p.report(Some(50), "cloning");
+            let _ = rx.await;
+            TaskOutcome::ok("Synced", "done").with_output("commit", "abc")
+        });
+        assert_eq!(r.view("o", StepId::Repository), TaskView::Running { fingerprint: "fp".into() });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(
-            r.progress("o", StepId::Repository).unwrap().percent,
-            Some(50)
-        );
+        assert_eq!(r.progress("o", StepId::Repository).unwrap().percent, Some(50));
         // a second spawn while running is ignored
-        r.spawn(
-            "o",
-            StepId::Repository,
-            "fp2",
-            Duration::from_secs(5),
-            Arc::new(|| {}),
-            |_| async { TaskOutcome::ok("X", "") },
-        );
+        r.spawn("o", StepId::Repository, "fp2", Duration::from_secs(5), Arc::new(|| {}), |_| async {
+            TaskOutcome::ok("X", "")
+        });
         tx.send(()).unwrap();
         wait_finished(&r, StepId::Repository).await;
         let (fp, out) = r.take_finished("o", StepId::Repository).unwrap();
@@ -374,29 +300,16 @@ mod tests {
     #[tokio::test]
     async fn timeout_reports_step_timed_out_and_backs_off() {
         let r = TaskRegistry::new(1);
-        r.spawn(
-            "o",
-            StepId::Prerequisites,
-            "fp",
-            Duration::from_millis(20),
-            Arc::new(|| {}),
-            |_| async {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                TaskOutcome::ok("X", "")
-            },
-        );
+        r.spawn("o", StepId::Prerequisites, "fp", Duration::from_millis(20), Arc::new(|| {}), |_| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            TaskOutcome::ok("X", "")
+        });
         wait_finished(&r, StepId::Prerequisites).await;
         let (_, out) = r.take_finished("o", StepId::Prerequisites).unwrap();
         assert!(!out.success);
         assert_eq!(out.reason, "StepTimedOut");
         assert!(out.message.contains("Prerequisites"), "{}", out.message);
-        assert_eq!(
-            r.view("o", StepId::Prerequisites),
-            TaskView::BackingOff {
-                fingerprint: "fp".into(),
-                ready: false
-            }
-        );
+        assert_eq!(r.view("o", StepId::Prerequisites), TaskView::BackingOff { fingerprint: "fp".into(), ready: false });
         assert!(r.retry_in("o", StepId::Prerequisites).unwrap() <= Duration::from_secs(5));
     }
 
@@ -404,33 +317,16 @@ mod tests {
     async fn concurrency_is_bounded() {
         let r = TaskRegistry::new(1);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        r.spawn(
-            "a",
-            StepId::Repository,
-            "fp",
-            Duration::from_secs(5),
-            Arc::new(|| {}),
-            |_| async move {
-                let _ = rx.await;
-                TaskOutcome::ok("X", "")
-            },
-        );
-        r.spawn(
-            "b",
-            StepId::Repository,
-            "fp",
-            Duration::from_secs(5),
-            Arc::new(|| {}),
-            |p| async move {
-                p.report(None, "second running");
-                TaskOutcome::ok("X", "")
-            },
-        );
+        r.spawn("a", StepId::Repository, "fp", Duration::from_secs(5), Arc::new(|| {}), |_| async move {
+            let _ = rx.await;
+            TaskOutcome::ok("X", "")
+        });
+        r.spawn("b", StepId::Repository, "fp", Duration::from_secs(5), Arc::new(|| {}), |p| async move {
+            p.report(None, "second running");
+            TaskOutcome::ok("X", "")
+        });
         tokio::time::sleep(Duration::from_millis(30)).await;
-        assert_eq!(
-            r.progress("b", StepId::Repository).unwrap().message,
-            "queued"
-        );
+        assert_eq!(r.progress("b", StepId::Repository).unwrap().message, "queued");
         tx.send(()).unwrap();
         for _ in 0..200 {
             if matches!(r.view("b", StepId::Repository), TaskView::Finished { .. }) {
@@ -438,26 +334,16 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(matches!(
-            r.view("b", StepId::Repository),
-            TaskView::Finished { .. }
-        ));
+        assert!(matches!(r.view("b", StepId::Repository), TaskView::Finished { .. }));
     }
 
     #[tokio::test]
     async fn forget_aborts() {
         let r = TaskRegistry::new(1);
-        r.spawn(
-            "o",
-            StepId::Repository,
-            "fp",
-            Duration::from_secs(5),
-            Arc::new(|| {}),
-            |_| async {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                TaskOutcome::ok("X", "")
-            },
-        );
+        r.spawn("o", StepId::Repository, "fp", Duration::from_secs(5), Arc::new(|| {}), |_| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            TaskOutcome::ok("X", "")
+        });
         assert_eq!(r.running(), 1);
         r.forget("o");
         assert_eq!(r.running(), 0);

@@ -37,11 +37,7 @@ pub fn classify(stderr: &str, has_token: bool) -> GitFailure {
         || s.contains("invalid username or password")
         || s.contains("http basic: access denied");
     if auth {
-        return if has_token {
-            GitFailure::AuthenticationFailed
-        } else {
-            GitFailure::RepositoryNotFound
-        };
+        return if has_token { GitFailure::AuthenticationFailed } else { GitFailure::RepositoryNotFound };
     }
     if s.contains("repository not found")
         || s.contains("the requested url returned error: 404")
@@ -83,9 +79,8 @@ pub fn classify(stderr: &str, has_token: bool) -> GitFailure {
 /// The overall clone percentage from git's `--progress` output (the latest line wins):
 /// receiving objects is the bulk of a clone (0–90 %), resolving deltas the rest.
 pub fn progress_percent(output: &str) -> Option<i32> {
-    let line = output
-        .rsplit(['\r', '\n'])
-        .find(|l| l.contains("Receiving objects:") || l.contains("Resolving deltas:"))?;
+    let line =
+        output.rsplit(['\r', '\n']).find(|l| l.contains("Receiving objects:") || l.contains("Resolving deltas:"))?;
     let pct_end = line.find('%')?;
     let digits: String = line[..pct_end]
         .chars()
@@ -97,11 +92,7 @@ pub fn progress_percent(output: &str) -> Option<i32> {
         .collect();
     let pct: i32 = digits.parse().ok()?;
     let pct = pct.clamp(0, 100);
-    Some(if line.contains("Resolving deltas:") {
-        90 + pct / 10
-    } else {
-        pct * 9 / 10
-    })
+    Some(if line.contains("Resolving deltas:") { 90 + pct / 10 } else { pct * 9 / 10 })
 }
 
 /// The last `n` non-empty lines of git's output, with progress noise dropped, for messages.
@@ -164,16 +155,8 @@ mod tests {
                 false,
                 GitFailure::RevisionNotFound,
             ),
-            (
-                "fatal: couldn't find remote ref nope",
-                false,
-                GitFailure::RevisionNotFound,
-            ),
-            (
-                "error: Server does not allow request for unadvertised object abc",
-                false,
-                GitFailure::SyncFailed,
-            ),
+            ("fatal: couldn't find remote ref nope", false, GitFailure::RevisionNotFound),
+            ("error: Server does not allow request for unadvertised object abc", false, GitFailure::SyncFailed),
             (
                 "fatal: unable to access 'https://h/': Could not resolve host: h",
                 false,
@@ -199,20 +182,14 @@ mod tests {
     #[test]
     fn progress_from_clone_output() {
         assert_eq!(progress_percent("Cloning into 'x'...\n"), None);
-        assert_eq!(
-            progress_percent("Receiving objects:  50% (5/10)\r"),
-            Some(45)
-        );
+        assert_eq!(progress_percent("Receiving objects:  50% (5/10)\r"), Some(45));
         assert_eq!(
             progress_percent(
                 "Receiving objects:  10% (1/10)\rReceiving objects: 100% (10/10), done.\nResolving deltas:  50% (1/2)\r"
             ),
             Some(95)
         );
-        assert_eq!(
-            progress_percent("Resolving deltas: 100% (2/2), done.\n"),
-            Some(100)
-        );
+        assert_eq!(progress_percent("Resolving deltas: 100% (2/2), done.\n"), Some(100));
     }
 
     #[test]

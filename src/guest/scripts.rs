@@ -56,11 +56,7 @@ echo "=== done"
 "#,
         state = STATE_DIR,
         log = PREREQUISITES_LOG,
-        pkgs = if pkgs.is_empty() {
-            String::new()
-        } else {
-            pkgs.join(" ")
-        },
+        pkgs = if pkgs.is_empty() { String::new() } else { pkgs.join(" ") },
         run_script = if run_script { "yes" } else { "no" },
         script = PREREQUISITES_SCRIPT,
         fp = shell_quote(fingerprint),
@@ -370,39 +366,21 @@ mod tests {
 
     /// Runs `bash -n` on a script: it must parse.
     fn assert_parses(script: &str) {
-        let out = Command::new("bash")
-            .args(["-n", "-c", script])
-            .output()
-            .expect("bash runs");
-        assert!(
-            out.status.success(),
-            "script does not parse: {}\n{script}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new("bash").args(["-n", "-c", script]).output().expect("bash runs");
+        assert!(out.status.success(), "script does not parse: {}\n{script}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Runs the first lines of a rendered script (the variable assignments) in bash and
     /// prints the variables back: hostile values must arrive byte for byte.
     fn eval_assignments(script: &str, vars: &[&str]) -> Vec<String> {
-        let assignments: String = script
-            .lines()
-            .skip(1)
-            .take_while(|l| !l.starts_with("export"))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let assignments: String =
+            script.lines().skip(1).take_while(|l| !l.starts_with("export")).collect::<Vec<_>>().join("\n");
         let mut prog = assignments;
         for v in vars {
             prog.push_str(&format!("\nprintf '%s\\0' \"${v}\""));
         }
-        let out = Command::new("bash")
-            .args(["-c", &prog])
-            .output()
-            .expect("bash runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new("bash").args(["-c", &prog]).output().expect("bash runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout)
             .unwrap()
             .split('\0')
@@ -425,11 +403,7 @@ mod tests {
     #[test]
     fn repository_script_parses_and_carries_hostile_values_verbatim() {
         for h in HOSTILE.iter().filter(|h| !h.is_empty()) {
-            let s = sync(
-                &format!("https://example.com/{h}"),
-                Some(h),
-                &format!("/home/project/{h}"),
-            );
+            let s = sync(&format!("https://example.com/{h}"), Some(h), &format!("/home/project/{h}"));
             let script = repository_sync(&s);
             assert_parses(&script);
             let vals = eval_assignments(&script, &["url", "rev", "dir"]);
@@ -441,11 +415,7 @@ mod tests {
 
     #[test]
     fn repository_script_uses_single_branch_and_depth() {
-        let script = repository_sync(&sync(
-            "https://example.com/a.git",
-            Some("main"),
-            "/home/project/repo",
-        ));
+        let script = repository_sync(&sync("https://example.com/a.git", Some("main"), "/home/project/repo"));
         assert!(script.contains("--single-branch --branch \"$rev\""));
         assert!(script.contains("depth='1'"));
         assert!(script.contains("fetch --progress"));
@@ -469,12 +439,7 @@ mod tests {
                 .spawn()
                 .unwrap();
             use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
             String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
         };
         let got = run("get", "protocol=https\nhost=git.example.com\n\n");
@@ -509,10 +474,7 @@ mod tests {
         assert_eq!(parsed["password"].as_str(), Some("p\"a\\ss\nword"));
         assert_eq!(parsed["bind-addr"].as_str(), Some("0.0.0.0:8080"));
         assert_eq!(parsed["auth"].as_str(), Some("password"));
-        let none = code_server_config(&CodeServerConfig {
-            password: None,
-            ..cfg.clone()
-        });
+        let none = code_server_config(&CodeServerConfig { password: None, ..cfg.clone() });
         assert!(none.contains("auth: none"));
         assert!(!none.contains("password:"));
     }
@@ -537,11 +499,7 @@ mod tests {
         assert_eq!(parent_dir("/home/project/repo"), "/home/project");
         assert_eq!(parent_dir("/home/project/repo/"), "/home/project");
         assert_eq!(parent_dir("/repo"), "/");
-        assert_parses(&prepare_repo_parent(&sync(
-            "https://e.com/a",
-            None,
-            "/srv/x/y",
-        )));
+        assert_parses(&prepare_repo_parent(&sync("https://e.com/a", None, "/srv/x/y")));
     }
 
     #[test]

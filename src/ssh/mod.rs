@@ -26,24 +26,18 @@ pub fn generate_keypair(comment: &str) -> SshKeyPair {
     let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
     key.set_comment(comment);
     SshKeyPair {
-        private_openssh: key
-            .to_openssh(LineEnding::LF)
-            .map(|z| z.to_string())
-            .unwrap_or_default(),
+        private_openssh: key.to_openssh(LineEnding::LF).map(|z| z.to_string()).unwrap_or_default(),
         public_openssh: key.public_key().to_openssh().unwrap_or_default(),
     }
 }
 
 fn parse_public(s: &str) -> Result<PublicKey, SshError> {
-    PublicKey::from_openssh(s.trim())
-        .map_err(|e| SshError::Key(format!("not an OpenSSH public key: {e}")))
+    PublicKey::from_openssh(s.trim()).map_err(|e| SshError::Key(format!("not an OpenSSH public key: {e}")))
 }
 
 /// `SHA256:...` fingerprint of an OpenSSH public key, as `ssh-keygen -lf` prints it.
 pub fn host_key_fingerprint(public_openssh: &str) -> Result<String, SshError> {
-    Ok(parse_public(public_openssh)?
-        .fingerprint(HashAlg::Sha256)
-        .to_string())
+    Ok(parse_public(public_openssh)?.fingerprint(HashAlg::Sha256).to_string())
 }
 
 /// POSIX single-quote quoting: safe for any string, including quotes, `$(...)`, `;` and
@@ -92,11 +86,7 @@ pub enum SshError {
     #[error("cannot connect: {0}")]
     Connect(String),
     #[error("host key mismatch at {host}: expected {expected}, presented {presented}")]
-    HostKeyMismatch {
-        host: String,
-        expected: String,
-        presented: String,
-    },
+    HostKeyMismatch { host: String, expected: String, presented: String },
     #[error("SSH authentication as {user} at {host} failed")]
     AuthFailed { host: String, user: String },
     #[error("{what} did not finish within {}s", limit.as_secs())]
@@ -115,18 +105,14 @@ struct Verifier {
 impl client::Handler for Verifier {
     type Error = russh::Error;
 
-    async fn check_server_key(
-        &mut self,
-        server_public_key: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
+    async fn check_server_key(&mut self, server_public_key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let PublicKeyOrCertificate::PublicKey { key, .. } = server_public_key else {
             *self.presented.lock().expect("verifier lock") = Some("a certificate".into());
             return Ok(false);
         };
         let ok = key.key_data() == self.expected.key_data();
         if !ok {
-            *self.presented.lock().expect("verifier lock") =
-                Some(key.fingerprint(HashAlg::Sha256).to_string());
+            *self.presented.lock().expect("verifier lock") = Some(key.fingerprint(HashAlg::Sha256).to_string());
         }
         Ok(ok)
     }
@@ -155,18 +141,8 @@ impl SshPool {
     }
 
     fn slot(&self, t: &SshTarget) -> Slot {
-        let key = (
-            t.host.clone(),
-            t.port,
-            t.user.clone(),
-            t.pinned_host_key.trim().to_string(),
-        );
-        self.slots
-            .lock()
-            .expect("pool lock")
-            .entry(key)
-            .or_default()
-            .clone()
+        let key = (t.host.clone(), t.port, t.user.clone(), t.pinned_host_key.trim().to_string());
+        self.slots.lock().expect("pool lock").entry(key).or_default().clone()
     }
 
     async fn connect(&self, t: &SshTarget) -> Result<Arc<Handle<Verifier>>, SshError> {
@@ -177,17 +153,12 @@ impl SshPool {
             keepalive_max: 3,
             ..Default::default()
         });
-        let verifier = Verifier {
-            expected: expected.clone(),
-            presented: presented.clone(),
-        };
+        let verifier = Verifier { expected: expected.clone(), presented: presented.clone() };
         let connecting = client::connect(config, (t.host.as_str(), t.port), verifier);
-        let result = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| SshError::Timeout {
-                what: format!("SSH connection to {}:{}", t.host, t.port),
-                limit: CONNECT_TIMEOUT,
-            })?;
+        let result = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await.map_err(|_| SshError::Timeout {
+            what: format!("SSH connection to {}:{}", t.host, t.port),
+            limit: CONNECT_TIMEOUT,
+        })?;
         let mut handle = match result {
             Ok(h) => h,
             Err(e) => {
@@ -201,19 +172,15 @@ impl SshPool {
                 return Err(SshError::Connect(format!("{}:{}: {e}", t.host, t.port)));
             }
         };
-        self.connects
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let key = PrivateKey::from_openssh(t.private_key_openssh.as_bytes())
-            .map_err(|e| SshError::Key(e.to_string()))?;
+        self.connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key =
+            PrivateKey::from_openssh(t.private_key_openssh.as_bytes()).map_err(|e| SshError::Key(e.to_string()))?;
         let auth = handle
             .authenticate_publickey(&t.user, PrivateKeyWithHashAlg::new(Arc::new(key), None))
             .await
             .map_err(|e| SshError::Connect(e.to_string()))?;
         if !auth.success() {
-            return Err(SshError::AuthFailed {
-                host: t.host.clone(),
-                user: t.user.clone(),
-            });
+            return Err(SshError::AuthFailed { host: t.host.clone(), user: t.user.clone() });
         }
         Ok(Arc::new(handle))
     }
@@ -247,10 +214,7 @@ impl SshPool {
                 Err(_) => {
                     // The pooled connection died (VM restarted, network blip): reconnect once.
                     let handle = self.handle(target, true).await?;
-                    handle
-                        .channel_open_session()
-                        .await
-                        .map_err(|e| SshError::Channel(e.to_string()))?
+                    handle.channel_open_session().await.map_err(|e| SshError::Channel(e.to_string()))?
                 }
             };
             run_channel(channel, command, stdin, on_output).await
@@ -260,10 +224,7 @@ impl SshPool {
             Err(_) => {
                 // Dropping the connection ends the remote command with it.
                 self.forget(&target.host).await;
-                Err(SshError::Timeout {
-                    what: format!("command on {}", target.host),
-                    limit: timeout,
-                })
+                Err(SshError::Timeout { what: format!("command on {}", target.host), limit: timeout })
             }
         }
     }
@@ -279,9 +240,7 @@ impl SshPool {
         timeout: Duration,
     ) -> Result<(), SshError> {
         let command = write_file_command(path, mode, owner);
-        let out = self
-            .exec(target, &command, Some(contents), timeout, None)
-            .await?;
+        let out = self.exec(target, &command, Some(contents), timeout, None).await?;
         if out.exit_status != 0 {
             return Err(SshError::Channel(format!(
                 "writing {path} failed (exit {}): {}",
@@ -318,11 +277,7 @@ pub fn write_file_command(path: &str, mode: u32, owner: Option<&str>) -> String 
     let body = format!(
         "set -e; umask 077; d=$(dirname -- \"$1\"); [ -d \"$d\" ] || install -d -m 0755 -- \"$d\"; t=$(mktemp -- \"$1.XXXXXX\"); trap 'rm -f -- \"$t\"' EXIT; cat > \"$t\"; chmod {mode:o} -- \"$t\"; {chown}mv -f -- \"$t\" \"$1\"; trap - EXIT"
     );
-    format!(
-        "PROJECTVM_OPERATOR=1 sudo -n sh -c {} sh {}",
-        shell_quote(&body),
-        shell_quote(path)
-    )
+    format!("PROJECTVM_OPERATOR=1 sudo -n sh -c {} sh {}", shell_quote(&body), shell_quote(path))
 }
 
 async fn run_channel(
@@ -355,16 +310,13 @@ async fn run_channel(
             }
             ChannelMsg::ExitStatus { exit_status } => exit = Some(exit_status),
             ChannelMsg::ExitSignal { signal_name, .. } => {
-                return Err(SshError::Channel(format!(
-                    "remote command killed by signal {signal_name:?}"
-                )));
+                return Err(SshError::Channel(format!("remote command killed by signal {signal_name:?}")));
             }
             _ => {}
         }
     }
-    out.exit_status = exit.ok_or_else(|| {
-        SshError::Channel("the connection closed before the command exited".into())
-    })?;
+    out.exit_status =
+        exit.ok_or_else(|| SshError::Channel("the connection closed before the command exited".into()))?;
     Ok(out)
 }
 
@@ -387,11 +339,7 @@ mod tests {
             "",
             "'''",
         ] {
-            let out = Command::new("/bin/sh")
-                .arg("-c")
-                .arg(format!("printf %s {}", shell_quote(s)))
-                .output()
-                .unwrap();
+            let out = Command::new("/bin/sh").arg("-c").arg(format!("printf %s {}", shell_quote(s))).output().unwrap();
             assert_eq!(String::from_utf8(out.stdout).unwrap(), s);
         }
     }
@@ -414,21 +362,10 @@ mod tests {
         std::fs::write(&privf, &pair.private_openssh).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&privf, std::fs::Permissions::from_mode(0o600)).unwrap();
-        if let Ok(out) = Command::new("ssh-keygen")
-            .arg("-y")
-            .arg("-f")
-            .arg(&privf)
-            .output()
-        {
+        if let Ok(out) = Command::new("ssh-keygen").arg("-y").arg("-f").arg(&privf).output() {
             assert!(
-                String::from_utf8_lossy(&out.stdout).starts_with(
-                    pair.public_openssh
-                        .split(' ')
-                        .take(2)
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                        .as_str()
-                )
+                String::from_utf8_lossy(&out.stdout)
+                    .starts_with(pair.public_openssh.split(' ').take(2).collect::<Vec<_>>().join(" ").as_str())
             );
         }
         std::fs::remove_dir_all(&dir).unwrap();
@@ -443,28 +380,16 @@ mod tests {
         // Runs for real against a local directory (as whoever runs the tests).
         let dir = std::env::temp_dir().join(format!("pvm-write-{}", std::process::id()));
         let path = dir.join("sub/secret");
-        let local = write_file_command(path.to_str().unwrap(), 0o600, None)
-            .replace("PROJECTVM_OPERATOR=1 sudo -n ", "");
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&local)
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let local =
+            write_file_command(path.to_str().unwrap(), 0o600, None).replace("PROJECTVM_OPERATOR=1 sudo -n ", "");
+        let mut child =
+            Command::new("/bin/sh").arg("-c").arg(&local).stdin(std::process::Stdio::piped()).spawn().unwrap();
         use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"tok'$(x)\n")
-            .unwrap();
+        child.stdin.take().unwrap().write_all(b"tok'$(x)\n").unwrap();
         assert!(child.wait().unwrap().success());
         assert_eq!(std::fs::read(&path).unwrap(), b"tok'$(x)\n");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -4,9 +4,7 @@
 use std::time::{Duration, Instant};
 
 use google_cloud_compute_v1::client::{Instances, ZoneOperations};
-use google_cloud_compute_v1::model::{
-    self, Instance, InstancesSetMachineTypeRequest, Metadata, Operation,
-};
+use google_cloud_compute_v1::model::{self, Instance, InstancesSetMachineTypeRequest, Metadata, Operation};
 use google_cloud_gax::error::Error as GaxError;
 use google_cloud_gax::error::rpc::StatusDetails;
 use projectvm_testbed::gce::{BackendChoice, Config, RunningEmulator, serve};
@@ -23,29 +21,13 @@ struct Bed {
 
 async fn bed() -> Bed {
     let mut cfg = Config::none_backend();
-    cfg.backend = BackendChoice::None {
-        boot_delay: Duration::from_millis(50),
-    };
+    cfg.backend = BackendChoice::None { boot_delay: Duration::from_millis(50) };
     cfg.operation_wait_timeout = Duration::from_secs(2);
     let emu = serve(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let creds = || google_cloud_auth::credentials::anonymous::Builder::new().build();
-    let instances = Instances::builder()
-        .with_endpoint(emu.endpoint())
-        .with_credentials(creds())
-        .build()
-        .await
-        .unwrap();
-    let ops = ZoneOperations::builder()
-        .with_endpoint(emu.endpoint())
-        .with_credentials(creds())
-        .build()
-        .await
-        .unwrap();
-    Bed {
-        emu,
-        instances,
-        ops,
-    }
+    let instances = Instances::builder().with_endpoint(emu.endpoint()).with_credentials(creds()).build().await.unwrap();
+    let ops = ZoneOperations::builder().with_endpoint(emu.endpoint()).with_credentials(creds()).build().await.unwrap();
+    Bed { emu, instances, ops }
 }
 
 /// A tiny HTTP/1.1 client for the admin API (no extra dependencies).
@@ -73,27 +55,18 @@ fn instance(name: &str, ns: &str) -> Instance {
     Instance::new()
         .set_name(name)
         .set_machine_type(format!("zones/{Z}/machineTypes/e2-medium"))
-        .set_labels([
-            ("managed-by", "projectvm"),
-            ("projectvm-namespace", ns),
-            ("projectvm-name", name),
-        ])
+        .set_labels([("managed-by", "projectvm"), ("projectvm-namespace", ns), ("projectvm-name", name)])
         .set_metadata(Metadata::new().set_items([
-            model::metadata::Items::new()
-                .set_key("enable-guest-attributes")
-                .set_value("TRUE"),
-            model::metadata::Items::new()
-                .set_key("ssh-keys")
-                .set_value("projectvm:ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBcJ8oFvVY6kgkQ7b7D0t1n9hN0w0Yl0G3j2Zl3mQw8x projectvm"),
+            model::metadata::Items::new().set_key("enable-guest-attributes").set_value("TRUE"),
+            model::metadata::Items::new().set_key("ssh-keys").set_value(
+                "projectvm:ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBcJ8oFvVY6kgkQ7b7D0t1n9hN0w0Yl0G3j2Zl3mQw8x projectvm",
+            ),
         ]))
-        .set_disks([model::AttachedDisk::new()
-            .set_boot(true)
-            .set_auto_delete(true)
-            .set_initialize_params(
-                model::AttachedDiskInitializeParams::new()
-                    .set_disk_size_gb(50)
-                    .set_source_image("projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts"),
-            )])
+        .set_disks([model::AttachedDisk::new().set_boot(true).set_auto_delete(true).set_initialize_params(
+            model::AttachedDiskInitializeParams::new()
+                .set_disk_size_gb(50)
+                .set_source_image("projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts"),
+        )])
         .set_network_interfaces([model::NetworkInterface::new()
             .set_network("global/networks/default")
             .set_access_configs([model::AccessConfig::new()
@@ -106,22 +79,11 @@ async fn poll_done(bed: &Bed, op: &Operation) -> Operation {
     let name = op.name.clone().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let cur = bed
-            .ops
-            .get()
-            .set_project(P)
-            .set_zone(Z)
-            .set_operation(&name)
-            .send()
-            .await
-            .unwrap();
+        let cur = bed.ops.get().set_project(P).set_zone(Z).set_operation(&name).send().await.unwrap();
         if cur.status == Some(model::operation::Status::Done) {
             return cur;
         }
-        assert!(
-            Instant::now() < deadline,
-            "operation {name} not DONE in time"
-        );
+        assert!(Instant::now() < deadline, "operation {name} not DONE in time");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -134,13 +96,7 @@ fn reason(e: &GaxError) -> Option<String> {
 }
 
 async fn get(bed: &Bed, name: &str) -> Result<Instance, GaxError> {
-    bed.instances
-        .get()
-        .set_project(P)
-        .set_zone(Z)
-        .set_instance(name)
-        .send()
-        .await
+    bed.instances.get().set_project(P).set_zone(Z).set_instance(name).send().await
 }
 
 #[tokio::test]
@@ -162,9 +118,7 @@ async fn lifecycle_through_the_official_client() {
     assert!(op.id.is_some() && op.target_id.is_some());
     assert_eq!(
         op.target_link.as_deref(),
-        Some(
-            "https://www.googleapis.com/compute/v1/projects/pvm-test/zones/us-central1-a/instances/pvm-alpha"
-        )
+        Some("https://www.googleapis.com/compute/v1/projects/pvm-test/zones/us-central1-a/instances/pvm-alpha")
     );
     let done = poll_done(&bed, &op).await;
     assert!(done.error.is_none(), "{done:?}");
@@ -175,20 +129,12 @@ async fn lifecycle_through_the_official_client() {
     let inst = get(&bed, "pvm-alpha").await.unwrap();
     assert_eq!(inst.status, Some(model::instance::Status::Running));
     assert_eq!(inst.id, op.target_id);
-    assert!(
-        inst.machine_type
-            .as_deref()
-            .unwrap()
-            .ends_with("/machineTypes/e2-medium")
-    );
+    assert!(inst.machine_type.as_deref().unwrap().ends_with("/machineTypes/e2-medium"));
     assert_eq!(
         inst.zone.as_deref(),
         Some("https://www.googleapis.com/compute/v1/projects/pvm-test/zones/us-central1-a")
     );
-    assert_eq!(
-        inst.labels.get("managed-by").map(String::as_str),
-        Some("projectvm")
-    );
+    assert_eq!(inst.labels.get("managed-by").map(String::as_str), Some("projectvm"));
     let nic = &inst.network_interfaces[0];
     let ip = nic.network_ip.clone().unwrap();
     assert_eq!(nic.access_configs[0].nat_ip.as_deref(), Some(ip.as_str()));
@@ -223,9 +169,7 @@ async fn lifecycle_through_the_official_client() {
         .list()
         .set_project(P)
         .set_zone(Z)
-        .set_filter(
-            r#"(labels.managed-by = "projectvm") AND (labels.projectvm-namespace = "team-a")"#,
-        )
+        .set_filter(r#"(labels.managed-by = "projectvm") AND (labels.projectvm-namespace = "team-a")"#)
         .send()
         .await
         .unwrap();
@@ -242,15 +186,7 @@ async fn lifecycle_through_the_official_client() {
         .unwrap();
     assert_eq!(bare.items.len(), 1);
     // paging
-    let page1 = bed
-        .instances
-        .list()
-        .set_project(P)
-        .set_zone(Z)
-        .set_max_results(1_u32)
-        .send()
-        .await
-        .unwrap();
+    let page1 = bed.instances.list().set_project(P).set_zone(Z).set_max_results(1_u32).send().await.unwrap();
     assert_eq!(page1.items.len(), 1);
     let token = page1.next_page_token.clone().expect("a next page");
     let page2 = bed
@@ -281,12 +217,10 @@ async fn lifecycle_through_the_official_client() {
 
     // setMetadata with the current fingerprint; a stale one gets 412 conditionNotMet
     let new_items = [
-        model::metadata::Items::new()
-            .set_key("enable-guest-attributes")
-            .set_value("TRUE"),
-        model::metadata::Items::new()
-            .set_key("ssh-keys")
-            .set_value("projectvm:ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBcJ8oFvVY6kgkQ7b7D0t1n9hN0w0Yl0G3j2Zl3mQw8y rotated"),
+        model::metadata::Items::new().set_key("enable-guest-attributes").set_value("TRUE"),
+        model::metadata::Items::new().set_key("ssh-keys").set_value(
+            "projectvm:ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBcJ8oFvVY6kgkQ7b7D0t1n9hN0w0Yl0G3j2Zl3mQw8y rotated",
+        ),
     ];
     let op = bed
         .instances
@@ -294,11 +228,7 @@ async fn lifecycle_through_the_official_client() {
         .set_project(P)
         .set_zone(Z)
         .set_instance("pvm-alpha")
-        .set_body(
-            Metadata::new()
-                .set_fingerprint(fp1.clone())
-                .set_items(new_items.clone()),
-        )
+        .set_body(Metadata::new().set_fingerprint(fp1.clone()).set_items(new_items.clone()))
         .send()
         .await
         .unwrap();
@@ -307,11 +237,7 @@ async fn lifecycle_through_the_official_client() {
     let inst = get(&bed, "pvm-alpha").await.unwrap();
     let md = inst.metadata.unwrap();
     assert_ne!(md.fingerprint.clone().unwrap(), fp1, "fingerprint changes");
-    assert!(
-        md.items
-            .iter()
-            .any(|i| i.value.as_deref().unwrap_or("").ends_with("rotated"))
-    );
+    assert!(md.items.iter().any(|i| i.value.as_deref().unwrap_or("").ends_with("rotated")));
     let stale = bed
         .instances
         .set_metadata()
@@ -337,17 +263,9 @@ async fn lifecycle_through_the_official_client() {
         .await
         .unwrap();
     let items = ga.query_value.unwrap().items;
-    let ed = items
-        .iter()
-        .find(|e| e.key.as_deref() == Some("ssh-ed25519"))
-        .expect("ed25519 host key");
+    let ed = items.iter().find(|e| e.key.as_deref() == Some("ssh-ed25519")).expect("ed25519 host key");
     assert_eq!(ed.namespace.as_deref(), Some("hostkeys"));
-    assert!(
-        ed.value
-            .as_deref()
-            .unwrap()
-            .starts_with("AAAAC3NzaC1lZDI1NTE5")
-    );
+    assert!(ed.value.as_deref().unwrap().starts_with("AAAAC3NzaC1lZDI1NTE5"));
 
     // setMachineType while RUNNING is refused
     let busy = bed
@@ -357,8 +275,7 @@ async fn lifecycle_through_the_official_client() {
         .set_zone(Z)
         .set_instance("pvm-alpha")
         .set_body(
-            InstancesSetMachineTypeRequest::new()
-                .set_machine_type(format!("zones/{Z}/machineTypes/e2-standard-4")),
+            InstancesSetMachineTypeRequest::new().set_machine_type(format!("zones/{Z}/machineTypes/e2-standard-4")),
         )
         .send()
         .await
@@ -366,24 +283,8 @@ async fn lifecycle_through_the_official_client() {
     assert_eq!(busy.http_status_code(), Some(400));
 
     // stop → TERMINATED
-    let op = bed
-        .instances
-        .stop()
-        .set_project(P)
-        .set_zone(Z)
-        .set_instance("pvm-alpha")
-        .send()
-        .await
-        .unwrap();
-    let done = bed
-        .ops
-        .wait()
-        .set_project(P)
-        .set_zone(Z)
-        .set_operation(op.name.clone().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let op = bed.instances.stop().set_project(P).set_zone(Z).set_instance("pvm-alpha").send().await.unwrap();
+    let done = bed.ops.wait().set_project(P).set_zone(Z).set_operation(op.name.clone().unwrap()).send().await.unwrap();
     assert_eq!(done.status, Some(model::operation::Status::Done));
     let inst = get(&bed, "pvm-alpha").await.unwrap();
     assert_eq!(inst.status, Some(model::instance::Status::Terminated));
@@ -409,8 +310,7 @@ async fn lifecycle_through_the_official_client() {
         .set_zone(Z)
         .set_instance("pvm-alpha")
         .set_body(
-            InstancesSetMachineTypeRequest::new()
-                .set_machine_type(format!("zones/{Z}/machineTypes/e2-standard-4")),
+            InstancesSetMachineTypeRequest::new().set_machine_type(format!("zones/{Z}/machineTypes/e2-standard-4")),
         )
         .send()
         .await
@@ -420,15 +320,7 @@ async fn lifecycle_through_the_official_client() {
     assert!(inst.machine_type.unwrap().ends_with("/e2-standard-4"));
 
     // start → RUNNING, same host key as before
-    let op = bed
-        .instances
-        .start()
-        .set_project(P)
-        .set_zone(Z)
-        .set_instance("pvm-alpha")
-        .send()
-        .await
-        .unwrap();
+    let op = bed.instances.start().set_project(P).set_zone(Z).set_instance("pvm-alpha").send().await.unwrap();
     poll_done(&bed, &op).await;
     let inst = get(&bed, "pvm-alpha").await.unwrap();
     assert_eq!(inst.status, Some(model::instance::Status::Running));
@@ -442,10 +334,7 @@ async fn lifecycle_through_the_official_client() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        ga.query_value.unwrap().items[0].value.as_deref(),
-        ed.value.as_deref()
-    );
+    assert_eq!(ga.query_value.unwrap().items[0].value.as_deref(), ed.value.as_deref());
 
     // duplicate insert → 409 alreadyExists
     let dup = bed
@@ -462,15 +351,7 @@ async fn lifecycle_through_the_official_client() {
 
     // delete → get 404 notFound
     for name in ["pvm-alpha", "pvm-beta"] {
-        let op = bed
-            .instances
-            .delete()
-            .set_project(P)
-            .set_zone(Z)
-            .set_instance(name)
-            .send()
-            .await
-            .unwrap();
+        let op = bed.instances.delete().set_project(P).set_zone(Z).set_instance(name).send().await.unwrap();
         assert_eq!(op.operation_type.as_deref(), Some("delete"));
         poll_done(&bed, &op).await;
     }
@@ -478,10 +359,7 @@ async fn lifecycle_through_the_official_client() {
     assert_eq!(e.http_status_code(), Some(404), "{e:?}");
     assert_eq!(reason(&e).as_deref(), Some("notFound"));
     let st = e.status().unwrap();
-    assert_eq!(
-        st.message,
-        "The resource 'projects/pvm-test/zones/us-central1-a/instances/pvm-alpha' was not found"
-    );
+    assert_eq!(st.message, "The resource 'projects/pvm-test/zones/us-central1-a/instances/pvm-alpha' was not found");
 
     // nothing leaked
     let (code, v) = admin(&bed, "GET", "/emulator/v1/instances", "").await;
@@ -503,19 +381,8 @@ async fn deletion_protection() {
         .await
         .unwrap();
     poll_done(&bed, &op).await;
-    assert_eq!(
-        get(&bed, "pvm-keep").await.unwrap().deletion_protection,
-        Some(true)
-    );
-    let e = bed
-        .instances
-        .delete()
-        .set_project(P)
-        .set_zone(Z)
-        .set_instance("pvm-keep")
-        .send()
-        .await
-        .unwrap_err();
+    assert_eq!(get(&bed, "pvm-keep").await.unwrap().deletion_protection, Some(true));
+    let e = bed.instances.delete().set_project(P).set_zone(Z).set_instance("pvm-keep").send().await.unwrap_err();
     assert_eq!(e.http_status_code(), Some(400));
     assert_eq!(reason(&e).as_deref(), Some("invalidResourceUsage"));
     assert!(get(&bed, "pvm-keep").await.is_ok());
@@ -527,13 +394,8 @@ async fn faults_quota_zone_errors_and_stuck_operations() {
     let bed = bed().await;
 
     // quota: the next insert's operation fails with QUOTA_EXCEEDED, no instance is made
-    let (code, _) = admin(
-        &bed,
-        "PUT",
-        "/emulator/v1/faults/quota",
-        r#"{"metric":"CPUS","limit":8.0,"remaining":1}"#,
-    )
-    .await;
+    let (code, _) =
+        admin(&bed, "PUT", "/emulator/v1/faults/quota", r#"{"metric":"CPUS","limit":8.0,"remaining":1}"#).await;
     assert_eq!(code, 200);
     let op = bed
         .instances
@@ -547,24 +409,12 @@ async fn faults_quota_zone_errors_and_stuck_operations() {
     let done = poll_done(&bed, &op).await;
     let err = done.error.as_ref().expect("operation error");
     assert_eq!(err.errors[0].code.as_deref(), Some("QUOTA_EXCEEDED"));
-    assert_eq!(
-        err.errors[0].message.as_deref(),
-        Some("Quota 'CPUS' exceeded.  Limit: 8.0 in region us-central1.")
-    );
+    assert_eq!(err.errors[0].message.as_deref(), Some("Quota 'CPUS' exceeded.  Limit: 8.0 in region us-central1."));
     assert_eq!(done.http_error_status_code, Some(403));
-    assert_eq!(
-        get(&bed, "pvm-quota").await.unwrap_err().http_status_code(),
-        Some(404)
-    );
+    assert_eq!(get(&bed, "pvm-quota").await.unwrap_err().http_status_code(), Some(404));
 
     // zone exhausted
-    admin(
-        &bed,
-        "PUT",
-        "/emulator/v1/faults/zones/us-central1-a/exhausted",
-        "",
-    )
-    .await;
+    admin(&bed, "PUT", "/emulator/v1/faults/zones/us-central1-a/exhausted", "").await;
     let op = bed
         .instances
         .insert()
@@ -577,19 +427,8 @@ async fn faults_quota_zone_errors_and_stuck_operations() {
     let done = poll_done(&bed, &op).await;
     let e = &done.error.as_ref().unwrap().errors[0];
     assert_eq!(e.code.as_deref(), Some("ZONE_RESOURCE_POOL_EXHAUSTED"));
-    assert!(
-        e.message
-            .as_deref()
-            .unwrap()
-            .contains("projects/pvm-test/zones/us-central1-a")
-    );
-    admin(
-        &bed,
-        "DELETE",
-        "/emulator/v1/faults/zones/us-central1-a/exhausted",
-        "",
-    )
-    .await;
+    assert!(e.message.as_deref().unwrap().contains("projects/pvm-test/zones/us-central1-a"));
+    admin(&bed, "DELETE", "/emulator/v1/faults/zones/us-central1-a/exhausted", "").await;
 
     // 403 forbidden on insert
     admin(
@@ -635,15 +474,8 @@ async fn faults_quota_zone_errors_and_stuck_operations() {
     assert_eq!(e.http_status_code(), Some(503));
     assert_eq!(reason(&e).as_deref(), Some("backendError"));
     // the next call goes through
-    let op = bed
-        .instances
-        .insert()
-        .set_project(P)
-        .set_zone(Z)
-        .set_body(instance("pvm-ok", "team-a"))
-        .send()
-        .await
-        .unwrap();
+    let op =
+        bed.instances.insert().set_project(P).set_zone(Z).set_body(instance("pvm-ok", "team-a")).send().await.unwrap();
     poll_done(&bed, &op).await;
 
     // 503 on GETs: the client retries them by itself (AIP-194) and succeeds
@@ -669,79 +501,28 @@ async fn faults_quota_zone_errors_and_stuck_operations() {
         r#"{"errorRate":1.0,"errorCode":429,"remaining":1}"#,
     )
     .await;
-    let e = bed
-        .instances
-        .list()
-        .set_project(P)
-        .set_zone(Z)
-        .send()
-        .await
-        .unwrap_err();
+    let e = bed.instances.list().set_project(P).set_zone(Z).send().await.unwrap_err();
     assert_eq!(e.http_status_code(), Some(429));
     assert_eq!(reason(&e).as_deref(), Some("rateLimitExceeded"));
 
     // a stuck operation stays RUNNING (wait returns it unfinished), until released
-    admin(
-        &bed,
-        "PUT",
-        "/emulator/v1/faults/stuck",
-        r#"{"operationTypes":["stop"],"remaining":1}"#,
-    )
-    .await;
-    let op = bed
-        .instances
-        .stop()
-        .set_project(P)
-        .set_zone(Z)
-        .set_instance("pvm-ok")
-        .send()
-        .await
-        .unwrap();
+    admin(&bed, "PUT", "/emulator/v1/faults/stuck", r#"{"operationTypes":["stop"],"remaining":1}"#).await;
+    let op = bed.instances.stop().set_project(P).set_zone(Z).set_instance("pvm-ok").send().await.unwrap();
     let name = op.name.clone().unwrap();
-    let waited = bed
-        .ops
-        .wait()
-        .set_project(P)
-        .set_zone(Z)
-        .set_operation(&name)
-        .send()
-        .await
-        .unwrap();
+    let waited = bed.ops.wait().set_project(P).set_zone(Z).set_operation(&name).send().await.unwrap();
     assert_eq!(waited.status, Some(model::operation::Status::Running));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let again = bed
-        .ops
-        .get()
-        .set_project(P)
-        .set_zone(Z)
-        .set_operation(&name)
-        .send()
-        .await
-        .unwrap();
+    let again = bed.ops.get().set_project(P).set_zone(Z).set_operation(&name).send().await.unwrap();
     assert_eq!(again.status, Some(model::operation::Status::Running));
-    assert_eq!(
-        get(&bed, "pvm-ok").await.unwrap().status,
-        Some(model::instance::Status::Running)
-    );
+    assert_eq!(get(&bed, "pvm-ok").await.unwrap().status, Some(model::instance::Status::Running));
     let (code, _) = admin(&bed, "POST", "/emulator/v1/operations/unstick", "").await;
     assert_eq!(code, 200);
     let done = poll_done(&bed, &op).await;
     assert!(done.error.is_none());
-    assert_eq!(
-        get(&bed, "pvm-ok").await.unwrap().status,
-        Some(model::instance::Status::Terminated)
-    );
+    assert_eq!(get(&bed, "pvm-ok").await.unwrap().status, Some(model::instance::Status::Terminated));
 
     // unknown operation → 404
-    let e = bed
-        .ops
-        .get()
-        .set_project(P)
-        .set_zone(Z)
-        .set_operation("operation-nope")
-        .send()
-        .await
-        .unwrap_err();
+    let e = bed.ops.get().set_project(P).set_zone(Z).set_operation("operation-nope").send().await.unwrap_err();
     assert_eq!(e.http_status_code(), Some(404));
 
     // reset clears faults and deletes everything
@@ -757,15 +538,8 @@ async fn faults_quota_zone_errors_and_stuck_operations() {
 #[tokio::test]
 async fn invalid_requests_get_google_errors() {
     let bed = bed().await;
-    let e = bed
-        .instances
-        .insert()
-        .set_project(P)
-        .set_zone(Z)
-        .set_body(instance("Bad_Name", "x"))
-        .send()
-        .await
-        .unwrap_err();
+    let e =
+        bed.instances.insert().set_project(P).set_zone(Z).set_body(instance("Bad_Name", "x")).send().await.unwrap_err();
     assert_eq!(e.http_status_code(), Some(400));
     assert_eq!(reason(&e).as_deref(), Some("invalid"));
     let e = bed
@@ -778,15 +552,7 @@ async fn invalid_requests_get_google_errors() {
         .await
         .unwrap_err();
     assert_eq!(e.http_status_code(), Some(400));
-    let e = bed
-        .instances
-        .start()
-        .set_project(P)
-        .set_zone(Z)
-        .set_instance("missing")
-        .send()
-        .await
-        .unwrap_err();
+    let e = bed.instances.start().set_project(P).set_zone(Z).set_instance("missing").send().await.unwrap_err();
     assert_eq!(e.http_status_code(), Some(404));
     bed.emu.stop(true).await;
 }

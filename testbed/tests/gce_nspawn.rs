@@ -56,9 +56,7 @@ fn skip_reason() -> Option<String> {
 
 async fn admin(addr: &str, method: &str, path: &str) -> serde_json::Value {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
@@ -73,22 +71,12 @@ async fn poll_done(ops: &ZoneOperations, op: &Operation, limit: Duration) -> Ope
     let name = op.name.clone().unwrap();
     let deadline = Instant::now() + limit;
     loop {
-        let cur = ops
-            .get()
-            .set_project(P)
-            .set_zone(Z)
-            .set_operation(&name)
-            .send()
-            .await
-            .unwrap();
+        let cur = ops.get().set_project(P).set_zone(Z).set_operation(&name).send().await.unwrap();
         if cur.status == Some(model::operation::Status::Done) {
             assert!(cur.error.is_none(), "operation failed: {cur:?}");
             return cur;
         }
-        assert!(
-            Instant::now() < deadline,
-            "operation {name} not DONE in {limit:?}"
-        );
+        assert!(Instant::now() < deadline, "operation {name} not DONE in {limit:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -116,35 +104,19 @@ fn ssh(key: &Path, known_hosts: &Path, ip: &str, user: &str, cmd: &str) -> (bool
         .stdin(Stdio::null())
         .output()
         .expect("ssh client");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text.trim().to_string())
 }
 
 fn keygen(path: &Path) -> String {
-    let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path)
-        .status()
-        .unwrap()
-        .success();
+    let ok =
+        Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(path).status().unwrap().success();
     assert!(ok);
-    std::fs::read_to_string(path.with_extension("pub"))
-        .unwrap()
-        .trim()
-        .to_string()
+    std::fs::read_to_string(path.with_extension("pub")).unwrap().trim().to_string()
 }
 
 async fn get(c: &Instances) -> Result<Instance, google_cloud_gax::error::Error> {
-    c.get()
-        .set_project(P)
-        .set_zone(Z)
-        .set_instance(NAME)
-        .send()
-        .await
+    c.get().set_project(P).set_zone(Z).set_instance(NAME).send().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,14 +130,7 @@ async fn real_machine_lifecycle() {
     std::fs::create_dir_all(&dir).unwrap();
     let ready = dir.join("ready");
     let child = Command::new(env!("CARGO_BIN_EXE_gce-emulator"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--backend",
-            "nspawn",
-            "--rootfs",
-            &rootfs,
-        ])
+        .args(["--listen", "127.0.0.1:0", "--backend", "nspawn", "--rootfs", &rootfs])
         .arg("--state-dir")
         .arg(dir.join("state"))
         .arg("--ready-file")
@@ -175,11 +140,7 @@ async fn real_machine_lifecycle() {
         .stderr(std::fs::File::create(dir.join("emulator.log")).unwrap())
         .spawn()
         .unwrap();
-    let mut emu = Emulator {
-        child,
-        addr: String::new(),
-        dir: dir.clone(),
-    };
+    let mut emu = Emulator { child, addr: String::new(), dir: dir.clone() };
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ready.exists() {
         assert!(Instant::now() < deadline, "emulator did not become ready");
@@ -189,18 +150,8 @@ async fn real_machine_lifecycle() {
     emu.addr = std::fs::read_to_string(&ready).unwrap().trim().to_string();
     let endpoint = format!("http://{}", emu.addr);
     let creds = || google_cloud_auth::credentials::anonymous::Builder::new().build();
-    let c = Instances::builder()
-        .with_endpoint(&endpoint)
-        .with_credentials(creds())
-        .build()
-        .await
-        .unwrap();
-    let ops = ZoneOperations::builder()
-        .with_endpoint(&endpoint)
-        .with_credentials(creds())
-        .build()
-        .await
-        .unwrap();
+    let c = Instances::builder().with_endpoint(&endpoint).with_credentials(creds()).build().await.unwrap();
+    let ops = ZoneOperations::builder().with_endpoint(&endpoint).with_credentials(creds()).build().await.unwrap();
 
     let key = dir.join("id_ed25519");
     let pubkey = keygen(&key);
@@ -208,35 +159,19 @@ async fn real_machine_lifecycle() {
         .set_name(NAME)
         .set_machine_type(format!("zones/{Z}/machineTypes/e2-medium"))
         .set_labels([("managed-by", "projectvm")])
-        .set_metadata(
-            Metadata::new().set_items([
-                model::metadata::Items::new()
-                    .set_key("enable-guest-attributes")
-                    .set_value("TRUE"),
-                model::metadata::Items::new()
-                    .set_key("ssh-keys")
-                    .set_value(format!("tester:{pubkey}")),
-            ]),
-        );
+        .set_metadata(Metadata::new().set_items([
+            model::metadata::Items::new().set_key("enable-guest-attributes").set_value("TRUE"),
+            model::metadata::Items::new().set_key("ssh-keys").set_value(format!("tester:{pubkey}")),
+        ]));
 
     // insert → RUNNING
     let t0 = Instant::now();
-    let op = c
-        .insert()
-        .set_project(P)
-        .set_zone(Z)
-        .set_body(body)
-        .send()
-        .await
-        .unwrap();
+    let op = c.insert().set_project(P).set_zone(Z).set_body(body).send().await.unwrap();
     poll_done(&ops, &op, Duration::from_secs(120)).await;
     eprintln!("TIMING insert → RUNNING: {:?}", t0.elapsed());
     let inst = get(&c).await.unwrap();
     assert_eq!(inst.status, Some(model::instance::Status::Running));
-    let ip = inst.network_interfaces[0].access_configs[0]
-        .nat_ip
-        .clone()
-        .unwrap();
+    let ip = inst.network_interfaces[0].access_configs[0].nat_ip.clone().unwrap();
 
     // pin the host key from guest attributes
     let ga = c
@@ -287,34 +222,17 @@ async fn real_machine_lifecycle() {
 
     // stop → TERMINATED, the machine's process is gone
     let t0 = Instant::now();
-    let op = c
-        .stop()
-        .set_project(P)
-        .set_zone(Z)
-        .set_instance(NAME)
-        .send()
-        .await
-        .unwrap();
+    let op = c.stop().set_project(P).set_zone(Z).set_instance(NAME).send().await.unwrap();
     poll_done(&ops, &op, Duration::from_secs(60)).await;
     eprintln!("TIMING stop → TERMINATED: {:?}", t0.elapsed());
     let inst = get(&c).await.unwrap();
     assert_eq!(inst.status, Some(model::instance::Status::Terminated));
     assert!(inst.last_stop_timestamp.is_some());
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "nspawn {pid} still there"
-    );
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "nspawn {pid} still there");
 
     // start → RUNNING on the same disk, with the same host key
     let t0 = Instant::now();
-    let op = c
-        .start()
-        .set_project(P)
-        .set_zone(Z)
-        .set_instance(NAME)
-        .send()
-        .await
-        .unwrap();
+    let op = c.start().set_project(P).set_zone(Z).set_instance(NAME).send().await.unwrap();
     poll_done(&ops, &op, Duration::from_secs(120)).await;
     eprintln!("TIMING start → RUNNING: {:?}", t0.elapsed());
     let (ok, out) = ssh(&key, &kh, &ip, "tester", "cat ~/marker");
@@ -323,13 +241,7 @@ async fn real_machine_lifecycle() {
 
     // poweroff inside the guest is noticed: TERMINATED
     let before = get(&c).await.unwrap().last_stop_timestamp;
-    let _ = ssh(
-        &key,
-        &kh,
-        &ip,
-        "tester",
-        "sudo systemctl poweroff --no-block",
-    );
+    let _ = ssh(&key, &kh, &ip, "tester", "sudo systemctl poweroff --no-block");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let inst = get(&c).await.unwrap();
@@ -342,14 +254,7 @@ async fn real_machine_lifecycle() {
     }
 
     // delete → gone, with its disk, namespace and link
-    let op = c
-        .delete()
-        .set_project(P)
-        .set_zone(Z)
-        .set_instance(NAME)
-        .send()
-        .await
-        .unwrap();
+    let op = c.delete().set_project(P).set_zone(Z).set_instance(NAME).send().await.unwrap();
     poll_done(&ops, &op, Duration::from_secs(60)).await;
     let e = get(&c).await.unwrap_err();
     assert_eq!(e.http_status_code(), Some(404));
@@ -357,12 +262,8 @@ async fn real_machine_lifecycle() {
     assert_eq!(view["instances"].as_array().unwrap().len(), 0);
     assert!(!Path::new(&disk).exists(), "disk dir left: {disk}");
     assert!(!Path::new("/run/netns").join(&netns).exists(), "netns left");
-    let link = Command::new("ip")
-        .args(["link", "show", &veth])
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
+    let link =
+        Command::new("ip").args(["link", "show", &veth]).stderr(Stdio::null()).stdout(Stdio::null()).status().unwrap();
     assert!(!link.success(), "veth {veth} left");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&disk), "overlay still mounted");

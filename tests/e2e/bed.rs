@@ -14,6 +14,16 @@ use serde_json::Value;
 /// Tests that restart the operator take this for writing; all others for reading.
 pub static OPERATOR: RwLock<()> = RwLock::new(());
 
+/// A shared hold on the operator: one failed test must not poison the others.
+pub fn operator_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    OPERATOR.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An exclusive hold, for tests that restart the operator or inject cloud faults.
+pub fn operator_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    OPERATOR.write().unwrap_or_else(|e| e.into_inner())
+}
+
 pub struct Bed {
     pub state: PathBuf,
     pub env: HashMap<String, String>,
@@ -22,9 +32,10 @@ pub struct Bed {
 pub fn bed() -> &'static Bed {
     static BED: OnceLock<Bed> = OnceLock::new();
     BED.get_or_init(|| {
-        let state = PathBuf::from(std::env::var("PROJECTVM_TESTBED").expect(
-            "PROJECTVM_TESTBED is not set: run ./scripts/test.sh, which brings the test bed up",
-        ));
+        let state = PathBuf::from(
+            std::env::var("PROJECTVM_TESTBED")
+                .expect("PROJECTVM_TESTBED is not set: run ./scripts/test.sh, which brings the test bed up"),
+        );
         let text = std::fs::read_to_string(state.join("env")).expect("test bed env file");
         let mut env = HashMap::new();
         for line in text.lines() {
@@ -39,10 +50,7 @@ pub fn bed() -> &'static Bed {
 
 impl Bed {
     pub fn var(&self, k: &str) -> &str {
-        self.env
-            .get(k)
-            .map(String::as_str)
-            .unwrap_or_else(|| panic!("{k} missing from the bed env"))
+        self.env.get(k).map(String::as_str).unwrap_or_else(|| panic!("{k} missing from the bed env"))
     }
 
     fn command(&self, program: &str) -> Command {
@@ -57,21 +65,12 @@ impl Bed {
     pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut c = self.command("kubectl");
         c.args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = c.spawn().expect("kubectl runs");
         if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
         }
         child.wait_with_output().unwrap()
     }
@@ -79,21 +78,13 @@ impl Bed {
     /// Runs kubectl and insists it succeeds.
     pub fn kubectl(&self, args: &[&str]) -> String {
         let out = self.kubectl_output(args, None);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
     pub fn apply(&self, ns: &str, yaml: &str) {
         let out = self.kubectl_output(&["-n", ns, "apply", "-f", "-"], Some(yaml));
-        assert!(
-            out.status.success(),
-            "kubectl apply failed: {}\n{yaml}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "kubectl apply failed: {}\n{yaml}", String::from_utf8_lossy(&out.stderr));
     }
 
     pub fn get(&self, ns: &str, kind: &str, name: &str) -> Value {
@@ -101,20 +92,10 @@ impl Bed {
     }
 
     /// `kubectl wait --for=condition=...`, with the resource dumped on failure.
-    pub fn wait_condition(
-        &self,
-        ns: &str,
-        kind: &str,
-        name: &str,
-        condition: &str,
-        timeout: Duration,
-    ) {
+    pub fn wait_condition(&self, ns: &str, kind: &str, name: &str, condition: &str, timeout: Duration) {
         let t = format!("--timeout={}s", timeout.as_secs());
         let cond = format!("--for=condition={condition}");
-        let out = self.kubectl_output(
-            &["-n", ns, "wait", &cond, &format!("{kind}/{name}"), &t],
-            None,
-        );
+        let out = self.kubectl_output(&["-n", ns, "wait", &cond, &format!("{kind}/{name}"), &t], None);
         if !out.status.success() {
             let dump = self.kubectl_output(&["-n", ns, "get", kind, name, "-o", "yaml"], None);
             panic!(
@@ -127,12 +108,7 @@ impl Bed {
     }
 
     /// Polls until `check` returns Some, or panics with the last object.
-    pub fn eventually<T>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut check: impl FnMut() -> Option<T>,
-    ) -> T {
+    pub fn eventually<T>(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(v) = check() {
@@ -149,18 +125,11 @@ impl Bed {
     }
 
     pub fn condition(obj: &Value, type_: &str) -> Option<Value> {
-        obj.pointer("/status/conditions")?
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == type_)
-            .cloned()
+        obj.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == type_).cloned()
     }
 
     pub fn namespace(&self, name: &str) -> String {
-        let _ = self.kubectl_output(
-            &["delete", "namespace", name, "--wait=true", "--timeout=120s"],
-            None,
-        );
+        let _ = self.kubectl_output(&["delete", "namespace", name, "--wait=true", "--timeout=120s"], None);
         self.kubectl(&["create", "namespace", name]);
         name.to_string()
     }
@@ -187,51 +156,30 @@ impl Bed {
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         match v {
             Value::Array(a) => a,
-            other => other
-                .get("instances")
-                .and_then(|i| i.as_array())
-                .cloned()
-                .unwrap_or_default(),
+            other => other.get("instances").and_then(|i| i.as_array()).cloned().unwrap_or_default(),
         }
     }
 
-    /// Instances the emulator holds for one resource (by its uid label).
+    /// Instances in the test zone carrying a resource's uid label, read through the
+    /// Compute Engine API the operator uses (labels included).
     pub fn instances_of(&self, uid: &str) -> Vec<Value> {
-        self.emulator_instances()
-            .into_iter()
-            .filter(|i| {
-                let labels = i
-                    .get("instance")
-                    .and_then(|x| x.get("labels"))
-                    .or_else(|| i.get("labels"));
-                labels
-                    .and_then(|l| l.get("projectvm-uid"))
-                    .and_then(|u| u.as_str())
-                    == Some(uid)
-            })
-            .collect()
+        let url = format!("{}/compute/v1/projects/testbed/zones/us-central1-a/instances", self.var("EMULATOR_URL"));
+        let filter = format!("filter=labels.projectvm-uid = \"{uid}\"");
+        let out = Command::new("curl").args(["-fsS", "-G", &url, "--data-urlencode", &filter]).output().unwrap();
+        assert!(out.status.success(), "emulator list failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let items = v.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default();
+        assert!(items.iter().all(|i| i["labels"]["projectvm-uid"] == uid), "filter ignored: {items:?}");
+        items
     }
 
     pub fn emulator(&self, method: &str, path: &str, body: &str) {
         let url = format!("{}/emulator/v1/{path}", self.var("EMULATOR_URL"));
         let out = Command::new("curl")
-            .args([
-                "-fsS",
-                "-X",
-                method,
-                "-H",
-                "content-type: application/json",
-                "--data",
-                body,
-                &url,
-            ])
+            .args(["-fsS", "-X", method, "-H", "content-type: application/json", "--data", body, &url])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "emulator {method} {path}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "emulator {method} {path}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Runs a command on a resource's VM over SSH as the operator does: the operator's key
@@ -244,16 +192,9 @@ impl Bed {
             .and_then(|v| v.as_str())
             .expect("instance address")
             .to_string();
-        let host_key = obj
-            .pointer("/status/instance/hostKey")
-            .and_then(|v| v.as_str())
-            .expect("pinned host key")
-            .to_string();
-        let label = if kind.starts_with("pvm") || kind.starts_with("projectvm") {
-            "projectvm"
-        } else {
-            "workspace"
-        };
+        let host_key =
+            obj.pointer("/status/instance/hostKey").and_then(|v| v.as_str()).expect("pinned host key").to_string();
+        let label = if kind.starts_with("pvm") || kind.starts_with("projectvm") { "projectvm" } else { "workspace" };
         let key_b64 = self.kubectl(&[
             "-n",
             ns,
@@ -287,29 +228,16 @@ impl Bed {
             .arg(command)
             .output()
             .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-        )
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).to_string())
     }
 
     pub fn refs(&self, which: &str) -> HashMap<String, String> {
-        let text = std::fs::read_to_string(format!("{}/{which}-demo.refs", self.var("GIT_STATE")))
-            .unwrap();
-        text.lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        let text = std::fs::read_to_string(format!("{}/{which}-demo.refs", self.var("GIT_STATE"))).unwrap();
+        text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     pub fn git_token(&self) -> String {
-        std::fs::read_to_string(self.var("GIT_TOKEN_FILE"))
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap()
-            .trim()
-            .to_string()
+        std::fs::read_to_string(self.var("GIT_TOKEN_FILE")).unwrap().lines().next().unwrap().trim().to_string()
     }
 
     pub fn set_git_tokens(&self, tokens: &[&str]) {
@@ -321,11 +249,7 @@ impl Bed {
             .args(["operator-start", self.state.to_str().unwrap()])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "operator restart failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "operator restart failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     pub fn operator_kill(&self) {
@@ -333,18 +257,12 @@ impl Bed {
             .args(["operator-kill", self.state.to_str().unwrap()])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "operator kill failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "operator kill failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     pub fn metrics(&self) -> String {
-        let out = Command::new("curl")
-            .args(["-fsS", &format!("{}/metrics", self.var("METRICS_URL"))])
-            .output()
-            .unwrap();
+        let out =
+            Command::new("curl").args(["-fsS", &format!("{}/metrics", self.var("METRICS_URL"))]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::bed::{Bed, OPERATOR, bed};
+use crate::bed::{Bed, bed, operator_shared};
 
 fn workspace(name: &str, url: &str, revision: Option<&str>, secret: Option<&str>) -> String {
     let mut repo = format!("    url: {url}\n");
@@ -20,88 +20,33 @@ fn workspace(name: &str, url: &str, revision: Option<&str>, secret: Option<&str>
 
 /// Waits for a condition to turn False with the given reason; returns its message.
 fn wait_reason(b: &Bed, ns: &str, name: &str, condition: &str, reason: &str) -> String {
-    b.eventually(
-        &format!("{name}: {condition}={reason}"),
-        Duration::from_secs(240),
-        || {
-            let o = b.get(ns, "ws", name);
-            let c = Bed::condition(&o, condition)?;
-            (c["status"] == "False" && c["reason"] == reason)
-                .then(|| c["message"].as_str().unwrap_or("").to_string())
-        },
-    )
+    b.eventually(&format!("{name}: {condition}={reason}"), Duration::from_secs(240), || {
+        let o = b.get(ns, "ws", name);
+        let c = Bed::condition(&o, condition)?;
+        (c["status"] == "False" && c["reason"] == reason).then(|| c["message"].as_str().unwrap_or("").to_string())
+    })
 }
 
 #[test]
 #[ignore = "needs the test bed: ./scripts/test.sh"]
 fn failures_surface_as_specific_reasons() {
-    let _guard = OPERATOR.read().unwrap();
+    let _guard = operator_shared();
     let b = bed();
     let ns = b.namespace("e2e-errors");
     b.apply(&ns, "apiVersion: v1\nkind: Secret\nmetadata:\n  name: wrong-token\nstringData:\n  token: not-the-token\n");
-    b.apply(
-        &ns,
-        &workspace(
-            "wrong-token",
-            "https://git.pvm.test/private/demo.git",
-            None,
-            Some("wrong-token"),
-        ),
-    );
-    b.apply(
-        &ns,
-        &workspace(
-            "no-repo",
-            "https://git.pvm.test/public/does-not-exist.git",
-            None,
-            None,
-        ),
-    );
-    b.apply(
-        &ns,
-        &workspace(
-            "no-secret",
-            "https://git.pvm.test/private/demo.git",
-            None,
-            Some("missing"),
-        ),
-    );
-    b.apply(
-        &ns,
-        &workspace(
-            "no-revision",
-            "https://git.pvm.test/public/demo.git",
-            Some("no-such-branch"),
-            None,
-        ),
-    );
+    b.apply(&ns, &workspace("wrong-token", "https://git.pvm.test/private/demo.git", None, Some("wrong-token")));
+    b.apply(&ns, &workspace("no-repo", "https://git.pvm.test/public/does-not-exist.git", None, None));
+    b.apply(&ns, &workspace("no-secret", "https://git.pvm.test/private/demo.git", None, Some("missing")));
+    b.apply(&ns, &workspace("no-revision", "https://git.pvm.test/public/demo.git", Some("no-such-branch"), None));
 
-    let m = wait_reason(
-        b,
-        &ns,
-        "wrong-token",
-        "RepositoryCloned",
-        "AuthenticationFailed",
-    );
+    let m = wait_reason(b, &ns, "wrong-token", "RepositoryCloned", "AuthenticationFailed");
     assert!(m.contains("refresh the credentials Secret"), "{m}");
-    assert!(
-        !m.contains("not-the-token"),
-        "token leaked into the message: {m}"
-    );
+    assert!(!m.contains("not-the-token"), "token leaked into the message: {m}");
     let m = wait_reason(b, &ns, "no-repo", "RepositoryCloned", "RepositoryNotFound");
     assert!(m.contains("does-not-exist"), "{m}");
     let m = wait_reason(b, &ns, "no-secret", "RepositoryCloned", "SecretNotFound");
-    assert!(
-        m.contains(&format!("{ns}/missing")) && m.contains("token"),
-        "{m}"
-    );
-    let m = wait_reason(
-        b,
-        &ns,
-        "no-revision",
-        "RepositoryCloned",
-        "RevisionNotFound",
-    );
+    assert!(m.contains(&format!("{ns}/missing")) && m.contains("token"), "{m}");
+    let m = wait_reason(b, &ns, "no-revision", "RepositoryCloned", "RevisionNotFound");
     assert!(m.contains("no-such-branch"), "{m}");
 
     // Each failure also produced a Warning event naming the reason.
@@ -115,16 +60,8 @@ fn failures_surface_as_specific_reasons() {
         "-o",
         "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
     ]);
-    for reason in [
-        "AuthenticationFailed",
-        "RepositoryNotFound",
-        "SecretNotFound",
-        "RevisionNotFound",
-    ] {
-        assert!(
-            events.lines().any(|l| l == reason),
-            "no Warning event {reason}: {events}"
-        );
+    for reason in ["AuthenticationFailed", "RepositoryNotFound", "SecretNotFound", "RevisionNotFound"] {
+        assert!(events.lines().any(|l| l == reason), "no Warning event {reason}: {events}");
     }
     // Ready says why, too.
     let o = b.get(&ns, "ws", "no-repo");
@@ -139,92 +76,48 @@ fn failures_surface_as_specific_reasons() {
 fn malformed_manifests_are_refused_by_the_api_server() {
     let b = bed();
     let ns = b.namespace("e2e-admission");
-    let base =
-        "apiVersion: projectvm.dev/v1alpha1\nkind: ProjectVM\nmetadata:\n  name: bad\nspec:\n";
+    let base = "apiVersion: projectvm.dev/v1alpha1\nkind: ProjectVM\nmetadata:\n  name: bad\nspec:\n";
     let cases: &[(&str, &str)] = &[
         (
             "  size: small\n  machineType: e2-standard-2\n  repository: {url: 'https://h.example/r.git'}\n",
             "set either size or machineType",
         ),
-        (
-            "  repository: {url: 'https://h.example/r.git; rm -rf /'}\n",
-            "spec.repository.url",
-        ),
-        (
-            "  repository: {url: 'https://h.example/$(id).git'}\n",
-            "spec.repository.url",
-        ),
-        (
-            "  repository: {url: 'https://user:pw@h.example/r.git'}\n",
-            "spec.repository.url",
-        ),
-        (
-            "  repository: {url: 'https://h.example/a/../b.git'}\n",
-            "'.' or '..'",
-        ),
-        (
-            "  repository: {url: 'https://h.example/r.git', revision: 'main..dev'}\n",
-            "valid git branch",
-        ),
-        (
-            "  repository: {url: 'https://h.example/r.git', revision: \"x\\\"; id\"}\n",
-            "spec.repository.revision",
-        ),
-        (
-            "  repository: {url: 'https://h.example/r.git', path: '/home/project/../../etc'}\n",
-            "'.' or '..'",
-        ),
-        (
-            "  repository: {url: 'https://h.example/r.git', path: \"/tmp/a\\nb\"}\n",
-            "spec.repository.path",
-        ),
-        (
-            "  idleTimeout: 2h\n  repository: {url: 'https://h.example/r.git'}\n",
-            "idleTimeout needs runStrategy",
-        ),
+        ("  repository: {url: 'https://h.example/r.git; rm -rf /'}\n", "spec.repository.url"),
+        ("  repository: {url: 'https://h.example/$(id).git'}\n", "spec.repository.url"),
+        ("  repository: {url: 'https://user:pw@h.example/r.git'}\n", "spec.repository.url"),
+        ("  repository: {url: 'https://h.example/a/../b.git'}\n", "'.' or '..'"),
+        ("  repository: {url: 'https://h.example/r.git', revision: 'main..dev'}\n", "valid git branch"),
+        ("  repository: {url: 'https://h.example/r.git', revision: \"x\\\"; id\"}\n", "spec.repository.revision"),
+        ("  repository: {url: 'https://h.example/r.git', path: '/home/project/../../etc'}\n", "'.' or '..'"),
+        ("  repository: {url: 'https://h.example/r.git', path: \"/tmp/a\\nb\"}\n", "spec.repository.path"),
+        ("  idleTimeout: 2h\n  repository: {url: 'https://h.example/r.git'}\n", "idleTimeout needs runStrategy"),
         (
             "  runStrategy: Manual\n  idleTimeout: 2 hours\n  repository: {url: 'https://h.example/r.git'}\n",
             "spec.idleTimeout",
         ),
-        (
-            "  size: huge\n  repository: {url: 'https://h.example/r.git'}\n",
-            "spec.size",
-        ),
+        ("  size: huge\n  repository: {url: 'https://h.example/r.git'}\n", "spec.size"),
         (
             "  prerequisites: {packages: ['jq; rm -rf /']}\n  repository: {url: 'https://h.example/r.git'}\n",
             "spec.prerequisites.packages",
         ),
-        (
-            "  user: root\n  repository: {url: 'https://h.example/r.git'}\n",
-            "user must not be root",
-        ),
+        ("  user: root\n  repository: {url: 'https://h.example/r.git'}\n", "user must not be root"),
     ];
     for (spec, expected) in cases {
-        let out = b.kubectl_output(
-            &["-n", &ns, "apply", "-f", "-"],
-            Some(&format!("{base}{spec}")),
-        );
+        let out = b.kubectl_output(&["-n", &ns, "apply", "-f", "-"], Some(&format!("{base}{spec}")));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "accepted:\n{spec}");
-        assert!(
-            err.contains(expected),
-            "refusal of\n{spec}should mention {expected:?}, said: {err}"
-        );
+        assert!(err.contains(expected), "refusal of\n{spec}should mention {expected:?}, said: {err}");
     }
 
     // zone is immutable once set.
-    b.apply(&ns, &format!("{base}  runStrategy: Halted\n  zone: us-central1-a\n  repository: {{url: 'https://h.example/r.git'}}\n"));
+    b.apply(
+        &ns,
+        &format!(
+            "{base}  runStrategy: Halted\n  zone: us-central1-a\n  repository: {{url: 'https://h.example/r.git'}}\n"
+        ),
+    );
     let out = b.kubectl_output(
-        &[
-            "-n",
-            &ns,
-            "patch",
-            "pvm",
-            "bad",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"zone":"europe-west1-b"}}"#,
-        ],
+        &["-n", &ns, "patch", "pvm", "bad", "--type=merge", "-p", r#"{"spec":{"zone":"europe-west1-b"}}"#],
         None,
     );
     assert!(!out.status.success());

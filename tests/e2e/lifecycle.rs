@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::bed::{Bed, OPERATOR, READY_TIMEOUT, bed};
+use crate::bed::{Bed, READY_TIMEOUT, bed, operator_exclusive, operator_shared};
 
 fn pvm(name: &str, extra: &str) -> String {
     format!(
@@ -15,18 +15,11 @@ fn instance_status(b: &Bed, uid: &str) -> String {
     let list = b.instances_of(uid);
     assert_eq!(list.len(), 1, "expected one instance, got {list:?}");
     let i = &list[0];
-    i.pointer("/instance/status")
-        .or_else(|| i.get("status"))
-        .and_then(|s| s.as_str())
-        .unwrap_or("")
-        .to_string()
+    i.pointer("/instance/status").or_else(|| i.get("status")).and_then(|s| s.as_str()).unwrap_or("").to_string()
 }
 
 fn uid(b: &Bed, ns: &str, kind: &str, name: &str) -> String {
-    b.get(ns, kind, name)["metadata"]["uid"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    b.get(ns, kind, name)["metadata"]["uid"].as_str().unwrap().to_string()
 }
 
 fn wait_phase(b: &Bed, ns: &str, name: &str, phase: &str, timeout: Duration) -> serde_json::Value {
@@ -39,7 +32,7 @@ fn wait_phase(b: &Bed, ns: &str, name: &str, phase: &str, timeout: Duration) -> 
 #[test]
 #[ignore = "needs the test bed: ./scripts/test.sh"]
 fn run_strategies_and_waking_a_manual_vm() {
-    let _guard = OPERATOR.read().unwrap();
+    let _guard = operator_shared();
     let b = bed();
     let ns = b.namespace("e2e-power");
     b.apply(&ns, &pvm("power", "  runStrategy: Halted\n"));
@@ -49,64 +42,24 @@ fn run_strategies_and_waking_a_manual_vm() {
     assert_eq!(Bed::condition(&o, "Ready").unwrap()["status"], "False");
 
     // Always: starts, and a stop from inside the guest is undone.
-    b.kubectl(&[
-        "-n",
-        &ns,
-        "patch",
-        "pvm",
-        "power",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"runStrategy":"Always"}}"#,
-    ]);
+    b.kubectl(&["-n", &ns, "patch", "pvm", "power", "--type=merge", "-p", r#"{"spec":{"runStrategy":"Always"}}"#]);
     b.wait_condition(&ns, "pvm", "power", "Ready", READY_TIMEOUT);
     let _ = b.ssh(&ns, "pvm", "power", "sudo systemctl poweroff");
-    b.eventually(
-        "the guest poweroff to be seen",
-        Duration::from_secs(60),
-        || {
-            let events = b.kubectl(&[
-                "-n",
-                &ns,
-                "get",
-                "events",
-                "-o",
-                "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
-            ]);
-            events.lines().any(|l| l == "Starting").then_some(())
-        },
-    );
+    b.eventually("the guest poweroff to be seen", Duration::from_secs(60), || {
+        let events =
+            b.kubectl(&["-n", &ns, "get", "events", "-o", "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}"]);
+        events.lines().any(|l| l == "Starting").then_some(())
+    });
     b.wait_condition(&ns, "pvm", "power", "Ready", READY_TIMEOUT);
 
     // Manual: a stop inside the guest is respected ...
-    b.kubectl(&[
-        "-n",
-        &ns,
-        "patch",
-        "pvm",
-        "power",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"runStrategy":"Manual"}}"#,
-    ]);
+    b.kubectl(&["-n", &ns, "patch", "pvm", "power", "--type=merge", "-p", r#"{"spec":{"runStrategy":"Manual"}}"#]);
     let _ = b.ssh(&ns, "pvm", "power", "sudo systemctl poweroff");
     wait_phase(b, &ns, "power", "Stopped", Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(15));
-    assert_eq!(
-        instance_status(b, &id),
-        "TERMINATED",
-        "Manual must not restart the VM"
-    );
+    assert_eq!(instance_status(b, &id), "TERMINATED", "Manual must not restart the VM");
     // ... and the annotation wakes it once, acknowledged in status.
-    b.kubectl(&[
-        "-n",
-        &ns,
-        "annotate",
-        "pvm",
-        "power",
-        "projectvm.dev/start-requested=wake-1",
-        "--overwrite",
-    ]);
+    b.kubectl(&["-n", &ns, "annotate", "pvm", "power", "projectvm.dev/start-requested=wake-1", "--overwrite"]);
     b.wait_condition(&ns, "pvm", "power", "Ready", READY_TIMEOUT);
     let o = b.get(&ns, "pvm", "power");
     assert_eq!(o["status"]["power"]["acknowledgedStartRequest"], "wake-1");
@@ -117,72 +70,29 @@ fn run_strategies_and_waking_a_manual_vm() {
 #[test]
 #[ignore = "needs the test bed: ./scripts/test.sh"]
 fn resize_restores_the_previous_power_state() {
-    let _guard = OPERATOR.read().unwrap();
+    let _guard = operator_shared();
     let b = bed();
     let ns = b.namespace("e2e-resize");
     b.apply(&ns, &pvm("grow", "  size: small\n"));
     b.wait_condition(&ns, "pvm", "grow", "Ready", READY_TIMEOUT);
     let before = b.get(&ns, "pvm", "grow");
     let id = before["status"]["instance"]["id"].clone();
-    b.kubectl(&[
-        "-n",
-        &ns,
-        "patch",
-        "pvm",
-        "grow",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"size":"large"}}"#,
-    ]);
+    b.kubectl(&["-n", &ns, "patch", "pvm", "grow", "--type=merge", "-p", r#"{"spec":{"size":"large"}}"#]);
     let after = b.eventually("the resize", READY_TIMEOUT, || {
         let o = b.get(&ns, "pvm", "grow");
         (o["status"]["instance"]["machineType"] == "e2-standard-4"
             && Bed::condition(&o, "Ready").is_some_and(|c| c["status"] == "True"))
         .then_some(o)
     });
-    assert_eq!(
-        after["status"]["instance"]["id"], id,
-        "resize keeps the instance"
-    );
-    assert_eq!(
-        after["status"]["instance"]["status"], "RUNNING",
-        "running before, running after"
-    );
-    let events = b.kubectl(&[
-        "-n",
-        &ns,
-        "get",
-        "events",
-        "-o",
-        "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
-    ]);
-    assert!(
-        events.contains("Resizing") && events.contains("Resized"),
-        "{events}"
-    );
+    assert_eq!(after["status"]["instance"]["id"], id, "resize keeps the instance");
+    assert_eq!(after["status"]["instance"]["status"], "RUNNING", "running before, running after");
+    let events = b.kubectl(&["-n", &ns, "get", "events", "-o", "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}"]);
+    assert!(events.contains("Resizing") && events.contains("Resized"), "{events}");
 
     // A stopped VM stays stopped through a resize.
-    b.kubectl(&[
-        "-n",
-        &ns,
-        "patch",
-        "pvm",
-        "grow",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"runStrategy":"Halted"}}"#,
-    ]);
+    b.kubectl(&["-n", &ns, "patch", "pvm", "grow", "--type=merge", "-p", r#"{"spec":{"runStrategy":"Halted"}}"#]);
     wait_phase(b, &ns, "grow", "Stopped", READY_TIMEOUT);
-    b.kubectl(&[
-        "-n",
-        &ns,
-        "patch",
-        "pvm",
-        "grow",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"size":"small"}}"#,
-    ]);
+    b.kubectl(&["-n", &ns, "patch", "pvm", "grow", "--type=merge", "-p", r#"{"spec":{"size":"small"}}"#]);
     let o = b.eventually("the stopped resize", READY_TIMEOUT, || {
         let o = b.get(&ns, "pvm", "grow");
         (o["status"]["instance"]["machineType"] == "e2-small").then_some(o)
@@ -190,10 +100,7 @@ fn resize_restores_the_previous_power_state() {
     assert_eq!(o["status"]["instance"]["status"], "TERMINATED");
     // And with nothing changed, no stop/start loop: the instance stays put.
     std::thread::sleep(Duration::from_secs(10));
-    assert_eq!(
-        b.get(&ns, "pvm", "grow")["status"]["instance"]["status"],
-        "TERMINATED"
-    );
+    assert_eq!(b.get(&ns, "pvm", "grow")["status"]["instance"]["status"], "TERMINATED");
     b.kubectl(&["-n", &ns, "delete", "pvm", "grow", "--timeout=180s"]);
     b.delete_namespace(&ns);
 }
@@ -201,34 +108,20 @@ fn resize_restores_the_previous_power_state() {
 #[test]
 #[ignore = "needs the test bed: ./scripts/test.sh"]
 fn idle_vm_is_stopped_and_an_active_one_is_not() {
-    let _guard = OPERATOR.read().unwrap();
+    let _guard = operator_shared();
     let b = bed();
     let ns = b.namespace("e2e-idle");
-    b.apply(
-        &ns,
-        &pvm("busy", "  runStrategy: Manual\n  idleTimeout: 1m\n"),
-    );
-    b.apply(
-        &ns,
-        &pvm("idle", "  runStrategy: Manual\n  idleTimeout: 1m\n"),
-    );
+    b.apply(&ns, &pvm("busy", "  runStrategy: Manual\n  idleTimeout: 1m\n"));
+    b.apply(&ns, &pvm("idle", "  runStrategy: Manual\n  idleTimeout: 1m\n"));
     b.wait_condition(&ns, "pvm", "busy", "Ready", READY_TIMEOUT);
     b.wait_condition(&ns, "pvm", "idle", "Ready", READY_TIMEOUT);
     // A person's long-running job on the busy VM.
-    let (code, _) = b.ssh(
-        &ns,
-        "pvm",
-        "busy",
-        "nohup sleep 900 >/dev/null 2>&1 & echo started",
-    );
+    let (code, _) = b.ssh(&ns, "pvm", "busy", "nohup sleep 900 >/dev/null 2>&1 & echo started");
     assert_eq!(code, 0);
     let o = wait_phase(b, &ns, "idle", "Stopped", Duration::from_secs(240));
     let ready = Bed::condition(&o, "Ready").unwrap();
     assert_eq!(ready["reason"], "IdleTimeout", "{ready}");
-    assert!(
-        ready["message"].as_str().unwrap().contains("last activity"),
-        "{ready}"
-    );
+    assert!(ready["message"].as_str().unwrap().contains("last activity"), "{ready}");
     let events = b.kubectl(&[
         "-n",
         &ns,
@@ -242,10 +135,7 @@ fn idle_vm_is_stopped_and_an_active_one_is_not() {
     assert!(events.lines().any(|l| l == "IdleTimeout"), "{events}");
     // The busy one ran past its timeout and is still running, with fresh activity.
     let busy = b.get(&ns, "pvm", "busy");
-    assert_eq!(
-        busy["status"]["phase"], "Ready",
-        "active VM must not be stopped"
-    );
+    assert_eq!(busy["status"]["phase"], "Ready", "active VM must not be stopped");
     assert!(busy["status"]["lastActivityAt"].is_string());
     b.delete_namespace(&ns);
 }
@@ -253,22 +143,13 @@ fn idle_vm_is_stopped_and_an_active_one_is_not() {
 #[test]
 #[ignore = "needs the test bed: ./scripts/test.sh"]
 fn cost_accrues_over_a_start_stop_cycle() {
-    let _guard = OPERATOR.read().unwrap();
+    let _guard = operator_shared();
     let b = bed();
     let ns = b.namespace("e2e-cost");
     b.apply(&ns, &pvm("meter", "  size: large\n"));
     b.wait_condition(&ns, "pvm", "meter", "Ready", READY_TIMEOUT);
     std::thread::sleep(Duration::from_secs(5));
-    b.kubectl(&[
-        "-n",
-        &ns,
-        "patch",
-        "pvm",
-        "meter",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"runStrategy":"Halted"}}"#,
-    ]);
+    b.kubectl(&["-n", &ns, "patch", "pvm", "meter", "--type=merge", "-p", r#"{"spec":{"runStrategy":"Halted"}}"#]);
     let o = wait_phase(b, &ns, "meter", "Stopped", READY_TIMEOUT);
     let cost = &o["status"]["cost"];
     let power = &o["status"]["power"];
@@ -280,18 +161,13 @@ fn cost_accrues_over_a_start_stop_cycle() {
     assert!(accrued >= compute, "accrued {accrued} < compute {compute}");
     let created = chrono_hours_since(power["createdAt"].as_str().unwrap());
     let disk_max = (created + 0.01) * 50.0 * 0.04 / 730.0;
-    assert!(
-        accrued <= compute + disk_max + 1e-6,
-        "accrued {accrued} > {compute} + {disk_max}"
-    );
+    assert!(accrued <= compute + disk_max + 1e-6, "accrued {accrued} > {compute} + {disk_max}");
     // The printer column and the per-namespace metric.
     let table = b.kubectl(&["-n", &ns, "get", "pvm", "meter"]);
     assert!(table.contains("COST") && table.contains('$'), "{table}");
     let metrics = b.metrics();
     assert!(
-        metrics.contains(&format!(
-            "projectvm_namespace_cost_accrued_dollars{{namespace=\"{ns}\"}}"
-        )),
+        metrics.contains(&format!("projectvm_namespace_cost_accrued_dollars{{namespace=\"{ns}\"}}")),
         "no namespace cost metric"
     );
     b.kubectl(&["-n", &ns, "delete", "pvm", "meter", "--timeout=180s"]);
@@ -299,30 +175,21 @@ fn cost_accrues_over_a_start_stop_cycle() {
 }
 
 fn chrono_hours_since(ts: &str) -> f64 {
-    let out = std::process::Command::new("date")
-        .args(["-d", ts, "+%s"])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new("date").args(["-d", ts, "+%s"]).output().unwrap();
     let then: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     (now - then) / 3600.0
 }
 
 #[test]
 #[ignore = "needs the test bed: ./scripts/test.sh"]
 fn refreshed_token_reaches_the_running_vm() {
-    let _guard = OPERATOR.write().unwrap();
+    let _guard = operator_exclusive();
     let b = bed();
     let ns = b.namespace("e2e-refresh");
     let old = b.git_token();
-    let secret = |t: &str| {
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: git-token\nstringData:\n  token: {t}\n"
-        )
-    };
+    let secret =
+        |t: &str| format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: git-token\nstringData:\n  token: {t}\n");
     b.apply(&ns, &secret(&old));
     b.apply(&ns, "apiVersion: projectvm.dev/v1alpha1\nkind: ProjectVM\nmetadata:\n  name: priv\nspec:\n  repository:\n    url: https://git.pvm.test/private/demo.git\n    credentialsSecretRef: {name: git-token}\n  prerequisites: {packages: []}\n");
     b.wait_condition(&ns, "pvm", "priv", "Ready", READY_TIMEOUT);
@@ -331,40 +198,19 @@ fn refreshed_token_reaches_the_running_vm() {
     // The git host rotates: only the new token works from now on.
     let new = format!("{old}-rotated");
     b.set_git_tokens(&[&new]);
-    let (code, _) = b.ssh(
-        &ns,
-        "pvm",
-        "priv",
-        "cd /home/project/repo && GIT_TERMINAL_PROMPT=0 git fetch -q origin",
-    );
+    let (code, _) = b.ssh(&ns, "pvm", "priv", "cd /home/project/repo && GIT_TERMINAL_PROMPT=0 git fetch -q origin");
     assert_ne!(code, 0, "the old token must no longer work");
     b.apply(&ns, &secret(&new));
-    let version = b.get(&ns, "secret", "git-token")["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    b.eventually(
-        "CredentialsCurrent with the new Secret",
-        Duration::from_secs(120),
-        || {
-            let o = b.get(&ns, "pvm", "priv");
-            let c = Bed::condition(&o, "CredentialsCurrent")?;
-            (c["status"] == "True" && c["message"].as_str().unwrap_or("").contains(&version))
-                .then_some(())
-        },
-    );
-    let (code, out) = b.ssh(
-        &ns,
-        "pvm",
-        "priv",
-        "cd /home/project/repo && GIT_TERMINAL_PROMPT=0 git fetch origin && echo fetched",
-    );
+    let version = b.get(&ns, "secret", "git-token")["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    b.eventually("CredentialsCurrent with the new Secret", Duration::from_secs(120), || {
+        let o = b.get(&ns, "pvm", "priv");
+        let c = Bed::condition(&o, "CredentialsCurrent")?;
+        (c["status"] == "True" && c["message"].as_str().unwrap_or("").contains(&version)).then_some(())
+    });
+    let (code, out) =
+        b.ssh(&ns, "pvm", "priv", "cd /home/project/repo && GIT_TERMINAL_PROMPT=0 git fetch origin && echo fetched");
     assert_eq!(code, 0, "git fetch with the refreshed token: {out}");
-    assert_eq!(
-        b.get(&ns, "pvm", "priv")["status"]["lastStartedAt"],
-        started,
-        "no restart"
-    );
+    assert_eq!(b.get(&ns, "pvm", "priv")["status"]["lastStartedAt"], started, "no restart");
     b.set_git_tokens(&[&old]);
     b.delete_namespace(&ns);
 }
@@ -372,7 +218,7 @@ fn refreshed_token_reaches_the_running_vm() {
 #[test]
 #[ignore = "needs the test bed: ./scripts/test.sh"]
 fn orphan_policy_keeps_the_vm_and_a_new_resource_adopts_it() {
-    let _guard = OPERATOR.read().unwrap();
+    let _guard = operator_shared();
     let b = bed();
     let ns = b.namespace("e2e-orphan");
     b.apply(&ns, &pvm("keep", "  deletionPolicy: Orphan\n"));
@@ -381,53 +227,28 @@ fn orphan_policy_keeps_the_vm_and_a_new_resource_adopts_it() {
     let old_uid = first["metadata"]["uid"].as_str().unwrap().to_string();
     let id = first["status"]["instance"]["id"].clone();
     b.kubectl(&["-n", &ns, "delete", "pvm", "keep", "--timeout=120s"]);
-    assert_eq!(
-        b.instances_of(&old_uid).len(),
-        1,
-        "Orphan keeps the instance"
-    );
+    assert_eq!(b.instances_of(&old_uid).len(), 1, "Orphan keeps the instance");
     // Declaring it again adopts the same instance instead of making a second one.
     b.apply(&ns, &pvm("keep", "  deletionPolicy: Delete\n"));
     b.wait_condition(&ns, "pvm", "keep", "Ready", READY_TIMEOUT);
-    assert_eq!(
-        b.get(&ns, "pvm", "keep")["status"]["instance"]["id"],
-        id,
-        "adopted, not recreated"
-    );
+    assert_eq!(b.get(&ns, "pvm", "keep")["status"]["instance"]["id"], id, "adopted, not recreated");
     b.kubectl(&["-n", &ns, "delete", "pvm", "keep", "--timeout=180s"]);
-    assert!(
-        b.instances_of(&old_uid).is_empty(),
-        "Delete removes the adopted instance"
-    );
+    assert!(b.instances_of(&old_uid).is_empty(), "Delete removes the adopted instance");
     b.delete_namespace(&ns);
 }
 
 #[test]
 #[ignore = "needs the test bed: ./scripts/test.sh"]
 fn pause_stops_reconciling_until_removed() {
-    let _guard = OPERATOR.read().unwrap();
+    let _guard = operator_shared();
     let b = bed();
     let ns = b.namespace("e2e-pause");
     let refs = b.refs("public");
     b.apply(&ns, &pvm("p", ""));
     b.wait_condition(&ns, "pvm", "p", "Ready", READY_TIMEOUT);
-    b.kubectl(&[
-        "-n",
-        &ns,
-        "annotate",
-        "pvm",
-        "p",
-        "projectvm.dev/paused=true",
-    ]);
+    b.kubectl(&["-n", &ns, "annotate", "pvm", "p", "projectvm.dev/paused=true"]);
     b.eventually("the Paused event", Duration::from_secs(30), || {
-        let e = b.kubectl(&[
-            "-n",
-            &ns,
-            "get",
-            "events",
-            "-o",
-            "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
-        ]);
+        let e = b.kubectl(&["-n", &ns, "get", "events", "-o", "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}"]);
         e.lines().any(|l| l == "Paused").then_some(())
     });
     b.kubectl(&[
@@ -441,11 +262,7 @@ fn pause_stops_reconciling_until_removed() {
         r#"{"spec":{"repository":{"revision":"feature"}}}"#,
     ]);
     std::thread::sleep(Duration::from_secs(15));
-    assert_eq!(
-        b.get(&ns, "pvm", "p")["status"]["repository"]["commit"],
-        refs["main"].as_str(),
-        "paused: no sync"
-    );
+    assert_eq!(b.get(&ns, "pvm", "p")["status"]["repository"]["commit"], refs["main"].as_str(), "paused: no sync");
     b.kubectl(&["-n", &ns, "annotate", "pvm", "p", "projectvm.dev/paused-"]);
     let feature = refs["feature"].clone();
     b.eventually("the resync after resume", READY_TIMEOUT, || {
@@ -457,24 +274,17 @@ fn pause_stops_reconciling_until_removed() {
 #[test]
 #[ignore = "needs the test bed: ./scripts/test.sh"]
 fn stalled_step_fails_with_step_timed_out() {
-    let _guard = OPERATOR.write().unwrap();
+    let _guard = operator_exclusive();
     let b = bed();
     let ns = b.namespace("e2e-stall");
-    b.emulator(
-        "PUT",
-        "faults/stuck",
-        r#"{"operationTypes":["insert"],"remaining":1}"#,
-    );
+    b.emulator("PUT", "faults/stuck", r#"{"operationTypes":["insert"],"remaining":1}"#);
     b.apply(&ns, &pvm("stall", "  progressTimeout: 1m\n"));
     let o = wait_phase(b, &ns, "stall", "Failed", Duration::from_secs(180));
     let ready = Bed::condition(&o, "Ready").unwrap();
     let instance = Bed::condition(&o, "InstanceReady").unwrap();
     let said = format!("{ready} {instance}");
     assert!(said.contains("StepTimedOut"), "{said}");
-    assert!(
-        said.contains("insert") || said.contains("Instance"),
-        "names the step: {said}"
-    );
+    assert!(said.contains("insert") || said.contains("Instance"), "names the step: {said}");
     b.emulator("POST", "operations/unstick", "{}");
     b.emulator("DELETE", "faults/stuck", "{}");
     b.wait_condition(&ns, "pvm", "stall", "Ready", READY_TIMEOUT);

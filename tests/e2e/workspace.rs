@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::bed::{Bed, OPERATOR, READY_TIMEOUT, artifacts, base64_decode, bed, repo_root};
+use crate::bed::{Bed, READY_TIMEOUT, artifacts, base64_decode, bed, operator_shared, repo_root};
 
 /// The example manifest, pointed at this test's namespace.
 fn example(file: &str) -> String {
@@ -11,10 +11,7 @@ fn example(file: &str) -> String {
 }
 
 fn without_namespace(yaml: &str) -> String {
-    yaml.lines()
-        .filter(|l| !l.trim_start().starts_with("namespace:"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    yaml.lines().filter(|l| !l.trim_start().starts_with("namespace:")).collect::<Vec<_>>().join("\n")
 }
 
 fn first_name(yaml: &str, kind: &str) -> String {
@@ -33,7 +30,7 @@ fn first_name(yaml: &str, kind: &str) -> String {
 #[test]
 #[ignore = "needs the test bed: ./scripts/test.sh"]
 fn public_workspace_opens_in_a_browser() {
-    let _guard = OPERATOR.read().unwrap();
+    let _guard = operator_shared();
     let b = bed();
     let ns = b.namespace("e2e-ws-public");
     let yaml = without_namespace(&example("workspace-public.yaml"));
@@ -41,20 +38,10 @@ fn public_workspace_opens_in_a_browser() {
     b.apply(&ns, &yaml);
     b.wait_condition(&ns, "ws", &name, "Ready", READY_TIMEOUT);
     let obj = b.get(&ns, "ws", &name);
-    for c in [
-        "InstanceReady",
-        "RepositoryCloned",
-        "CodeServerConfigured",
-        "Healthy",
-        "Routed",
-        "Ready",
-    ] {
+    for c in ["InstanceReady", "RepositoryCloned", "CodeServerConfigured", "Healthy", "Routed", "Ready"] {
         assert_eq!(Bed::condition(&obj, c).unwrap()["status"], "True", "{c}");
     }
-    let url = obj["status"]["url"]
-        .as_str()
-        .expect("status.url")
-        .to_string();
+    let url = obj["status"]["url"].as_str().expect("status.url").to_string();
     assert!(url.starts_with("http://10.213.0."), "{url}");
 
     // The route: a Service and an EndpointSlice pointing at the VM.
@@ -71,26 +58,13 @@ fn public_workspace_opens_in_a_browser() {
     assert!(url.contains(slice.trim()), "slice {slice} vs url {url}");
 
     // A person opens the URL, logs in with the generated password, sees the README.
-    let pw_b64 = b.kubectl(&[
-        "-n",
-        &ns,
-        "get",
-        "secret",
-        &format!("{name}-code-server"),
-        "-o",
-        "jsonpath={.data.password}",
-    ]);
+    let pw_b64 =
+        b.kubectl(&["-n", &ns, "get", "secret", &format!("{name}-code-server"), "-o", "jsonpath={.data.password}"]);
     let password = String::from_utf8(base64_decode(pw_b64.trim())).unwrap();
     let shot = artifacts().join("workspace-public.png");
     let out = Command::new("node")
         .current_dir(repo_root().join("tests/browser"))
-        .args([
-            "open-workspace.mjs",
-            &url,
-            &password,
-            "README.md",
-            shot.to_str().unwrap(),
-        ])
+        .args(["open-workspace.mjs", &url, &password, "README.md", shot.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(
@@ -100,10 +74,7 @@ fn public_workspace_opens_in_a_browser() {
         String::from_utf8_lossy(&out.stderr),
         shot.display()
     );
-    assert!(
-        std::fs::metadata(&shot).unwrap().len() > 10_000,
-        "screenshot is empty"
-    );
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "screenshot is empty");
 
     let uid = obj["metadata"]["uid"].as_str().unwrap().to_string();
     b.kubectl(&["-n", &ns, "delete", "ws", &name, "--timeout=180s"]);
@@ -114,7 +85,7 @@ fn public_workspace_opens_in_a_browser() {
 #[test]
 #[ignore = "needs the test bed: ./scripts/test.sh"]
 fn private_workspace_clones_with_a_token_that_never_leaks() {
-    let _guard = OPERATOR.read().unwrap();
+    let _guard = operator_shared();
     let b = bed();
     let ns = b.namespace("e2e-ws-private");
     let token = b.git_token();
@@ -141,26 +112,15 @@ fn private_workspace_clones_with_a_token_that_never_leaks() {
     b.apply(&ns, &String::from_utf8_lossy(&secret.stdout));
     b.wait_condition(&ns, "ws", &name, "Ready", READY_TIMEOUT);
     let obj = b.get(&ns, "ws", &name);
-    assert_eq!(
-        Bed::condition(&obj, "CredentialsCurrent").unwrap()["status"],
-        "True"
-    );
+    assert_eq!(Bed::condition(&obj, "CredentialsCurrent").unwrap()["status"], "True");
     let main = b.refs("private")["main"].clone();
     assert_eq!(obj["status"]["repository"]["commit"], main.as_str());
 
     // The helper file: the VM user's alone.
-    let (code, out) = b.ssh(
-        &ns,
-        "ws",
-        &name,
-        "stat -c '%a %U' ~/.config/projectvm ~/.config/projectvm/git-credential-helper",
-    );
+    let (code, out) =
+        b.ssh(&ns, "ws", &name, "stat -c '%a %U' ~/.config/projectvm ~/.config/projectvm/git-credential-helper");
     assert_eq!(code, 0, "{out}");
-    assert_eq!(
-        out.lines().collect::<Vec<_>>(),
-        vec!["700 project", "700 project"],
-        "{out}"
-    );
+    assert_eq!(out.lines().collect::<Vec<_>>(), vec!["700 project", "700 project"], "{out}");
 
     // Nowhere else: not in process arguments, logs or journal on the VM ...
     let (_, found) = b.ssh(&ns, "ws", &name, &format!(
@@ -177,16 +137,10 @@ fn private_workspace_clones_with_a_token_that_never_leaks() {
         assert_eq!(*j, "0", "token in the journal");
     }
     // ... nor in the operator's log, events, or the resource's status.
-    assert!(
-        !b.operator_log().contains(&token),
-        "token in the operator log"
-    );
+    assert!(!b.operator_log().contains(&token), "token in the operator log");
     let events = b.kubectl(&["-n", &ns, "get", "events", "-o", "json"]);
     assert!(!events.contains(&token), "token in events");
-    assert!(
-        !serde_json::to_string(&obj).unwrap().contains(&token),
-        "token in the resource"
-    );
+    assert!(!serde_json::to_string(&obj).unwrap().contains(&token), "token in the resource");
     b.delete_namespace(&ns);
 }
 

@@ -62,11 +62,15 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Machine disks (overlay upper/work dirs) must be traversable by the machines' own
+    // non-root users, whatever umask the emulator was started with.
+    // SAFETY: umask only changes this process's file-creation mask.
+    unsafe {
+        libc::umask(0o022);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let sub = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let sub = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if args.log_json {
         sub.json().init();
     } else {
@@ -77,18 +81,10 @@ async fn main() -> anyhow::Result<()> {
     cfg.state_dir = args.state_dir.clone();
     cfg.operation_wait_timeout = Duration::from_secs(args.operation_wait_secs);
     cfg.backend = match args.backend {
-        Backend::None => BackendChoice::None {
-            boot_delay: Duration::from_millis(args.boot_delay_ms),
-        },
+        Backend::None => BackendChoice::None { boot_delay: Duration::from_millis(args.boot_delay_ms) },
         Backend::Nspawn => {
-            let rootfs = args
-                .rootfs
-                .clone()
-                .context("--backend nspawn needs --rootfs (or PROJECTVM_ROOTFS)")?;
-            let state_dir = args
-                .state_dir
-                .clone()
-                .context("--backend nspawn needs --state-dir")?;
+            let rootfs = args.rootfs.clone().context("--backend nspawn needs --rootfs (or PROJECTVM_ROOTFS)")?;
+            let state_dir = args.state_dir.clone().context("--backend nspawn needs --state-dir")?;
             let mut n = NspawnConfig::new(rootfs, state_dir);
             n.bridge = args.bridge.clone();
             n.boot_timeout = Duration::from_secs(args.boot_timeout_secs);
@@ -111,10 +107,7 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
         _ = term.recv() => tracing::info!("SIGTERM"),
     }
-    tracing::info!(
-        cleanup = args.cleanup_on_exit,
-        "shutting down: powering off machines"
-    );
+    tracing::info!(cleanup = args.cleanup_on_exit, "shutting down: powering off machines");
     running.stop(args.cleanup_on_exit).await;
     if let Some(f) = &args.ready_file {
         let _ = std::fs::remove_file(f);

@@ -30,26 +30,11 @@ pub fn router(e: Emulator) -> Router {
         .route("/emulator/v1/instances", get(instances))
         .route("/emulator/v1/operations", get(operations))
         .route("/emulator/v1/operations/unstick", post(unstick))
-        .route(
-            "/emulator/v1/faults",
-            get(get_faults).put(put_faults).delete(clear_faults),
-        )
-        .route(
-            "/emulator/v1/faults/methods/{method}",
-            put(put_method).delete(delete_method),
-        )
-        .route(
-            "/emulator/v1/faults/quota",
-            put(put_quota).delete(delete_quota),
-        )
-        .route(
-            "/emulator/v1/faults/zones/{zone}/exhausted",
-            put(put_zone).delete(delete_zone),
-        )
-        .route(
-            "/emulator/v1/faults/stuck",
-            put(put_stuck).delete(delete_stuck),
-        )
+        .route("/emulator/v1/faults", get(get_faults).put(put_faults).delete(clear_faults))
+        .route("/emulator/v1/faults/methods/{method}", put(put_method).delete(delete_method))
+        .route("/emulator/v1/faults/quota", put(put_quota).delete(delete_quota))
+        .route("/emulator/v1/faults/zones/{zone}/exhausted", put(put_zone).delete(delete_zone))
+        .route("/emulator/v1/faults/stuck", put(put_stuck).delete(delete_stuck))
         .route("/emulator/v1/reset", post(reset))
         .with_state(e)
 }
@@ -71,9 +56,8 @@ async fn healthz(State(e): State<Emulator>) -> Res {
 
 async fn instances(State(e): State<Emulator>) -> Res {
     let e2 = e.clone();
-    let v = tokio::task::spawn_blocking(move || e2.inspect())
-        .await
-        .map_err(|err| ApiError::internal(err.to_string()))?;
+    let v =
+        tokio::task::spawn_blocking(move || e2.inspect()).await.map_err(|err| ApiError::internal(err.to_string()))?;
     Ok(axum::Json(v))
 }
 
@@ -106,10 +90,7 @@ fn check_method(m: &str) -> Result<(), ApiError> {
     if m == "*" || METHODS.contains(&m) {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!(
-            "unknown method '{m}'; one of * {}",
-            METHODS.join(" ")
-        )))
+        Err(ApiError::bad_request(format!("unknown method '{m}'; one of * {}", METHODS.join(" "))))
     }
 }
 

@@ -18,30 +18,15 @@ type ApiResult = Result<axum::Json<Value>, ApiError>;
 
 pub fn router(e: Emulator) -> Router {
     Router::new()
-        .route(
-            "/compute/v1/projects/{project}/zones/{zone}/instances",
-            get(list).post(insert),
-        )
-        .route(
-            "/compute/v1/projects/{project}/zones/{zone}/instances/{instance}",
-            get(get_instance).delete(delete),
-        )
+        .route("/compute/v1/projects/{project}/zones/{zone}/instances", get(list).post(insert))
+        .route("/compute/v1/projects/{project}/zones/{zone}/instances/{instance}", get(get_instance).delete(delete))
         .route(
             "/compute/v1/projects/{project}/zones/{zone}/instances/{instance}/{action}",
             get(instance_get_action).post(instance_post_action),
         )
-        .route(
-            "/compute/v1/projects/{project}/aggregated/instances",
-            get(aggregated_list),
-        )
-        .route(
-            "/compute/v1/projects/{project}/zones/{zone}/operations/{operation}",
-            get(get_operation),
-        )
-        .route(
-            "/compute/v1/projects/{project}/zones/{zone}/operations/{operation}/wait",
-            post(wait_operation),
-        )
+        .route("/compute/v1/projects/{project}/aggregated/instances", get(aggregated_list))
+        .route("/compute/v1/projects/{project}/zones/{zone}/operations/{operation}", get(get_operation))
+        .route("/compute/v1/projects/{project}/zones/{zone}/operations/{operation}/wait", post(wait_operation))
         .fallback(fallback)
         .with_state(e)
 }
@@ -50,13 +35,8 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Ok(Value::Object(Default::default()));
     }
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            400,
-            "parseError",
-            format!("Invalid JSON payload received. {e}"),
-        )
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(400, "parseError", format!("Invalid JSON payload received. {e}")))
 }
 
 fn resource(project: &str, zone: &str, instance: &str) -> String {
@@ -70,11 +50,7 @@ fn log_result(method: &str, target: &str, r: &ApiResult) {
     }
 }
 
-async fn insert(
-    State(e): State<Emulator>,
-    Path((project, zone)): Path<(String, String)>,
-    body: Bytes,
-) -> ApiResult {
+async fn insert(State(e): State<Emulator>, Path((project, zone)): Path<(String, String)>, body: Bytes) -> ApiResult {
     let body = parse_body(&body)?;
     let name = body.get("name").and_then(|n| n.as_str()).unwrap_or("");
     let target = resource(&project, &zone, name);
@@ -84,17 +60,8 @@ async fn insert(
     r
 }
 
-async fn list(
-    State(e): State<Emulator>,
-    Path((project, zone)): Path<(String, String)>,
-    Query(q): Params,
-) -> ApiResult {
-    e.fault(
-        "instances.list",
-        &project,
-        &format!("projects/{project}/zones/{zone}"),
-    )
-    .await?;
+async fn list(State(e): State<Emulator>, Path((project, zone)): Path<(String, String)>, Query(q): Params) -> ApiResult {
+    e.fault("instances.list", &project, &format!("projects/{project}/zones/{zone}")).await?;
     e.list(
         &project,
         &zone,
@@ -105,17 +72,8 @@ async fn list(
     .map(axum::Json)
 }
 
-async fn aggregated_list(
-    State(e): State<Emulator>,
-    Path(project): Path<String>,
-    Query(q): Params,
-) -> ApiResult {
-    e.fault(
-        "instances.aggregatedList",
-        &project,
-        &format!("projects/{project}"),
-    )
-    .await?;
+async fn aggregated_list(State(e): State<Emulator>, Path(project): Path<String>, Query(q): Params) -> ApiResult {
+    e.fault("instances.aggregatedList", &project, &format!("projects/{project}")).await?;
     e.aggregated_list(
         &project,
         q.get("filter").map(|s| s.as_str()),
@@ -154,8 +112,7 @@ async fn instance_get_action(
         return Err(no_such_method(&Method::GET, &action));
     }
     let target = resource(&project, &zone, &instance);
-    e.fault("instances.getGuestAttributes", &project, &target)
-        .await?;
+    e.fault("instances.getGuestAttributes", &project, &target).await?;
     e.guest_attributes(
         &project,
         &zone,
@@ -196,12 +153,7 @@ async fn get_operation(
     State(e): State<Emulator>,
     Path((project, zone, operation)): Path<(String, String, String)>,
 ) -> ApiResult {
-    e.fault(
-        "zoneOperations.get",
-        &project,
-        &format!("projects/{project}/zones/{zone}/operations/{operation}"),
-    )
-    .await?;
+    e.fault("zoneOperations.get", &project, &format!("projects/{project}/zones/{zone}/operations/{operation}")).await?;
     e.get_operation(&project, &zone, &operation).map(axum::Json)
 }
 
@@ -209,15 +161,9 @@ async fn wait_operation(
     State(e): State<Emulator>,
     Path((project, zone, operation)): Path<(String, String, String)>,
 ) -> ApiResult {
-    e.fault(
-        "zoneOperations.wait",
-        &project,
-        &format!("projects/{project}/zones/{zone}/operations/{operation}"),
-    )
-    .await?;
-    e.wait_operation(&project, &zone, &operation)
-        .await
-        .map(axum::Json)
+    e.fault("zoneOperations.wait", &project, &format!("projects/{project}/zones/{zone}/operations/{operation}"))
+        .await?;
+    e.wait_operation(&project, &zone, &operation).await.map(axum::Json)
 }
 
 fn no_such_method(method: &Method, action: &str) -> ApiError {
@@ -226,13 +172,6 @@ fn no_such_method(method: &Method, action: &str) -> ApiError {
 
 async fn fallback(method: Method, uri: axum::http::Uri) -> Response {
     tracing::info!(%method, %uri, "no such path");
-    ApiError::new(
-        404,
-        "notFound",
-        format!(
-            "The requested URL {} was not found on this server.",
-            uri.path()
-        ),
-    )
-    .into_response()
+    ApiError::new(404, "notFound", format!("The requested URL {} was not found on this server.", uri.path()))
+        .into_response()
 }

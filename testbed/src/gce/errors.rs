@@ -15,27 +15,15 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: u16, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            reason: reason.into(),
-            message: message.into(),
-        }
+        Self { code, reason: reason.into(), message: message.into() }
     }
 
     pub fn not_found(resource: &str) -> Self {
-        Self::new(
-            404,
-            "notFound",
-            format!("The resource '{resource}' was not found"),
-        )
+        Self::new(404, "notFound", format!("The resource '{resource}' was not found"))
     }
 
     pub fn already_exists(resource: &str) -> Self {
-        Self::new(
-            409,
-            "alreadyExists",
-            format!("The resource '{resource}' already exists"),
-        )
+        Self::new(409, "alreadyExists", format!("The resource '{resource}' already exists"))
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -47,17 +35,11 @@ impl ApiError {
     }
 
     pub fn invalid_field(field: &str, value: &str, why: &str) -> Self {
-        Self::invalid(format!(
-            "Invalid value for field '{field}': '{value}'. {why}"
-        ))
+        Self::invalid(format!("Invalid value for field '{field}': '{value}'. {why}"))
     }
 
     pub fn forbidden(permission: &str, resource: &str) -> Self {
-        Self::new(
-            403,
-            "forbidden",
-            format!("Required '{permission}' permission for '{resource}'"),
-        )
+        Self::new(403, "forbidden", format!("Required '{permission}' permission for '{resource}'"))
     }
 
     pub fn condition_not_met(message: impl Into<String>) -> Self {
@@ -136,20 +118,11 @@ impl OperationError {
             503 => "SERVICE UNAVAILABLE",
             _ => "INTERNAL SERVER ERROR",
         };
-        Self {
-            code: code.to_string(),
-            message: message.into(),
-            http_status,
-            http_message: http_message.to_string(),
-        }
+        Self { code: code.to_string(), message: message.into(), http_status, http_message: http_message.to_string() }
     }
 
     pub fn quota_exceeded(metric: &str, limit: f64, region: &str) -> Self {
-        Self::new(
-            "QUOTA_EXCEEDED",
-            format!("Quota '{metric}' exceeded.  Limit: {limit:.1} in region {region}."),
-            403,
-        )
+        Self::new("QUOTA_EXCEEDED", format!("Quota '{metric}' exceeded.  Limit: {limit:.1} in region {region}."), 403)
     }
 
     pub fn zone_exhausted(project: &str, zone: &str) -> Self {

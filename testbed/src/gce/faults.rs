@@ -69,12 +69,7 @@ pub struct QuotaFault {
 
 impl Default for QuotaFault {
     fn default() -> Self {
-        Self {
-            metric: "CPUS".into(),
-            limit: 8.0,
-            region: None,
-            remaining: None,
-        }
+        Self { metric: "CPUS".into(), limit: 8.0, region: None, remaining: None }
     }
 }
 

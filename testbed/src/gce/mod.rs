@@ -24,8 +24,7 @@ use errors::{ApiError, OperationError};
 use faults::Faults;
 use filter::Filter;
 use model::{
-    BootDisk, GuestAttribute, InstanceRecord, InstanceStatus, MetadataItem, OpStatus,
-    OperationRecord, timestamp,
+    BootDisk, GuestAttribute, InstanceRecord, InstanceStatus, MetadataItem, OpStatus, OperationRecord, timestamp,
 };
 
 /// Which machines stand behind instances.
@@ -52,9 +51,7 @@ pub struct Config {
 impl Config {
     pub fn none_backend() -> Self {
         Self {
-            backend: BackendChoice::None {
-                boot_delay: Duration::from_millis(200),
-            },
+            backend: BackendChoice::None { boot_delay: Duration::from_millis(200) },
             state_dir: None,
             operation_wait_timeout: Duration::from_secs(120),
             user: "projectvm-operator@projectvm-test.iam.gserviceaccount.com".into(),
@@ -147,12 +144,7 @@ pub async fn serve(cfg: Config, listen: SocketAddr) -> anyhow::Result<RunningEmu
         }
     });
     tracing::info!(%addr, backend = emulator.inner.backend.kind(), "gce emulator listening");
-    Ok(RunningEmulator {
-        addr,
-        emulator,
-        shutdown: Some(tx),
-        server,
-    })
+    Ok(RunningEmulator { addr, emulator, shutdown: Some(tx), server })
 }
 
 fn instance_resource(project: &str, zone: &str, name: &str) -> String {
@@ -174,9 +166,7 @@ fn parse_metadata_items(v: &Value) -> Result<Vec<MetadataItem>, ApiError> {
         return Ok(items);
     };
     let Some(arr) = arr.as_array() else {
-        return Err(ApiError::invalid(
-            "Invalid value for field 'resource.metadata.items'.",
-        ));
+        return Err(ApiError::invalid("Invalid value for field 'resource.metadata.items'."));
     };
     for (i, it) in arr.iter().enumerate() {
         let key = it.get("key").and_then(opt_str).unwrap_or_default();
@@ -219,24 +209,14 @@ fn page<T: Clone>(
                 .decode(t)
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| {
-                    ApiError::invalid(format!("Invalid value for field 'pageToken': '{t}'."))
-                })?,
+                .ok_or_else(|| ApiError::invalid(format!("Invalid value for field 'pageToken': '{t}'.")))?,
         ),
     };
-    let rest: Vec<(String, T)> = items
-        .into_iter()
-        .filter(|(k, _)| after.as_ref().is_none_or(|a| k > a))
-        .collect();
+    let rest: Vec<(String, T)> = items.into_iter().filter(|(k, _)| after.as_ref().is_none_or(|a| k > a)).collect();
     let more = rest.len() > max;
     let taken: Vec<(String, T)> = rest.into_iter().take(max).collect();
-    let token = if more {
-        taken
-            .last()
-            .map(|(k, _)| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k))
-    } else {
-        None
-    };
+    let token =
+        if more { taken.last().map(|(k, _)| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k)) } else { None };
     Ok((taken.into_iter().map(|(_, v)| v).collect(), token))
 }
 
@@ -244,12 +224,8 @@ impl Emulator {
     pub fn new(cfg: Config) -> anyhow::Result<Emulator> {
         let (exit_tx, exit_rx) = mpsc::unbounded_channel::<MachineExit>();
         let backend: Arc<dyn MachineBackend> = match &cfg.backend {
-            BackendChoice::None { boot_delay } => {
-                Arc::new(backend::none::NoneBackend::new(*boot_delay))
-            }
-            BackendChoice::Nspawn(n) => {
-                Arc::new(backend::nspawn::NspawnBackend::new(n.clone(), exit_tx)?)
-            }
+            BackendChoice::None { boot_delay } => Arc::new(backend::none::NoneBackend::new(*boot_delay)),
+            BackendChoice::Nspawn(n) => Arc::new(backend::nspawn::NspawnBackend::new(n.clone(), exit_tx)?),
         };
         let emulator = Emulator {
             inner: Arc::new(Inner {
@@ -275,11 +251,7 @@ impl Emulator {
     // ---- persistence ----
 
     fn state_file(&self) -> Option<PathBuf> {
-        self.inner
-            .cfg
-            .state_dir
-            .as_ref()
-            .map(|d| d.join("state.json"))
+        self.inner.cfg.state_dir.as_ref().map(|d| d.join("state.json"))
     }
 
     fn load(&self) -> anyhow::Result<()> {
@@ -307,11 +279,7 @@ impl Emulator {
                 }
             }
             st.zones.insert((rec.project.clone(), rec.zone.clone()));
-            let key = MachineKey {
-                project: rec.project.clone(),
-                zone: rec.zone.clone(),
-                name: rec.name.clone(),
-            };
+            let key = MachineKey { project: rec.project.clone(), zone: rec.zone.clone(), name: rec.name.clone() };
             tracing::info!(instance = %rec.resource(), "restored instance (TERMINATED)");
             st.instances.insert(key, rec);
         }
@@ -323,9 +291,7 @@ impl Emulator {
         let Some(path) = self.state_file() else {
             return;
         };
-        let p = Persisted {
-            instances: st.instances.values().cloned().collect(),
-        };
+        let p = Persisted { instances: st.instances.values().cloned().collect() };
         let tmp = path.with_extension("json.tmp");
         let write = || -> std::io::Result<()> {
             if let Some(d) = path.parent() {
@@ -344,19 +310,11 @@ impl Emulator {
     fn pick_address(&self, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
         let first = u32::from(self.inner.cfg.first_address);
         let last = u32::from(self.inner.cfg.last_address);
-        (first..=last)
-            .map(Ipv4Addr::from)
-            .find(|a| !used.contains(a) && self.inner.backend.claim_address(*a))
+        (first..=last).map(Ipv4Addr::from).find(|a| !used.contains(a) && self.inner.backend.claim_address(*a))
     }
 
     fn lock_for(&self, key: &MachineKey) -> Arc<tokio::sync::Mutex<()>> {
-        self.inner
-            .locks
-            .lock()
-            .expect("lock")
-            .entry(key.clone())
-            .or_default()
-            .clone()
+        self.inner.locks.lock().expect("lock").entry(key.clone()).or_default().clone()
     }
 
     fn bump(&self) {
@@ -371,11 +329,7 @@ impl Emulator {
             id: rec.id,
             address: rec.address,
             machine_type: rec.machine_type.clone(),
-            metadata: rec
-                .metadata
-                .iter()
-                .map(|m| (m.key.clone(), m.value.clone()))
-                .collect(),
+            metadata: rec.metadata.iter().map(|m| (m.key.clone(), m.value.clone())).collect(),
         }
     }
 
@@ -415,12 +369,7 @@ impl Emulator {
 
     /// Latency and injected errors for one API call.
     pub async fn fault(&self, method: &str, project: &str, resource: &str) -> Result<(), ApiError> {
-        let d = self
-            .inner
-            .faults
-            .lock()
-            .expect("lock")
-            .on_call(method, project, resource);
+        let d = self.inner.faults.lock().expect("lock").on_call(method, project, resource);
         if d.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(d.latency_ms)).await;
         }
@@ -435,15 +384,15 @@ impl Emulator {
 
     fn existing(&self, key: &MachineKey) -> Result<InstanceRecord, ApiError> {
         let st = self.inner.state.lock().expect("lock");
-        st.instances.get(key).cloned().ok_or_else(|| {
-            ApiError::not_found(&instance_resource(&key.project, &key.zone, &key.name))
-        })
+        st.instances
+            .get(key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&instance_resource(&key.project, &key.zone, &key.name)))
     }
 
     /// Create an operation and run it in the background; returns its JSON.
     fn launch(&self, key: MachineKey, target_id: u64, op_type: &str, kind: OpKind) -> Value {
-        let stuck = !matches!(kind, OpKind::Fail(_))
-            && self.inner.faults.lock().expect("lock").take_stuck(op_type);
+        let stuck = !matches!(kind, OpKind::Fail(_)) && self.inner.faults.lock().expect("lock").take_stuck(op_type);
         let op = OperationRecord {
             project: key.project.clone(),
             zone: key.zone.clone(),
@@ -526,11 +475,7 @@ impl Emulator {
             Ok(keys) => self.update_instance(key, |r| {
                 r.guest_attributes = keys
                     .into_iter()
-                    .map(|(k, v)| GuestAttribute {
-                        namespace: "hostkeys".into(),
-                        key: k,
-                        value: v,
-                    })
+                    .map(|(k, v)| GuestAttribute { namespace: "hostkeys".into(), key: k, value: v })
                     .collect();
             }),
             Err(e) => tracing::warn!(error = %e, "reading host keys failed"),
@@ -539,9 +484,7 @@ impl Emulator {
 
     /// Create the disk (first boot) and boot to RUNNING.
     async fn do_boot(&self, key: &MachineKey, first: bool) -> Result<(), OperationError> {
-        let spec = self
-            .spec(key)
-            .ok_or_else(|| OperationError::internal("instance vanished"))?;
+        let spec = self.spec(key).ok_or_else(|| OperationError::internal("instance vanished"))?;
         if first {
             let s = spec.clone();
             if let Err(e) = self.blocking(move |b| b.create_disk(&s)).await {
@@ -549,9 +492,7 @@ impl Emulator {
                     r.status = InstanceStatus::Terminated;
                     r.status_message = Some(format!("disk creation failed: {e:#}"));
                 });
-                return Err(OperationError::internal(format!(
-                    "Creating the boot disk failed: {e:#}"
-                )));
+                return Err(OperationError::internal(format!("Creating the boot disk failed: {e:#}")));
             }
         }
         self.update_instance(key, |r| {
@@ -573,9 +514,7 @@ impl Emulator {
                 r.status_message = Some(format!("boot failed: {e:#}"));
                 r.last_stop_timestamp = Some(timestamp());
             });
-            return Err(OperationError::internal(format!(
-                "The instance failed to boot: {e:#}"
-            )));
+            return Err(OperationError::internal(format!("The instance failed to boot: {e:#}")));
         }
         self.update_instance(key, |r| {
             r.status = InstanceStatus::Running;
@@ -586,29 +525,18 @@ impl Emulator {
     }
 
     async fn do_start(&self, key: &MachineKey) -> Result<(), OperationError> {
-        let rec = self
-            .existing(key)
-            .map_err(|e| OperationError::new("RESOURCE_NOT_FOUND", e.message, 404))?;
+        let rec = self.existing(key).map_err(|e| OperationError::new("RESOURCE_NOT_FOUND", e.message, 404))?;
         if rec.status == InstanceStatus::Running {
             return Ok(());
         }
-        if self
-            .inner
-            .faults
-            .lock()
-            .expect("lock")
-            .exhausted_zones
-            .contains(&key.zone)
-        {
+        if self.inner.faults.lock().expect("lock").exhausted_zones.contains(&key.zone) {
             return Err(OperationError::zone_exhausted(&key.project, &key.zone));
         }
         self.do_boot(key, false).await
     }
 
     async fn do_stop(&self, key: &MachineKey) -> Result<(), OperationError> {
-        let rec = self
-            .existing(key)
-            .map_err(|e| OperationError::new("RESOURCE_NOT_FOUND", e.message, 404))?;
+        let rec = self.existing(key).map_err(|e| OperationError::new("RESOURCE_NOT_FOUND", e.message, 404))?;
         if rec.status == InstanceStatus::Terminated {
             return Ok(());
         }
@@ -624,9 +552,7 @@ impl Emulator {
     }
 
     async fn do_delete(&self, key: &MachineKey) -> Result<(), OperationError> {
-        let rec = self
-            .existing(key)
-            .map_err(|e| OperationError::new("RESOURCE_NOT_FOUND", e.message, 404))?;
+        let rec = self.existing(key).map_err(|e| OperationError::new("RESOURCE_NOT_FOUND", e.message, 404))?;
         if rec.status != InstanceStatus::Terminated {
             self.update_instance(key, |r| r.status = InstanceStatus::Stopping);
         }
@@ -637,9 +563,7 @@ impl Emulator {
                 r.status = InstanceStatus::Terminated;
                 r.status_message = Some(format!("deletion failed: {e:#}"));
             });
-            return Err(OperationError::internal(format!(
-                "Deleting the instance failed: {e:#}"
-            )));
+            return Err(OperationError::internal(format!("Deleting the instance failed: {e:#}")));
         }
         self.inner.backend.release_address(rec.address);
         let mut st = self.inner.state.lock().expect("lock");
@@ -650,14 +574,8 @@ impl Emulator {
         Ok(())
     }
 
-    async fn do_set_machine_type(
-        &self,
-        key: &MachineKey,
-        mt: String,
-    ) -> Result<(), OperationError> {
-        let rec = self
-            .existing(key)
-            .map_err(|e| OperationError::new("RESOURCE_NOT_FOUND", e.message, 404))?;
+    async fn do_set_machine_type(&self, key: &MachineKey, mt: String) -> Result<(), OperationError> {
+        let rec = self.existing(key).map_err(|e| OperationError::new("RESOURCE_NOT_FOUND", e.message, 404))?;
         if rec.status != InstanceStatus::Terminated {
             return Err(OperationError::new(
                 "INVALID_USAGE",
@@ -669,13 +587,8 @@ impl Emulator {
         Ok(())
     }
 
-    async fn do_set_metadata(
-        &self,
-        key: &MachineKey,
-        items: Vec<MetadataItem>,
-    ) -> Result<(), OperationError> {
-        self.existing(key)
-            .map_err(|e| OperationError::new("RESOURCE_NOT_FOUND", e.message, 404))?;
+    async fn do_set_metadata(&self, key: &MachineKey, items: Vec<MetadataItem>) -> Result<(), OperationError> {
+        self.existing(key).map_err(|e| OperationError::new("RESOURCE_NOT_FOUND", e.message, 404))?;
         self.update_instance(key, |r| {
             r.metadata = items;
             r.metadata_fingerprint = model::new_fingerprint();
@@ -727,16 +640,11 @@ impl Emulator {
                 "Must be a match of regex '(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?|[1-9][0-9]{0,19})'",
             ));
         }
-        let mt_raw = body
-            .get("machineType")
-            .and_then(opt_str)
-            .unwrap_or_default();
+        let mt_raw = body.get("machineType").and_then(opt_str).unwrap_or_default();
         let mt = model::last_segment(&mt_raw).to_string();
         if mt.is_empty()
             || !mt.contains('-')
-            || !mt
-                .bytes()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+            || !mt.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
         {
             return Err(ApiError::invalid_field(
                 "resource.machineType",
@@ -746,14 +654,9 @@ impl Emulator {
         }
         let labels: BTreeMap<String, String> = match body.get("labels") {
             None | Some(Value::Null) => BTreeMap::new(),
-            Some(Value::Object(m)) => m
-                .iter()
-                .map(|(k, v)| (k.clone(), opt_str(v).unwrap_or_default()))
-                .collect(),
+            Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), opt_str(v).unwrap_or_default())).collect(),
             Some(_) => {
-                return Err(ApiError::invalid(
-                    "Invalid value for field 'resource.labels'.",
-                ));
+                return Err(ApiError::invalid("Invalid value for field 'resource.labels'."));
             }
         };
         let metadata = match body.get("metadata") {
@@ -763,11 +666,7 @@ impl Emulator {
         let boot = body
             .get("disks")
             .and_then(|d| d.as_array())
-            .and_then(|d| {
-                d.iter()
-                    .find(|x| x.get("boot").and_then(|b| b.as_bool()) == Some(true))
-                    .or(d.first())
-            })
+            .and_then(|d| d.iter().find(|x| x.get("boot").and_then(|b| b.as_bool()) == Some(true)).or(d.first()))
             .cloned()
             .unwrap_or(Value::Null);
         let init = boot.get("initializeParams").cloned().unwrap_or(Value::Null);
@@ -776,23 +675,13 @@ impl Emulator {
             .and_then(opt_str)
             .map(|s| s.parse::<i64>())
             .transpose()
-            .map_err(|_| {
-                ApiError::invalid(
-                    "Invalid value for field 'resource.disks[0].initializeParams.diskSizeGb'.",
-                )
-            })?
+            .map_err(|_| ApiError::invalid("Invalid value for field 'resource.disks[0].initializeParams.diskSizeGb'."))?
             .unwrap_or(10);
         let disk = BootDisk {
-            device_name: boot
-                .get("deviceName")
-                .and_then(opt_str)
-                .unwrap_or_else(|| name.clone()),
+            device_name: boot.get("deviceName").and_then(opt_str).unwrap_or_else(|| name.clone()),
             size_gb,
             source_image: init.get("sourceImage").and_then(opt_str),
-            auto_delete: boot
-                .get("autoDelete")
-                .and_then(|b| b.as_bool())
-                .unwrap_or(false),
+            auto_delete: boot.get("autoDelete").and_then(|b| b.as_bool()).unwrap_or(false),
         };
         let nic = body
             .get("networkInterfaces")
@@ -809,35 +698,20 @@ impl Emulator {
                 format!("{}/projects/{project}/{s}", model::API_BASE)
             }
         };
-        let network = full(
-            nic.get("network")
-                .and_then(opt_str)
-                .unwrap_or_else(|| "global/networks/default".into()),
-        );
+        let network = full(nic.get("network").and_then(opt_str).unwrap_or_else(|| "global/networks/default".into()));
         let subnetwork = Some(full(
-            nic.get("subnetwork").and_then(opt_str).unwrap_or_else(|| {
-                format!("regions/{}/subnetworks/default", model::region_of(zone))
-            }),
+            nic.get("subnetwork")
+                .and_then(opt_str)
+                .unwrap_or_else(|| format!("regions/{}/subnetworks/default", model::region_of(zone))),
         ));
         let mut passthrough = serde_json::Map::new();
-        for k in [
-            "description",
-            "tags",
-            "serviceAccounts",
-            "scheduling",
-            "shieldedInstanceConfig",
-            "hostname",
-        ] {
+        for k in ["description", "tags", "serviceAccounts", "scheduling", "shieldedInstanceConfig", "hostname"] {
             if let Some(v) = body.get(k) {
                 passthrough.insert(k.to_string(), v.clone());
             }
         }
 
-        let key = MachineKey {
-            project: project.to_string(),
-            zone: zone.to_string(),
-            name: name.clone(),
-        };
+        let key = MachineKey { project: project.to_string(), zone: zone.to_string(), name: name.clone() };
         let resource = instance_resource(project, zone, &name);
         let mut st = self.inner.state.lock().expect("lock");
         st.zones.insert((project.to_string(), zone.to_string()));
@@ -852,10 +726,7 @@ impl Emulator {
                 Some(OperationError::zone_exhausted(project, zone))
             } else {
                 f.take_quota().map(|q| {
-                    let region = q
-                        .region
-                        .clone()
-                        .unwrap_or_else(|| model::region_of(zone).to_string());
+                    let region = q.region.clone().unwrap_or_else(|| model::region_of(zone).to_string());
                     OperationError::quota_exceeded(&q.metric, q.limit, &region)
                 })
             }
@@ -895,10 +766,7 @@ impl Emulator {
             subnetwork,
             address,
             disk,
-            deletion_protection: body
-                .get("deletionProtection")
-                .and_then(|b| b.as_bool())
-                .unwrap_or(false),
+            deletion_protection: body.get("deletionProtection").and_then(|b| b.as_bool()).unwrap_or(false),
             creation_timestamp: timestamp(),
             last_start_timestamp: None,
             last_stop_timestamp: None,
@@ -913,11 +781,7 @@ impl Emulator {
     }
 
     pub fn get(&self, project: &str, zone: &str, name: &str) -> Result<Value, ApiError> {
-        let key = MachineKey {
-            project: project.into(),
-            zone: zone.into(),
-            name: name.into(),
-        };
+        let key = MachineKey { project: project.into(), zone: zone.into(), name: name.into() };
         Ok(self.existing(&key)?.to_json())
     }
 
@@ -963,33 +827,19 @@ impl Emulator {
     ) -> Result<Value, ApiError> {
         let filter = Filter::parse(filter.unwrap_or(""))?;
         let st = self.inner.state.lock().expect("lock");
-        let zones: Vec<String> = st
-            .zones
-            .iter()
-            .filter(|(p, _)| p == project)
-            .map(|(_, z)| z.clone())
-            .collect();
+        let zones: Vec<String> = st.zones.iter().filter(|(p, _)| p == project).map(|(_, z)| z.clone()).collect();
         let items: Vec<(String, (String, Value))> = st
             .instances
             .values()
             .filter(|r| r.project == project)
             .filter(|r| filter.matches(|f| r.filter_field(f)))
-            .map(|r| {
-                (
-                    format!("{}/{}", r.zone, r.name),
-                    (r.zone.clone(), r.to_json()),
-                )
-            })
+            .map(|r| (format!("{}/{}", r.zone, r.name), (r.zone.clone(), r.to_json())))
             .collect();
         drop(st);
         let (items, token) = page(items, max_results, page_token)?;
         let mut scopes = serde_json::Map::new();
         for z in zones {
-            let in_zone: Vec<Value> = items
-                .iter()
-                .filter(|(iz, _)| *iz == z)
-                .map(|(_, v)| v.clone())
-                .collect();
+            let in_zone: Vec<Value> = items.iter().filter(|(iz, _)| *iz == z).map(|(_, v)| v.clone()).collect();
             let scope = format!("zones/{z}");
             let entry = if in_zone.is_empty() {
                 json!({"warning": {
@@ -1015,11 +865,7 @@ impl Emulator {
     }
 
     fn key(project: &str, zone: &str, name: &str) -> MachineKey {
-        MachineKey {
-            project: project.into(),
-            zone: zone.into(),
-            name: name.into(),
-        }
+        MachineKey { project: project.into(), zone: zone.into(), name: name.into() }
     }
 
     pub fn start(&self, project: &str, zone: &str, name: &str) -> Result<Value, ApiError> {
@@ -1047,26 +893,13 @@ impl Emulator {
         Ok(self.launch(key, rec.id, "delete", OpKind::Delete))
     }
 
-    pub fn set_machine_type(
-        &self,
-        project: &str,
-        zone: &str,
-        name: &str,
-        body: &Value,
-    ) -> Result<Value, ApiError> {
+    pub fn set_machine_type(&self, project: &str, zone: &str, name: &str, body: &Value) -> Result<Value, ApiError> {
         let key = Self::key(project, zone, name);
         let rec = self.existing(&key)?;
-        let raw = body
-            .get("machineType")
-            .and_then(opt_str)
-            .unwrap_or_default();
+        let raw = body.get("machineType").and_then(opt_str).unwrap_or_default();
         let mt = model::last_segment(&raw).to_string();
         if mt.is_empty() || !mt.contains('-') {
-            return Err(ApiError::invalid_field(
-                "machineType",
-                &raw,
-                "Machine type must be specified.",
-            ));
+            return Err(ApiError::invalid_field("machineType", &raw, "Machine type must be specified."));
         }
         if rec.status != InstanceStatus::Terminated {
             return Err(ApiError::new(
@@ -1078,13 +911,7 @@ impl Emulator {
         Ok(self.launch(key, rec.id, "setMachineType", OpKind::SetMachineType(mt)))
     }
 
-    pub fn set_metadata(
-        &self,
-        project: &str,
-        zone: &str,
-        name: &str,
-        body: &Value,
-    ) -> Result<Value, ApiError> {
+    pub fn set_metadata(&self, project: &str, zone: &str, name: &str, body: &Value) -> Result<Value, ApiError> {
         let key = Self::key(project, zone, name);
         let rec = self.existing(&key)?;
         let items = parse_metadata_items(body)?;
@@ -1110,19 +937,14 @@ impl Emulator {
         let key = Self::key(project, zone, name);
         let rec = self.existing(&key)?;
         let path = query_path.or(variable_key).unwrap_or("");
-        let not_found =
-            || ApiError::not_found(&format!("{}/guestAttributes/{path}", rec.resource()));
+        let not_found = || ApiError::not_found(&format!("{}/guestAttributes/{path}", rec.resource()));
         if !rec.guest_attributes_enabled() || rec.guest_attributes.is_empty() {
             return Err(not_found());
         }
         let self_link = format!("{}/guestAttributes/{path}", rec.self_link());
         if let Some(vk) = variable_key.filter(|_| query_path.is_none()) {
             let (ns, k) = vk.split_once('/').unwrap_or((vk, ""));
-            let a = rec
-                .guest_attributes
-                .iter()
-                .find(|a| a.namespace == ns && a.key == k)
-                .ok_or_else(not_found)?;
+            let a = rec.guest_attributes.iter().find(|a| a.namespace == ns && a.key == k).ok_or_else(not_found)?;
             return Ok(json!({
                 "kind": "compute#guestAttributes",
                 "selfLink": self_link,
@@ -1154,17 +976,10 @@ impl Emulator {
         st.operations
             .get(&(project.to_string(), zone.to_string(), op.to_string()))
             .map(|o| o.to_json())
-            .ok_or_else(|| {
-                ApiError::not_found(&format!("projects/{project}/zones/{zone}/operations/{op}"))
-            })
+            .ok_or_else(|| ApiError::not_found(&format!("projects/{project}/zones/{zone}/operations/{op}")))
     }
 
-    pub async fn wait_operation(
-        &self,
-        project: &str,
-        zone: &str,
-        op: &str,
-    ) -> Result<Value, ApiError> {
+    pub async fn wait_operation(&self, project: &str, zone: &str, op: &str) -> Result<Value, ApiError> {
         let deadline = tokio::time::Instant::now() + self.inner.cfg.operation_wait_timeout;
         let mut rx = self.inner.changed.subscribe();
         loop {
@@ -1173,10 +988,7 @@ impl Emulator {
             if v["status"] == "DONE" {
                 return Ok(v);
             }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
                 return Ok(v);
             }
         }

@@ -116,10 +116,7 @@ pub struct InstanceRecord {
 
 impl InstanceRecord {
     pub fn resource(&self) -> String {
-        format!(
-            "projects/{}/zones/{}/instances/{}",
-            self.project, self.zone, self.name
-        )
+        format!("projects/{}/zones/{}/instances/{}", self.project, self.zone, self.name)
     }
 
     pub fn self_link(&self) -> String {
@@ -127,15 +124,11 @@ impl InstanceRecord {
     }
 
     pub fn metadata_value(&self, key: &str) -> Option<&str> {
-        self.metadata
-            .iter()
-            .find(|i| i.key == key)
-            .map(|i| i.value.as_str())
+        self.metadata.iter().find(|i| i.key == key).map(|i| i.value.as_str())
     }
 
     pub fn guest_attributes_enabled(&self) -> bool {
-        self.metadata_value("enable-guest-attributes")
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        self.metadata_value("enable-guest-attributes").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
     }
 
     /// Value of a list-filter field.
@@ -147,11 +140,7 @@ impl InstanceRecord {
             "name" => Some(self.name.clone()),
             "status" => Some(self.status.as_str().to_string()),
             "zone" => Some(zone_url(&self.project, &self.zone)),
-            "machineType" => Some(machine_type_url(
-                &self.project,
-                &self.zone,
-                &self.machine_type,
-            )),
+            "machineType" => Some(machine_type_url(&self.project, &self.zone, &self.machine_type)),
             "id" => Some(self.id.to_string()),
             _ => None,
         }
@@ -220,10 +209,7 @@ impl InstanceRecord {
             "cpuPlatform": "Intel Broadwell",
         });
         if self.metadata.is_empty() {
-            v["metadata"]
-                .as_object_mut()
-                .expect("object")
-                .remove("items");
+            v["metadata"].as_object_mut().expect("object").remove("items");
         }
         if let Some(m) = &self.status_message {
             v["statusMessage"] = json!(m);
@@ -270,10 +256,7 @@ pub struct OperationRecord {
 
 impl OperationRecord {
     pub fn self_link(&self) -> String {
-        format!(
-            "{API_BASE}/projects/{}/zones/{}/operations/{}",
-            self.project, self.zone, self.name
-        )
+        format!("{API_BASE}/projects/{}/zones/{}/operations/{}", self.project, self.zone, self.name)
     }
 
     pub fn to_json(&self) -> Value {
@@ -327,10 +310,7 @@ pub fn region_of(zone: &str) -> &str {
 /// Compute Engine style timestamp (RFC 3339 with millis and a Pacific offset).
 pub fn timestamp() -> String {
     let offset = chrono::FixedOffset::west_opt(7 * 3600).expect("offset");
-    chrono::Utc::now()
-        .with_timezone(&offset)
-        .format("%Y-%m-%dT%H:%M:%S%.3f%:z")
-        .to_string()
+    chrono::Utc::now().with_timezone(&offset).format("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string()
 }
 
 /// A 19-digit numeric id like Compute Engine's.
@@ -359,11 +339,7 @@ pub fn new_operation_name() -> String {
 pub fn vcpus(machine_type: &str) -> u32 {
     match machine_type {
         "e2-micro" | "e2-small" | "e2-medium" | "f1-micro" | "g1-small" => 2,
-        _ => machine_type
-            .rsplit('-')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(2),
+        _ => machine_type.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(2),
     }
 }
 
@@ -373,7 +349,6 @@ pub fn valid_name(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && b[0].is_ascii_lowercase()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && *b.last().expect("non-empty") != b'-'
 }

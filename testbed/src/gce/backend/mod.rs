@@ -22,11 +22,7 @@ pub struct MachineSpec {
 
 impl MachineSpec {
     pub fn key(&self) -> MachineKey {
-        MachineKey {
-            project: self.project.clone(),
-            zone: self.zone.clone(),
-            name: self.name.clone(),
-        }
+        MachineKey { project: self.project.clone(), zone: self.zone.clone(), name: self.name.clone() }
     }
 }
 

@@ -19,11 +19,7 @@ pub struct NoneBackend {
 
 impl NoneBackend {
     pub fn new(boot_delay: Duration) -> Self {
-        Self {
-            boot_delay,
-            running: Mutex::default(),
-            keys: Mutex::default(),
-        }
+        Self { boot_delay, running: Mutex::default(), keys: Mutex::default() }
     }
 }
 
@@ -50,10 +46,7 @@ impl MachineBackend for NoneBackend {
     fn release_address(&self, _addr: Ipv4Addr) {}
 
     fn create_disk(&self, spec: &MachineSpec) -> anyhow::Result<()> {
-        self.keys
-            .lock()
-            .expect("lock")
-            .insert((spec.key(), spec.id), fake_ed25519_blob());
+        self.keys.lock().expect("lock").insert((spec.key(), spec.id), fake_ed25519_blob());
         Ok(())
     }
 
@@ -70,10 +63,7 @@ impl MachineBackend for NoneBackend {
 
     fn destroy(&self, spec: &MachineSpec) -> anyhow::Result<()> {
         self.running.lock().expect("lock").remove(&spec.key());
-        self.keys
-            .lock()
-            .expect("lock")
-            .remove(&(spec.key(), spec.id));
+        self.keys.lock().expect("lock").remove(&(spec.key(), spec.id));
         Ok(())
     }
 
@@ -83,10 +73,7 @@ impl MachineBackend for NoneBackend {
 
     fn host_keys(&self, spec: &MachineSpec) -> anyhow::Result<Vec<(String, String)>> {
         let mut keys = self.keys.lock().expect("lock");
-        let blob = keys
-            .entry((spec.key(), spec.id))
-            .or_insert_with(fake_ed25519_blob)
-            .clone();
+        let blob = keys.entry((spec.key(), spec.id)).or_insert_with(fake_ed25519_blob).clone();
         Ok(vec![("ssh-ed25519".to_string(), blob)])
     }
 

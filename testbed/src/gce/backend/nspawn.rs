@@ -75,10 +75,7 @@ impl ExitSlot {
     /// Wait until the process ended; false on timeout.
     fn wait(&self, timeout: Duration) -> bool {
         let st = self.state.lock().expect("lock");
-        let (st, _) = self
-            .cv
-            .wait_timeout_while(st, timeout, |s| s.exited.is_none())
-            .expect("lock");
+        let (st, _) = self.cv.wait_timeout_while(st, timeout, |s| s.exited.is_none()).expect("lock");
         st.exited.is_some()
     }
 }
@@ -95,17 +92,9 @@ pub struct NspawnBackend {
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{:?} failed ({}): {}",
-            cmd,
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{:?} failed ({}): {}", cmd, out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -132,8 +121,7 @@ fn is_mounted(path: &Path) -> bool {
         return false;
     };
     let p = path.to_string_lossy();
-    info.lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|m| m == p))
+    info.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| m == p))
 }
 
 fn tail(path: &Path, bytes: u64) -> String {
@@ -152,8 +140,7 @@ fn valid_user(u: &str) -> bool {
     !b.is_empty()
         && b.len() <= 32
         && (b[0].is_ascii_lowercase() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
 }
 
 /// `ssh-keys` metadata lines `USER:KEY…` grouped by user, in order of appearance.
@@ -209,31 +196,19 @@ fn in_group(root: &Path, group: &str, user: &str) -> Option<bool> {
 
 impl NspawnBackend {
     pub fn new(cfg: NspawnConfig, exits: UnboundedSender<MachineExit>) -> anyhow::Result<Self> {
-        if !cfg.rootfs.join("usr/lib/systemd/systemd").exists()
-            && !cfg.rootfs.join("lib/systemd/systemd").exists()
-        {
-            bail!(
-                "--rootfs {} does not look like a root filesystem with systemd",
-                cfg.rootfs.display()
-            );
+        if !cfg.rootfs.join("usr/lib/systemd/systemd").exists() && !cfg.rootfs.join("lib/systemd/systemd").exists() {
+            bail!("--rootfs {} does not look like a root filesystem with systemd", cfg.rootfs.display());
         }
         fs::create_dir_all(cfg.state_dir.join("machines"))?;
         fs::create_dir_all(&cfg.lock_dir)?;
-        let b = Self {
-            cfg,
-            exits,
-            running: Mutex::default(),
-        };
+        let b = Self { cfg, exits, running: Mutex::default() };
         b.ensure_bridge()?;
         Ok(b)
     }
 
     fn hash(spec: &MachineSpec) -> String {
         let mut h = Sha256::new();
-        h.update(format!(
-            "{}/{}/{}/{}",
-            spec.project, spec.zone, spec.name, spec.id
-        ));
+        h.update(format!("{}/{}/{}/{}", spec.project, spec.zone, spec.name, spec.id));
         let d = h.finalize();
         d.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -248,12 +223,7 @@ impl NspawnBackend {
     }
 
     fn dir(&self, spec: &MachineSpec) -> PathBuf {
-        self.cfg
-            .state_dir
-            .join("machines")
-            .join(&spec.project)
-            .join(&spec.zone)
-            .join(&spec.name)
+        self.cfg.state_dir.join("machines").join(&spec.project).join(&spec.zone).join(&spec.name)
     }
 
     fn merged(&self, spec: &MachineSpec) -> PathBuf {
@@ -269,17 +239,7 @@ impl NspawnBackend {
                     return Err(e);
                 }
             }
-            let _ = ip(&[
-                "link",
-                "set",
-                br,
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-                "forward_delay",
-                "0",
-            ]);
+            let _ = ip(&["link", "set", br, "type", "bridge", "stp_state", "0", "forward_delay", "0"]);
         }
         let addrs = ip(&["-4", "-o", "addr", "show", "dev", br])?;
         let want = format!("inet {}/", self.cfg.gateway);
@@ -304,26 +264,14 @@ impl NspawnBackend {
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         if ip(&["link", "show", &veth]).is_err() {
             let _ = ip(&["-n", &ns, "link", "del", "eth0"]);
-            ip(&[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ])?;
+            ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
         }
         ip(&["link", "set", &veth, "master", &self.cfg.bridge])?;
         ip(&["link", "set", &veth, "up"])?;
         let cidr = format!("{}/{}", spec.address, self.cfg.prefix_len);
         ip(&["-n", &ns, "addr", "replace", &cidr, "dev", "eth0"])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "route",
-            "replace",
-            "default",
-            "via",
-            &self.cfg.gateway.to_string(),
-            "dev",
-            "eth0",
-        ])?;
+        ip(&["-n", &ns, "route", "replace", "default", "via", &self.cfg.gateway.to_string(), "dev", "eth0"])?;
         Ok(())
     }
 
@@ -351,9 +299,7 @@ impl NspawnBackend {
             dir.join("upper").display(),
             dir.join("work").display()
         );
-        run(Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &opts])
-            .arg(&merged))?;
+        run(Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&merged))?;
         Ok(())
     }
 
@@ -382,10 +328,7 @@ impl NspawnBackend {
                 continue;
             }
             let mut cmd = Command::new("ssh-keygen");
-            cmd.args(["-q", "-t", t, "-N", "", "-C"])
-                .arg(format!("root@{}", spec.name))
-                .arg("-f")
-                .arg(&key);
+            cmd.args(["-q", "-t", t, "-N", "", "-C"]).arg(format!("root@{}", spec.name)).arg("-f").arg(&key);
             if let Some(bits) = extra {
                 cmd.args(["-b", bits]);
             }
@@ -420,20 +363,14 @@ impl MachineBackend for NspawnBackend {
     fn claim_address(&self, addr: Ipv4Addr) -> bool {
         let path = self.addr_lock(addr);
         let me = std::process::id();
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
+        match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut f) => {
                 use std::io::Write;
                 let _ = write!(f, "{me}");
                 true
             }
             Err(_) => {
-                let holder: Option<u32> = fs::read_to_string(&path)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok());
+                let holder: Option<u32> = fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok());
                 match holder {
                     Some(pid) if pid != me && pid_alive(pid) => false,
                     Some(pid) if pid == me => false,
@@ -495,10 +432,7 @@ impl MachineBackend for NspawnBackend {
         self.ensure_netns(spec)?;
         let dir = self.dir(spec);
         let log_path = dir.join("console.log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
+        let log = fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let ns = Self::netns(spec);
         let t0 = Instant::now();
         let mut cmd = Command::new("systemd-nspawn");
@@ -521,39 +455,28 @@ impl MachineBackend for NspawnBackend {
         let mut child = cmd.spawn().context("spawning systemd-nspawn")?;
         let pid = child.id();
         let slot = Arc::new(ExitSlot::default());
-        self.running.lock().expect("lock").insert(
-            key.clone(),
-            Running {
-                pid,
-                slot: slot.clone(),
-            },
-        );
+        self.running.lock().expect("lock").insert(key.clone(), Running { pid, slot: slot.clone() });
         let tx = self.exits.clone();
         let (watch_slot, id) = (slot.clone(), spec.id);
-        std::thread::Builder::new()
-            .name(format!("nspawn-{pid}"))
-            .spawn(move || {
-                let code = child.wait().ok().and_then(|s| s.code());
-                let requested = {
-                    let mut st = watch_slot.state.lock().expect("lock");
-                    st.exited = Some(code);
-                    st.stop_requested
-                };
-                watch_slot.cv.notify_all();
-                tracing::info!(machine = %key.name, pid, ?code, requested, "nspawn exited");
-                if !requested {
-                    let _ = tx.send(MachineExit { key, id, pid, code });
-                }
-            })?;
+        std::thread::Builder::new().name(format!("nspawn-{pid}")).spawn(move || {
+            let code = child.wait().ok().and_then(|s| s.code());
+            let requested = {
+                let mut st = watch_slot.state.lock().expect("lock");
+                st.exited = Some(code);
+                st.stop_requested
+            };
+            watch_slot.cv.notify_all();
+            tracing::info!(machine = %key.name, pid, ?code, requested, "nspawn exited");
+            if !requested {
+                let _ = tx.send(MachineExit { key, id, pid, code });
+            }
+        })?;
         tracing::info!(instance = %spec.name, pid, address = %spec.address, "nspawn started");
         let target = SocketAddr::from((spec.address, 22));
         let deadline = t0 + self.cfg.boot_timeout;
         loop {
             if slot.has_exited() {
-                bail!(
-                    "the machine exited while booting; console tail:\n{}",
-                    tail(&log_path, 2000)
-                );
+                bail!("the machine exited while booting; console tail:\n{}", tail(&log_path, 2000));
             }
             if TcpStream::connect_timeout(&target, Duration::from_millis(300)).is_ok() {
                 break;
@@ -573,13 +496,7 @@ impl MachineBackend for NspawnBackend {
 
     fn stop(&self, spec: &MachineSpec) -> anyhow::Result<()> {
         let key = spec.key();
-        let Some((pid, slot)) = self
-            .running
-            .lock()
-            .expect("lock")
-            .get(&key)
-            .map(|r| (r.pid, r.slot.clone()))
-        else {
+        let Some((pid, slot)) = self.running.lock().expect("lock").get(&key).map(|r| (r.pid, r.slot.clone())) else {
             return Ok(());
         };
         slot.state.lock().expect("lock").stop_requested = true;
@@ -589,12 +506,8 @@ impl MachineBackend for NspawnBackend {
             signal(pid, libc::SIGTERM);
             if !slot.wait(self.cfg.stop_timeout) {
                 tracing::warn!(instance = %spec.name, pid, "no clean poweroff in time; killing");
-                let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                    .unwrap_or_default();
-                for c in children
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok())
-                {
+                let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+                for c in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
                     signal(c, libc::SIGKILL);
                 }
                 // SAFETY: kill the process group nspawn leads (it was spawned with its own).
@@ -641,22 +554,11 @@ impl MachineBackend for NspawnBackend {
         let state_dir = root.join("var/lib/projectvm-agent");
         fs::create_dir_all(&state_dir)?;
         let managed_file = state_dir.join("users");
-        let previously: Vec<String> = fs::read_to_string(&managed_file)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect();
+        let previously: Vec<String> =
+            fs::read_to_string(&managed_file).unwrap_or_default().lines().map(str::to_string).collect();
         for (user, keys) in &users {
             if passwd_entry(&root, user).is_none() {
-                chroot(&[
-                    "useradd",
-                    "-m",
-                    "-s",
-                    "/bin/bash",
-                    "-G",
-                    "google-sudoers",
-                    user,
-                ])?;
+                chroot(&["useradd", "-m", "-s", "/bin/bash", "-G", "google-sudoers", user])?;
             } else if user != "root" && in_group(&root, "google-sudoers", user) == Some(false) {
                 chroot(&["usermod", "-aG", "google-sudoers", user])?;
             }
@@ -675,14 +577,9 @@ impl MachineBackend for NspawnBackend {
             chown(&ak, Some(pw.uid), Some(pw.gid))?;
         }
         // Keys removed from metadata lose their access, as with Google's guest agent.
-        for gone in previously
-            .iter()
-            .filter(|u| !users.iter().any(|(n, _)| n == *u))
-        {
+        for gone in previously.iter().filter(|u| !users.iter().any(|(n, _)| n == *u)) {
             if let Some(pw) = passwd_entry(&root, gone) {
-                let ak = root
-                    .join(pw.home.trim_start_matches('/'))
-                    .join(".ssh/authorized_keys");
+                let ak = root.join(pw.home.trim_start_matches('/')).join(".ssh/authorized_keys");
                 if ak.exists() {
                     fs::write(&ak, "")?;
                 }
@@ -720,13 +617,8 @@ impl MachineBackend for NspawnBackend {
     }
 
     fn inspect(&self, spec: &MachineSpec) -> MachineView {
-        let running = self
-            .running
-            .lock()
-            .expect("lock")
-            .get(&spec.key())
-            .filter(|r| !r.slot.has_exited())
-            .map(|r| r.pid);
+        let running =
+            self.running.lock().expect("lock").get(&spec.key()).filter(|r| !r.slot.has_exited()).map(|r| r.pid);
         let dir = self.dir(spec);
         let ns = Self::netns(spec);
         let veth = Self::veth(spec);
