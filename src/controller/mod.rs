@@ -48,6 +48,23 @@ pub enum Error {
     Invalid(String),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// Deletion is under way; not a failure.
+    #[error("{what}: still in progress")]
+    CleanupPending { what: String, retry_in: Duration },
+}
+
+impl Error {
+    /// When deletion is simply not finished yet, how soon to look again.
+    fn pending(&self) -> Option<Duration> {
+        match self {
+            Error::CleanupPending { retry_in, .. } => Some(*retry_in),
+            Error::Finalizer(f) => match f.as_ref() {
+                kube::runtime::finalizer::Error::CleanupFailed(e) => e.pending(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 /// Shared state of both controllers.
@@ -140,6 +157,9 @@ pub fn error_backoff(failures: u32) -> Duration {
 }
 
 fn error_policy<K: kind::VmKind>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    if let Some(retry_in) = err.pending() {
+        return Action::requeue(retry_in);
+    }
     let key = reconcile::object_key(&*obj);
     let n = ctx.record_failure(&key);
     let delay = error_backoff(n);

@@ -616,6 +616,12 @@ async fn instance_action<K: VmKind + KindWork>(
                     let p = run.power();
                     p.resizing_to = None;
                     p.resize_restore_running = None;
+                    let mt = inst.map(|i| i.machine_type.clone()).unwrap_or_default();
+                    run.event(
+                        EventType::Normal,
+                        "Resized",
+                        format!("machine type is now {mt}; starting the VM again as it was running"),
+                    );
                 }
                 StartReason::Requested => {
                     run.power().acknowledged_start_request = start_request.map(String::from);
@@ -1165,8 +1171,7 @@ async fn cleanup<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result
         match ctx.compute.operation(&OperationRef { name: op.name.clone(), zone: op.zone.clone() }).await? {
             OperationState::Running { .. } => {
                 run.progress("Deleting", format!("deleting instance {}", run.instance_name), None);
-                run.soon(FAST);
-                return run.finish().await;
+                return keep_finalizer(run, FAST).await;
             }
             OperationState::Done => {
                 run.status.operation = None;
@@ -1174,8 +1179,8 @@ async fn cleanup<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result
             OperationState::Failed(err) => {
                 run.status.operation = None;
                 cloud_failure(&mut run, "delete", &err);
-                run.soon(crate::engine::backoff(3));
-                return run.finish().await;
+                let failures = run.ctx.record_failure(&run.key);
+                return keep_finalizer(run, super::error_backoff(failures)).await;
             }
         }
     }
@@ -1203,17 +1208,24 @@ async fn cleanup<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result
                 started_at: Some(rfc3339(run.now)),
             });
             run.progress("Deleting", format!("deleting instance {}", run.instance_name), None);
-            run.soon(FAST);
-            run.finish().await
+            keep_finalizer(run, FAST).await
         }
-        Ok(None) => Ok(Action::requeue(Duration::from_millis(100))),
+        // Gone between the get and the delete: the next pass finds nothing and finishes.
+        Ok(None) => keep_finalizer(run, Duration::from_millis(100)).await,
         Err(err) => {
             cloud_failure(&mut run, "delete", &err);
             let failures = run.ctx.record_failure(&run.key);
-            run.soon(super::error_backoff(failures));
-            run.finish().await
+            keep_finalizer(run, super::error_backoff(failures)).await
         }
     }
+}
+
+/// Deletion is not finished: write the status and return an error, because the finalizer
+/// helper removes the finalizer whenever cleanup returns Ok.
+async fn keep_finalizer<K: VmKind + KindWork>(run: Run<K>, retry_in: Duration) -> Result<Action, Error> {
+    let what = format!("deleting instance {}", run.instance_name);
+    run.finish().await?;
+    Err(Error::CleanupPending { what, retry_in })
 }
 
 #[cfg(test)]

@@ -173,6 +173,25 @@ impl Bed {
         items
     }
 
+    /// The instance with this name in the test zone, if it exists.
+    pub fn instance_named(&self, name: &str) -> Option<Value> {
+        let url =
+            format!("{}/compute/v1/projects/testbed/zones/us-central1-a/instances/{name}", self.var("EMULATOR_URL"));
+        let out = Command::new("curl").args(["-sS", "-w", "\n%{http_code}", &url]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        match code {
+            "200" => Some(serde_json::from_str(body).unwrap()),
+            "404" => None,
+            other => panic!("emulator get {name}: HTTP {other} {body}"),
+        }
+    }
+
+    /// Runs a command on the VM with `input` on its stdin (keeps secrets off command lines).
+    pub fn ssh_stdin(&self, ns: &str, kind: &str, name: &str, command: &str, input: &str) -> (i32, String) {
+        self.ssh_with(ns, kind, name, command, Some(input))
+    }
+
     pub fn emulator(&self, method: &str, path: &str, body: &str) {
         let url = format!("{}/emulator/v1/{path}", self.var("EMULATOR_URL"));
         let out = Command::new("curl")
@@ -185,6 +204,10 @@ impl Bed {
     /// Runs a command on a resource's VM over SSH as the operator does: the operator's key
     /// from its Secret, the host key pinned from status. Returns (exit code, stdout).
     pub fn ssh(&self, ns: &str, kind: &str, name: &str, command: &str) -> (i32, String) {
+        self.ssh_with(ns, kind, name, command, None)
+    }
+
+    fn ssh_with(&self, ns: &str, kind: &str, name: &str, command: &str, input: Option<&str>) -> (i32, String) {
         let obj = self.get(ns, kind, name);
         let ip = obj
             .pointer("/status/instance/externalIp")
@@ -211,7 +234,7 @@ impl Bed {
         set_mode(&key_path, 0o600);
         let kh = dir.join("known_hosts");
         std::fs::write(&kh, format!("{ip} {host_key}\n")).unwrap();
-        let out = Command::new("ssh")
+        let mut child = Command::new("ssh")
             .args([
                 "-i",
                 key_path.to_str().unwrap(),
@@ -226,8 +249,17 @@ impl Bed {
             ])
             .arg(format!("project@{ip}"))
             .arg(command)
-            .output()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(i) = input {
+            stdin.write_all(i.as_bytes()).unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).to_string())
     }
 

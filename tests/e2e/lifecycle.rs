@@ -224,16 +224,19 @@ fn orphan_policy_keeps_the_vm_and_a_new_resource_adopts_it() {
     b.apply(&ns, &pvm("keep", "  deletionPolicy: Orphan\n"));
     b.wait_condition(&ns, "pvm", "keep", "Ready", READY_TIMEOUT);
     let first = b.get(&ns, "pvm", "keep");
-    let old_uid = first["metadata"]["uid"].as_str().unwrap().to_string();
     let id = first["status"]["instance"]["id"].clone();
+    let name = first["status"]["instance"]["name"].as_str().unwrap().to_string();
     b.kubectl(&["-n", &ns, "delete", "pvm", "keep", "--timeout=120s"]);
-    assert_eq!(b.instances_of(&old_uid).len(), 1, "Orphan keeps the instance");
+    let kept = b.instance_named(&name).expect("Orphan keeps the instance");
+    assert_eq!(kept["id"], id);
     // Declaring it again adopts the same instance instead of making a second one.
     b.apply(&ns, &pvm("keep", "  deletionPolicy: Delete\n"));
     b.wait_condition(&ns, "pvm", "keep", "Ready", READY_TIMEOUT);
     assert_eq!(b.get(&ns, "pvm", "keep")["status"]["instance"]["id"], id, "adopted, not recreated");
+    let events = b.kubectl(&["-n", &ns, "get", "events", "-o", "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}"]);
+    assert!(events.lines().any(|l| l == "Adopted"), "{events}");
     b.kubectl(&["-n", &ns, "delete", "pvm", "keep", "--timeout=180s"]);
-    assert!(b.instances_of(&old_uid).is_empty(), "Delete removes the adopted instance");
+    assert!(b.instance_named(&name).is_none(), "Delete removes the adopted instance");
     b.delete_namespace(&ns);
 }
 
