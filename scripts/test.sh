@@ -16,4 +16,4 @@ echo "=== end-to-end tests (test bed in $STATE)"
 testbed/bed.sh down "$STATE" >/dev/null 2>&1 || true
 trap 'testbed/bed.sh down "$STATE"' EXIT
 testbed/bed.sh up "$STATE"
-PROJECTVM_TESTBED=$STATE cargo test --locked -p projectvm --test e2e -- --ignored --test-threads=3
+PROJECTVM_TESTBED=$STATE cargo test --locked -p projectvm --test e2e -- --ignored --test-threads=4
