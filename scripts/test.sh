@@ -10,6 +10,11 @@ testbed/scripts/install-host-deps.sh
 (cd tests/browser && npm ci --no-audit --no-fund --silent)
 
 echo "=== unit and integration tests"
+# The emulator's real-machine test and the SSH edge's test need the machine image, the
+# test network and sshd; they run here, not skipped.
+PROJECTVM_ROOTFS=$(testbed/scripts/build-rootfs.sh)
+export PROJECTVM_ROOTFS
+testbed/scripts/net.sh up
 cargo test --workspace --locked
 
 echo "=== end-to-end tests (test bed in $STATE)"

@@ -14,8 +14,8 @@ PKGS=(
   ripgrep libkrb5-dev libx11-dev libxkbfile-dev libsecret-1-dev pkg-config build-essential
   # browser tests
   chromium chromium-driver
-  # clients used by the tests
-  openssh-client curl jq ca-certificates
+  # clients used by the tests; sshd for the SSH edge's own test (never started as a service)
+  openssh-client openssh-server sudo curl jq ca-certificates
 )
 # shellcheck disable=SC2206
 [ -n "${PVM_EXTRA_PKGS:-}" ] && PKGS+=(${PVM_EXTRA_PKGS})
@@ -38,6 +38,13 @@ fi
 echo "install-host-deps: installing: ${missing[*]}" >&2
 
 export DEBIAN_FRONTEND=noninteractive
+# Packages must not start services on the host (openssh-server would start sshd).
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' >"$policy"
+  chmod +x "$policy"
+  trap 'rm -f "$policy"' EXIT
+fi
 # Refresh the package lists only when they are older than a day (or absent).
 stamp=/var/lib/apt/lists
 fresh=$(find "$stamp" -maxdepth 1 -name '*_InRelease' -mmin -1440 2>/dev/null | head -n1)
