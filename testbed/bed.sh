@@ -115,7 +115,8 @@ up() {
   "$S/make-repo.sh" "$STATE/git" private demo >"$STATE/git/private-demo.refs"
   [[ -s $TOKEN_FILE ]] || (umask 077; python3 -c 'import secrets; print("pvt_" + secrets.token_hex(20))' >"$TOKEN_FILE")
   if [[ ! -f $STATE/cp/admin.kubeconfig ]] || ! KUBECONFIG=$STATE/cp/admin.kubeconfig kubectl get --raw /readyz >/dev/null 2>&1; then
-    "$S/control-plane.sh" up "$STATE/cp"
+    # One retry: a free port picked at start-up can be taken before etcd binds it.
+    "$S/control-plane.sh" up "$STATE/cp" || { log "control plane did not start; retrying once"; "$S/control-plane.sh" up "$STATE/cp"; }
   fi
   export KUBECONFIG=$STATE/cp/admin.kubeconfig
   start_emulator "$rootfs"

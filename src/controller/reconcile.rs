@@ -71,6 +71,16 @@ struct Run<K: VmKind> {
 
 const FAST: Duration = Duration::from_secs(3);
 
+/// How soon to poll an operation of this age: most finish within seconds, so poll often
+/// at first and back off to every 3 s for long ones.
+pub fn operation_poll_interval(age: Duration) -> Duration {
+    match age.as_secs() {
+        0..5 => Duration::from_millis(500),
+        5..30 => Duration::from_secs(1),
+        _ => FAST,
+    }
+}
+
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -305,7 +315,7 @@ async fn apply<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
                         format!("waiting for Compute Engine operation {} ({})", op.kind, op.name),
                         progress,
                     );
-                    run.soon(FAST);
+                    run.soon(operation_poll_interval((run.now - started).to_std().unwrap_or_default()));
                 }
                 return run.finish().await;
             }
@@ -684,7 +694,7 @@ async fn instance_action<K: VmKind + KindWork>(
             if matches!(action, InstanceAction::Stop(StopReason::Resize) | InstanceAction::SetMachineType(_)) {
                 run.status.phase = Some(Phase::Resizing);
             }
-            run.soon(FAST);
+            run.soon(operation_poll_interval(Duration::ZERO));
             Ok(())
         }
         Ok(None) => Ok(()),
@@ -1023,7 +1033,7 @@ async fn health<K: VmKind + KindWork>(run: &mut Run<K>, condition: &'static str,
             format!("waiting for code-server: GET {url}: {}", answer.summary),
         ));
         run.progress("Health", "waiting for code-server to answer", None);
-        run.soon(Duration::from_secs(2));
+        run.soon(Duration::from_millis(500));
     } else {
         run.set(Update::new(
             condition,
@@ -1239,6 +1249,13 @@ mod tests {
         assert_eq!(parse_duration("45s"), Some(Duration::from_secs(45)));
         assert_eq!(parse_duration("15"), None);
         assert_eq!(parse_duration("1d"), None);
+    }
+
+    #[test]
+    fn operation_polling_backs_off() {
+        assert_eq!(operation_poll_interval(Duration::ZERO), Duration::from_millis(500));
+        assert_eq!(operation_poll_interval(Duration::from_secs(10)), Duration::from_secs(1));
+        assert_eq!(operation_poll_interval(Duration::from_secs(600)), Duration::from_secs(3));
     }
 
     #[test]

@@ -269,6 +269,12 @@ impl NspawnBackend {
         ip(&["link", "set", &veth, "master", &self.cfg.bridge])?;
         ip(&["link", "set", &veth, "up"])?;
         let cidr = format!("{}/{}", spec.address, self.cfg.prefix_len);
+        // A MAC derived from the address: a reused address keeps its MAC, so neighbours'
+        // cached entries stay right (a random MAC made SSH wait 9-22 s for ARP to expire).
+        let o = spec.address.octets();
+        let mac = format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+        ip(&["-n", &ns, "link", "set", "eth0", "address", &mac])?;
+        let _ = ip(&["neigh", "del", &spec.address.to_string(), "dev", &self.cfg.bridge]);
         ip(&["-n", &ns, "addr", "replace", &cidr, "dev", "eth0"])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &ns, "route", "replace", "default", "via", &self.cfg.gateway.to_string(), "dev", "eth0"])?;
