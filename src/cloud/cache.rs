@@ -77,22 +77,7 @@ mod tests {
     }
 
     fn inst(name: &str) -> CloudInstance {
-        CloudInstance {
-            name: name.into(),
-            id: "1".into(),
-            zone: "z".into(),
-            machine_type: "e2-medium".into(),
-            state: InstanceState::Running,
-            labels: Default::default(),
-            metadata_fingerprint: None,
-            metadata: Default::default(),
-            internal_ip: None,
-            external_ip: None,
-            deletion_protection: false,
-            created_at: None,
-            last_start_at: None,
-            last_stop_at: None,
-        }
+        CloudInstance { name: name.into(), state: InstanceState::Running, ..Default::default() }
     }
 
     fn unused<T>() -> Result<T, CloudError> {

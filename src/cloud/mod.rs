@@ -13,8 +13,9 @@ pub use cache::InstanceCache;
 pub use error::{CloudError, CloudErrorKind};
 
 /// An instance's lifecycle state as Compute Engine reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum InstanceState {
+    #[default]
     Provisioning,
     Staging,
     Running,
@@ -27,7 +28,7 @@ pub enum InstanceState {
 }
 
 /// What the operator needs to know about an instance.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct CloudInstance {
     pub name: String,
     pub id: String,

@@ -139,22 +139,8 @@ mod tests {
 
     #[test]
     fn ownership() {
-        let mut inst = CloudInstance {
-            name: "pvm-ns-a".into(),
-            id: "1".into(),
-            zone: "z".into(),
-            machine_type: "e2-medium".into(),
-            state: super::super::InstanceState::Running,
-            labels: instance_labels("projectvm", "ns", "a", "old-uid"),
-            metadata_fingerprint: None,
-            metadata: Default::default(),
-            internal_ip: None,
-            external_ip: None,
-            deletion_protection: false,
-            created_at: None,
-            last_start_at: None,
-            last_stop_at: None,
-        };
+        let mut inst =
+            CloudInstance { labels: instance_labels("projectvm", "ns", "a", "old-uid"), ..Default::default() };
         assert!(belongs_to(&inst, "projectvm", "ns", "a"));
         assert!(!belongs_to(&inst, "projectvm", "ns", "b"));
         assert!(!belongs_to(&inst, "workspace", "ns", "a"));

@@ -139,14 +139,14 @@ impl Context {
         })
     }
 
-    fn record_failure(&self, key: &str) -> u32 {
+    pub(crate) fn record_failure(&self, key: &str) -> u32 {
         let mut f = self.failures.lock().expect("failures lock");
         let n = f.entry(key.to_string()).or_insert(0);
         *n += 1;
         *n
     }
 
-    fn reset_failures(&self, key: &str) {
+    pub(crate) fn reset_failures(&self, key: &str) {
         self.failures.lock().expect("failures lock").remove(key);
     }
 }

@@ -151,6 +151,12 @@ impl<K: VmKind + KindWork> Run<K> {
         }
     }
 
+    /// Key for counting consecutive cloud failures (kept apart from reconcile errors,
+    /// whose count resets on every successful reconcile).
+    fn cloud_key(&self) -> String {
+        format!("{}#cloud", self.key)
+    }
+
     fn generation(&self) -> Option<i64> {
         self.obj.meta().generation
     }
@@ -322,18 +328,19 @@ async fn apply<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
             Ok(OperationState::Done) => {
                 run.status.operation = None;
                 ctx.instances.invalidate(&run.zone);
+                ctx.reset_failures(&run.cloud_key());
                 fresh = true;
                 operation_done(&mut run, &op);
             }
             Ok(OperationState::Failed(err)) => {
+                // Record it and retry after a capped backoff, never in the same pass.
                 run.status.operation = None;
                 ctx.instances.invalidate(&run.zone);
-                fresh = true;
                 cloud_failure(&mut run, &op.kind, &err);
-                if op.kind == "delete" || !err.kind.retryable() {
-                    // fall through: the instance plan below decides what is next
-                }
-                run.soon(crate::engine::backoff(2));
+                let failures = ctx.record_failure(&run.cloud_key());
+                run.soon(super::error_backoff(failures));
+                summarize(&mut run);
+                return run.finish().await;
             }
             Err(e) => return Err(e.into()),
         }
@@ -928,7 +935,10 @@ async fn run_steps<K: VmKind + KindWork>(
             Ok(_) => {}
             Err(e) => tracing::debug!(object = %run.key, error = %e, "activity probe failed"),
         }
-        run.soon(Duration::from_secs(30));
+    }
+    // Look at activity often enough that an idle stop comes soon after the timeout.
+    if let Some(idle) = machine.idle_timeout.as_deref().and_then(parse_duration) {
+        run.soon((idle / 4).clamp(Duration::from_secs(5), Duration::from_secs(30)));
     }
     Ok(())
 }
@@ -1189,7 +1199,7 @@ async fn cleanup<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result
             OperationState::Failed(err) => {
                 run.status.operation = None;
                 cloud_failure(&mut run, "delete", &err);
-                let failures = run.ctx.record_failure(&run.key);
+                let failures = run.ctx.record_failure(&run.cloud_key());
                 return keep_finalizer(run, super::error_backoff(failures)).await;
             }
         }
@@ -1201,6 +1211,8 @@ async fn cleanup<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result
     if !ours {
         // Gone (or never ours): nothing left to do, the finalizer comes off.
         ctx.instances.invalidate(&run.zone);
+        ctx.reset_failures(&run.cloud_key());
+        ctx.metrics.forget(K::LABEL, &obj.namespace().unwrap_or_default(), &obj.name_any());
         run.event(EventType::Normal, "Deleted", format!("instance {} is gone", run.instance_name));
         let reference = obj.object_ref(&());
         for e in &run.events {
@@ -1224,7 +1236,7 @@ async fn cleanup<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> Result
         Ok(None) => keep_finalizer(run, Duration::from_millis(100)).await,
         Err(err) => {
             cloud_failure(&mut run, "delete", &err);
-            let failures = run.ctx.record_failure(&run.key);
+            let failures = run.ctx.record_failure(&run.cloud_key());
             keep_finalizer(run, super::error_backoff(failures)).await
         }
     }

@@ -133,18 +133,11 @@ mod tests {
         CloudInstance {
             name: "pvm-ns-a".into(),
             id: "1".into(),
-            zone: "us-central1-a".into(),
             machine_type: mt.into(),
             state,
             labels: [("projectvm-uid".to_string(), "uid-1".to_string())].into(),
-            metadata_fingerprint: Some("f".into()),
             metadata: [("ssh-keys".to_string(), "project:key".to_string())].into(),
-            internal_ip: Some("10.0.0.2".into()),
-            external_ip: None,
-            deletion_protection: false,
-            created_at: None,
-            last_start_at: None,
-            last_stop_at: None,
+            ..Default::default()
         }
     }
 

@@ -2,10 +2,12 @@
 // code-server with the password (when one is given) and waits until the file explorer
 // shows the expected file. Exits non-zero when it does not; always leaves a screenshot.
 //
-//   node open-workspace.mjs URL PASSWORD|- EXPECTED_FILE SCREENSHOT.png
+//   node open-workspace.mjs URL PASSWORD|- EXPECTED_FILE SCREENSHOT.png [STAY_SECONDS]
+// With STAY_SECONDS the page stays open that long afterwards, as a person working would
+// (code-server's heartbeat then shows activity).
 import { chromium } from 'playwright-core';
 
-const [url, password, expected, screenshot] = process.argv.slice(2);
+const [url, password, expected, screenshot, stay] = process.argv.slice(2);
 if (!url || !password || !expected || !screenshot) {
   console.error('usage: open-workspace.mjs URL PASSWORD|- EXPECTED_FILE SCREENSHOT.png');
   process.exit(2);
@@ -31,6 +33,14 @@ try {
   await row.waitFor({ timeout: 120_000 });
   ok = true;
   console.log(`explorer shows ${expected}`);
+  if (stay) {
+    const until = Date.now() + Number(stay) * 1000;
+    while (Date.now() < until) {
+      // Open the file now and then: real use, which keeps code-server's heartbeat going.
+      await row.click().catch(() => {});
+      await page.waitForTimeout(5_000);
+    }
+  }
 } catch (e) {
   console.error(`failed: ${e.message}`);
 } finally {

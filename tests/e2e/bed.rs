@@ -124,6 +124,16 @@ impl Bed {
         }
     }
 
+    /// Reasons of the events in a namespace (optionally for one object), one per line.
+    pub fn event_reasons(&self, ns: &str, object: Option<&str>) -> Vec<String> {
+        let mut args = vec!["-n", ns, "get", "events", "-o", "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}"];
+        let selector = object.map(|o| format!("involvedObject.name={o}"));
+        if let Some(s) = &selector {
+            args.extend(["--field-selector", s.as_str()]);
+        }
+        self.kubectl(&args).lines().map(String::from).collect()
+    }
+
     pub fn condition(obj: &Value, type_: &str) -> Option<Value> {
         obj.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == type_).cloned()
     }

@@ -46,9 +46,7 @@ fn run_strategies_and_waking_a_manual_vm() {
     b.wait_condition(&ns, "pvm", "power", "Ready", READY_TIMEOUT);
     let _ = b.ssh(&ns, "pvm", "power", "sudo systemctl poweroff");
     b.eventually("the guest poweroff to be seen", Duration::from_secs(60), || {
-        let events =
-            b.kubectl(&["-n", &ns, "get", "events", "-o", "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}"]);
-        events.lines().any(|l| l == "Starting").then_some(())
+        b.event_reasons(&ns, Some("power")).iter().any(|r| r == "Starting").then_some(())
     });
     b.wait_condition(&ns, "pvm", "power", "Ready", READY_TIMEOUT);
 
@@ -86,8 +84,8 @@ fn resize_restores_the_previous_power_state() {
     });
     assert_eq!(after["status"]["instance"]["id"], id, "resize keeps the instance");
     assert_eq!(after["status"]["instance"]["status"], "RUNNING", "running before, running after");
-    let events = b.kubectl(&["-n", &ns, "get", "events", "-o", "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}"]);
-    assert!(events.contains("Resizing") && events.contains("Resized"), "{events}");
+    let events = b.event_reasons(&ns, Some("grow"));
+    assert!(events.iter().any(|r| r == "Resizing") && events.iter().any(|r| r == "Resized"), "{events:?}");
 
     // A stopped VM stays stopped through a resize.
     b.kubectl(&["-n", &ns, "patch", "pvm", "grow", "--type=merge", "-p", r#"{"spec":{"runStrategy":"Halted"}}"#]);
@@ -122,17 +120,8 @@ fn idle_vm_is_stopped_and_an_active_one_is_not() {
     let ready = Bed::condition(&o, "Ready").unwrap();
     assert_eq!(ready["reason"], "IdleTimeout", "{ready}");
     assert!(ready["message"].as_str().unwrap().contains("last activity"), "{ready}");
-    let events = b.kubectl(&[
-        "-n",
-        &ns,
-        "get",
-        "events",
-        "--field-selector",
-        "involvedObject.name=idle",
-        "-o",
-        "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
-    ]);
-    assert!(events.lines().any(|l| l == "IdleTimeout"), "{events}");
+    let events = b.event_reasons(&ns, Some("idle"));
+    assert!(events.iter().any(|r| r == "IdleTimeout"), "{events:?}");
     // The busy one ran past its timeout and is still running, with fresh activity.
     let busy = b.get(&ns, "pvm", "busy");
     assert_eq!(busy["status"]["phase"], "Ready", "active VM must not be stopped");
@@ -233,8 +222,8 @@ fn orphan_policy_keeps_the_vm_and_a_new_resource_adopts_it() {
     b.apply(&ns, &pvm("keep", "  deletionPolicy: Delete\n"));
     b.wait_condition(&ns, "pvm", "keep", "Ready", READY_TIMEOUT);
     assert_eq!(b.get(&ns, "pvm", "keep")["status"]["instance"]["id"], id, "adopted, not recreated");
-    let events = b.kubectl(&["-n", &ns, "get", "events", "-o", "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}"]);
-    assert!(events.lines().any(|l| l == "Adopted"), "{events}");
+    let events = b.event_reasons(&ns, Some("keep"));
+    assert!(events.iter().any(|r| r == "Adopted"), "{events:?}");
     b.kubectl(&["-n", &ns, "delete", "pvm", "keep", "--timeout=180s"]);
     assert!(b.instance_named(&name).is_none(), "Delete removes the adopted instance");
     b.delete_namespace(&ns);
@@ -251,8 +240,7 @@ fn pause_stops_reconciling_until_removed() {
     b.wait_condition(&ns, "pvm", "p", "Ready", READY_TIMEOUT);
     b.kubectl(&["-n", &ns, "annotate", "pvm", "p", "projectvm.dev/paused=true"]);
     b.eventually("the Paused event", Duration::from_secs(30), || {
-        let e = b.kubectl(&["-n", &ns, "get", "events", "-o", "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}"]);
-        e.lines().any(|l| l == "Paused").then_some(())
+        b.event_reasons(&ns, Some("p")).iter().any(|r| r == "Paused").then_some(())
     });
     b.kubectl(&[
         "-n",
@@ -291,5 +279,93 @@ fn stalled_step_fails_with_step_timed_out() {
     b.emulator("POST", "operations/unstick", "{}");
     b.emulator("DELETE", "faults/stuck", "{}");
     b.wait_condition(&ns, "pvm", "stall", "Ready", READY_TIMEOUT);
+    b.delete_namespace(&ns);
+}
+
+#[test]
+#[ignore = "needs the test bed: ./scripts/test.sh"]
+fn cloud_refusals_are_reported_and_retried() {
+    let _guard = operator_exclusive();
+    let b = bed();
+    let ns = b.namespace("e2e-refusals");
+    let wait_instance_reason = |name: &str, reason: &str| {
+        b.eventually(&format!("{name}: InstanceReady={reason}"), Duration::from_secs(120), || {
+            let o = b.get(&ns, "pvm", name);
+            let c = Bed::condition(&o, "InstanceReady")?;
+            (c["status"] == "False" && c["reason"] == reason).then(|| c["message"].as_str().unwrap_or("").to_string())
+        })
+    };
+
+    // Quota: the insert's operation fails; the condition names the quota; clearing it recovers.
+    b.emulator("PUT", "faults/quota", r#"{"metric":"CPUS","limit":8.0,"region":"us-central1"}"#);
+    b.apply(&ns, &pvm("quota", ""));
+    let m = wait_instance_reason("quota", "QuotaExceeded");
+    assert!(m.contains("CPUS"), "{m}");
+    assert!(b.event_reasons(&ns, Some("quota")).iter().any(|r| r == "QuotaExceeded"));
+    b.emulator("DELETE", "faults/quota", "{}");
+    b.wait_condition(&ns, "pvm", "quota", "Ready", READY_TIMEOUT);
+
+    // Deletion refused: the condition says so, the finalizer stays, retries back off;
+    // once Compute Engine accepts, deletion finishes on its own.
+    b.emulator(
+        "PUT",
+        "faults/methods/instances.delete",
+        r#"{"errorRate":1.0,"errorCode":400,"errorReason":"invalidResourceUsage","errorMessage":"Invalid resource usage: 'Resource cannot be deleted if it's protected against deletion.'."}"#,
+    );
+    let name = b.get(&ns, "pvm", "quota")["status"]["instance"]["name"].as_str().unwrap().to_string();
+    b.kubectl(&["-n", &ns, "delete", "pvm", "quota", "--wait=false"]);
+    let m = wait_instance_reason("quota", "ResourceInUse");
+    assert!(m.contains("protected against deletion"), "{m}");
+    assert!(b.get(&ns, "pvm", "quota")["metadata"]["finalizers"].is_array(), "finalizer kept while the VM exists");
+    b.emulator("DELETE", "faults/methods/instances.delete", "{}");
+    b.eventually("the resource to be gone", Duration::from_secs(360), || {
+        let out = b.kubectl_output(&["-n", &ns, "get", "pvm", "quota"], None);
+        (!out.status.success()).then_some(())
+    });
+    assert!(b.instance_named(&name).is_none(), "instance deleted once allowed");
+
+    // An instance already gone (deleted behind the operator's back): deletion of the
+    // resource still finishes on its own.
+    b.apply(&ns, &pvm("gone", ""));
+    b.wait_condition(&ns, "pvm", "gone", "Ready", READY_TIMEOUT);
+    let name = b.get(&ns, "pvm", "gone")["status"]["instance"]["name"].as_str().unwrap().to_string();
+    b.kubectl(&["-n", &ns, "annotate", "pvm", "gone", "projectvm.dev/paused=true"]);
+    let url = format!("{}/compute/v1/projects/testbed/zones/us-central1-a/instances/{name}", b.var("EMULATOR_URL"));
+    assert!(std::process::Command::new("curl").args(["-fsS", "-X", "DELETE", &url]).status().unwrap().success());
+    b.eventually("the out-of-band delete", Duration::from_secs(60), || b.instance_named(&name).is_none().then_some(()));
+    b.kubectl(&["-n", &ns, "delete", "pvm", "gone", "--timeout=60s"]);
+    b.delete_namespace(&ns);
+}
+
+#[test]
+#[ignore = "needs the test bed: ./scripts/test.sh"]
+fn idle_workspace_is_stopped_and_one_in_use_is_not() {
+    let _guard = operator_shared();
+    let b = bed();
+    let ns = b.namespace("e2e-ws-idle");
+    let ws = |name: &str| {
+        format!(
+            "apiVersion: projectvm.dev/v1alpha1\nkind: Workspace\nmetadata:\n  name: {name}\nspec:\n  runStrategy: Manual\n  idleTimeout: 1m\n  codeServer: {{auth: none}}\n  repository:\n    url: https://git.pvm.test/public/demo.git\n"
+        )
+    };
+    b.apply(&ns, &ws("in-use"));
+    b.apply(&ns, &ws("unused"));
+    b.wait_condition(&ns, "ws", "in-use", "Ready", READY_TIMEOUT);
+    b.wait_condition(&ns, "ws", "unused", "Ready", READY_TIMEOUT);
+    // A person works in one of them for longer than the idle timeout.
+    let url = b.get(&ns, "ws", "in-use")["status"]["url"].as_str().unwrap().to_string();
+    let shot = crate::bed::artifacts().join("workspace-in-use.png");
+    let out = std::process::Command::new("node")
+        .current_dir(crate::bed::repo_root().join("tests/browser"))
+        .args(["open-workspace.mjs", &url, "-", "README.md", shot.to_str().unwrap(), "120"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "browser session failed: {}", String::from_utf8_lossy(&out.stderr));
+    let unused = b.get(&ns, "ws", "unused");
+    assert_eq!(unused["status"]["phase"], "Stopped", "the unused workspace is stopped");
+    assert_eq!(Bed::condition(&unused, "Ready").unwrap()["reason"], "IdleTimeout");
+    let in_use = b.get(&ns, "ws", "in-use");
+    assert_eq!(in_use["status"]["phase"], "Ready", "the workspace in use keeps running");
+    assert!(in_use["status"]["lastActivityAt"].is_string(), "heartbeat recorded as activity");
     b.delete_namespace(&ns);
 }
