@@ -35,6 +35,10 @@ pub trait VmKind:
     }
     /// The repository's credentials Secret, if any.
     fn credentials_ref(&self) -> Option<&SecretKeyRef>;
+    /// The Workspace itself, for the steps only Workspaces have (code-server, route).
+    fn as_workspace(&self) -> Option<&Workspace> {
+        None
+    }
     /// Secrets whose change must reach the VM (tokens, passwords).
     fn uses_secret(&self, name: &str) -> bool {
         self.credentials_ref().is_some_and(|r| r.name == name)
@@ -74,6 +78,9 @@ impl VmKind for Workspace {
     }
     fn current_url(&self) -> Option<&str> {
         self.status.as_ref().and_then(|s| s.url.as_deref())
+    }
+    fn as_workspace(&self) -> Option<&Workspace> {
+        Some(self)
     }
     fn credentials_ref(&self) -> Option<&SecretKeyRef> {
         self.spec.repository.credentials_secret_ref.as_ref()

@@ -18,8 +18,8 @@ use super::secrets::{self, Token};
 use super::work::{self, KindWork, StepEnv, Work};
 use super::{Context, Error, FIELD_MANAGER, FINALIZER, PAUSED_ANNOTATION, START_ANNOTATION};
 use crate::api::{
-    DeletionPolicy, InstanceStatus, PendingOperation, Phase, PowerStatus, Progress, RepositoryStatus, RunStrategy,
-    VmStatus,
+    CodeServerAuth, DeletionPolicy, InstanceStatus, PendingOperation, Phase, PowerStatus, Progress, RepositoryStatus,
+    RunStrategy, VmStatus, Workspace,
 };
 use crate::cloud::{CloudError, CloudInstance, InstanceRequest, InstanceState, OperationRef, OperationState, naming};
 use crate::conditions::{self, Status, Update, types};
@@ -810,8 +810,8 @@ async fn run_steps<K: VmKind + KindWork>(
             Err(p) => env.token_problem = Some(p.message),
         }
     }
-    if K::LABEL == "workspace" {
-        env.password = workspace_password(run).await?;
+    if let Some(ws) = run.obj.clone().as_workspace() {
+        env.password = workspace_password(run, ws).await?;
     }
 
     let limit = parse_duration(&machine.progress_timeout).unwrap_or(Duration::from_secs(900));
@@ -944,18 +944,14 @@ async fn run_steps<K: VmKind + KindWork>(
 }
 
 /// Finds the code-server password: the referenced Secret, or the generated one.
-async fn workspace_password<K: VmKind + KindWork>(run: &mut Run<K>) -> Result<Option<Token>, Error> {
+async fn workspace_password<K: VmKind + KindWork>(run: &mut Run<K>, ws: &Workspace) -> Result<Option<Token>, Error> {
     let ctx = run.ctx.clone();
-    let value = serde_json::to_value(&*run.obj).unwrap_or_default();
-    let auth = value.pointer("/spec/codeServer/auth").and_then(|v| v.as_str()).unwrap_or("password");
-    if auth == "none" {
+    if ws.spec.code_server.auth == CodeServerAuth::None {
         return Ok(None);
     }
-    let ns = run.obj.namespace().unwrap_or_default();
-    if let Some(r) = value.pointer("/spec/codeServer/passwordSecretRef")
-        && let Ok(r) = serde_json::from_value::<crate::api::SecretKeyRef>(r.clone())
-    {
-        return match secrets::read_token(&ctx, &ns, &r).await? {
+    let ns = ws.namespace().unwrap_or_default();
+    if let Some(r) = &ws.spec.code_server.password_secret_ref {
+        return match secrets::read_token(&ctx, &ns, r).await? {
             Ok(t) => Ok(Some(t)),
             Err(p) => {
                 run.set(Update::new(types::CODE_SERVER_CONFIGURED, Status::False, "SecretNotFound", p.message));
@@ -1065,10 +1061,11 @@ async fn route<K: VmKind + KindWork>(
     address: &str,
     fp: &str,
 ) -> Result<(), Error> {
-    // Only Workspaces have a route.
-    let value = serde_json::to_value(&*run.obj).unwrap_or_default();
-    let ws: crate::api::Workspace = serde_json::from_value(value).map_err(|e| Error::Invalid(e.to_string()))?;
-    super::route::apply(&run.ctx, &ws, address).await?;
+    let obj = run.obj.clone();
+    let Some(ws) = obj.as_workspace() else {
+        return Err(Error::Invalid("only Workspaces have a route".into()));
+    };
+    super::route::apply(&run.ctx, ws, address).await?;
     let url = super::route::url(ws.spec.ingress.as_ref(), address, ws.spec.code_server.port);
     if run.url.as_deref() != Some(url.as_str()) {
         run.event(EventType::Normal, "Routed", format!("workspace is served at {url}"));
