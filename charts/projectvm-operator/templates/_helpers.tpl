@@ -1,21 +1,28 @@
+{{/* Chart name, overridable with nameOverride. */}}
 {{- define "projectvm.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* Fully qualified name of the release's objects, overridable with fullnameOverride. */}}
 {{- define "projectvm.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "projectvm.labels" -}}
-app.kubernetes.io/name: {{ include "projectvm.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "projectvm.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/part-of: projectvm
 {{- end -}}
 
 {{- define "projectvm.selectorLabels" -}}
@@ -31,6 +38,33 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
+{{/* Leader election: on when asked for, and always with more than one replica. */}}
 {{- define "projectvm.leaderElection" -}}
 {{- if or .Values.leaderElection.enabled (gt (int .Values.replicas) 1) -}}true{{- else -}}false{{- end -}}
+{{- end -}}
+
+{{- define "projectvm.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the key Secret (keySecret mode) and the rates ConfigMap are mounted. */}}
+{{- define "projectvm.keyDir" -}}/var/run/secrets/projectvm/gcp{{- end -}}
+{{- define "projectvm.ratesDir" -}}/etc/projectvm{{- end -}}
+
+{{/* Fails rendering with a clear message when required values are missing or inconsistent. */}}
+{{- define "projectvm.validate" -}}
+{{- if not .Values.gcp.project -}}
+{{- fail "gcp.project is required: the Google Cloud project the VMs are created in (e.g. --set gcp.project=my-project)" -}}
+{{- end -}}
+{{- $mode := .Values.gcp.credentials.mode -}}
+{{- if and (eq $mode "keySecret") (not .Values.gcp.credentials.keySecret.name) -}}
+{{- fail "gcp.credentials.keySecret.name is required when gcp.credentials.mode is keySecret: the Secret holding the service-account key file" -}}
+{{- end -}}
+{{- if and (eq $mode "anonymous") (not .Values.gcp.computeEndpoint) -}}
+{{- fail "gcp.credentials.mode=anonymous only works against an emulator: set gcp.computeEndpoint to its URL" -}}
+{{- end -}}
 {{- end -}}
