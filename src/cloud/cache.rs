@@ -12,7 +12,7 @@ use super::{CloudError, CloudInstance, Compute};
 
 struct ZoneList {
     fetched: Instant,
-    instances: HashMap<String, CloudInstance>,
+    instances: Result<HashMap<String, CloudInstance>, CloudError>,
 }
 
 /// A per-zone cache of the operator's instances.
@@ -29,29 +29,39 @@ impl InstanceCache {
     }
 
     /// The instance, from a list of the zone no older than the TTL. Concurrent callers
-    /// for one zone share a single refresh.
+    /// for one zone share a single refresh, and its failure: callers that were waiting on a
+    /// refresh that failed get that error instead of each trying again in turn. A failure
+    /// is not kept for later callers.
     pub async fn get(
         &self,
         compute: &dyn Compute,
         zone: &str,
         name: &str,
     ) -> Result<Option<CloudInstance>, CloudError> {
+        let asked = Instant::now();
         let slot = {
             let mut zones = self.zones.lock().expect("cache lock");
             zones.entry(zone.to_string()).or_default().clone()
         };
         let mut entry = slot.lock().await;
-        let stale = entry.as_ref().is_none_or(|z| z.fetched.elapsed() >= self.ttl);
-        if stale {
+        let usable = entry.as_ref().is_some_and(|z| {
+            // finished while this caller waited, or a success still within the TTL
+            z.fetched >= asked || (z.instances.is_ok() && z.fetched.elapsed() < self.ttl)
+        });
+        if !usable {
             let labels = BTreeMap::from([("managed-by".to_string(), "projectvm".to_string())]);
-            let list = compute.list_instances(zone, &labels).await?;
+            let list = compute.list_instances(zone, &labels).await;
             self.lists.fetch_add(1, Ordering::Relaxed);
             *entry = Some(ZoneList {
                 fetched: Instant::now(),
-                instances: list.into_iter().map(|i| (i.name.clone(), i)).collect(),
+                instances: list.map(|l| l.into_iter().map(|i| (i.name.clone(), i)).collect()),
             });
         }
-        Ok(entry.as_ref().and_then(|z| z.instances.get(name).cloned()))
+        match entry.as_ref().map(|z| &z.instances) {
+            Some(Ok(m)) => Ok(m.get(name).cloned()),
+            Some(Err(e)) => Err(e.clone()),
+            None => Ok(None),
+        }
     }
 
     /// Forgets a zone's list, after the operator changed something there.
@@ -74,6 +84,11 @@ mod tests {
     /// A fake cloud that counts list calls (unit test of the cache logic only).
     struct Counting {
         lists: AtomicUsize,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    fn counting() -> Counting {
+        Counting { lists: AtomicUsize::new(0), fail: Default::default() }
     }
 
     fn inst(name: &str) -> CloudInstance {
@@ -100,6 +115,9 @@ mod tests {
             assert_eq!(labels["managed-by"], "projectvm");
             self.lists.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(CloudError::new(super::super::CloudErrorKind::Unavailable, "down"));
+            }
             Ok(vec![inst("a"), inst("b")])
         }
         async fn start_instance(&self, _: &str, _: &str) -> Result<OperationRef, CloudError> {
@@ -133,7 +151,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_list_serves_many_lookups() {
-        let cloud = Counting { lists: AtomicUsize::new(0) };
+        let cloud = counting();
         let cache = InstanceCache::new(Duration::from_secs(60));
         let (a, b, c) =
             tokio::join!(cache.get(&cloud, "z", "a"), cache.get(&cloud, "z", "b"), cache.get(&cloud, "z", "missing"));
@@ -150,10 +168,28 @@ mod tests {
 
     #[tokio::test]
     async fn stale_lists_are_refreshed() {
-        let cloud = Counting { lists: AtomicUsize::new(0) };
+        let cloud = counting();
         let cache = InstanceCache::new(Duration::from_millis(0));
         cache.get(&cloud, "z", "a").await.unwrap();
         cache.get(&cloud, "z", "a").await.unwrap();
+        assert_eq!(cloud.lists.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_is_shared_by_its_waiters_only() {
+        let cloud = counting();
+        cloud.fail.store(true, Ordering::SeqCst);
+        let cache = InstanceCache::new(Duration::from_secs(60));
+        let (a, b, c) =
+            tokio::join!(cache.get(&cloud, "z", "a"), cache.get(&cloud, "z", "b"), cache.get(&cloud, "z", "c"));
+        assert!(a.is_err() && b.is_err() && c.is_err());
+        assert_eq!(cloud.lists.load(Ordering::SeqCst), 1, "waiters share the failed refresh");
+        // the failure is not cached for later callers
+        cloud.fail.store(false, Ordering::SeqCst);
+        assert_eq!(cache.get(&cloud, "z", "a").await.unwrap().unwrap().name, "a");
+        assert_eq!(cloud.lists.load(Ordering::SeqCst), 2);
+        // and a success is cached again
+        cache.get(&cloud, "z", "b").await.unwrap();
         assert_eq!(cloud.lists.load(Ordering::SeqCst), 2);
     }
 }

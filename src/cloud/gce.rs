@@ -11,7 +11,7 @@ use google_cloud_compute_v1::model::{
 };
 use google_cloud_gax::retry_policy::NeverRetry;
 
-use super::error::{CloudError, CloudErrorKind, classify_operation};
+use super::error::{CloudError, CloudErrorKind, classify_operation, classify_operation_codes, redact};
 use super::{
     CloudInstance, Compute, GuestAttribute, InstanceRequest, InstanceState, OperationRef, OperationState, short_name,
 };
@@ -31,13 +31,15 @@ pub struct GceCompute {
     project: String,
     instances: Instances,
     operations: ZoneOperations,
+    page_size: u32,
 }
 
 impl GceCompute {
     pub async fn new(project: &str, endpoint: Option<&str>, credentials: CredentialsMode) -> anyhow::Result<Self> {
-        // The controller has its own capped backoff; the client should not retry on its own.
-        let mut ib = Instances::builder().with_retry_policy(NeverRetry);
-        let mut ob = ZoneOperations::builder().with_retry_policy(NeverRetry);
+        // The controller has its own capped backoff; the client should not retry on its own,
+        // and no single attempt may hold a worker for long.
+        let mut ib = Instances::builder().with_retry_policy(NeverRetry).with_attempt_timeout(ATTEMPT_TIMEOUT);
+        let mut ob = ZoneOperations::builder().with_retry_policy(NeverRetry).with_attempt_timeout(ATTEMPT_TIMEOUT);
         if let Some(e) = endpoint {
             ib = ib.with_endpoint(e);
             ob = ob.with_endpoint(e);
@@ -46,11 +48,25 @@ impl GceCompute {
             ib = ib.with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
             ob = ob.with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
         }
-        Ok(Self { project: project.to_string(), instances: ib.build().await?, operations: ob.build().await? })
+        Ok(Self {
+            project: project.to_string(),
+            instances: ib.build().await?,
+            operations: ob.build().await?,
+            page_size: 500,
+        })
+    }
+
+    /// Page size for `instances.list` (default 500, Compute Engine's maximum).
+    pub fn with_list_page_size(mut self, n: u32) -> Self {
+        self.page_size = n.clamp(1, 500);
+        self
     }
 }
 
-const TIMEOUT: Duration = Duration::from_secs(30);
+/// The client's own per-request timeout.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A backstop around each call (also covers fetching an access token).
+const TIMEOUT: Duration = Duration::from_secs(35);
 
 fn op_ref(op: Operation, zone: &str) -> Result<OperationRef, CloudError> {
     let name = op
@@ -116,9 +132,13 @@ fn metadata_items(items: &BTreeMap<String, String>) -> Vec<model::metadata::Item
     items.iter().map(|(k, v)| model::metadata::Items::new().set_key(k).set_value(v)).collect()
 }
 
-/// The label filter expression for a list call.
+/// The label filter expression for a list call (empty for no labels).
 pub fn label_filter(labels: &BTreeMap<String, String>) -> String {
-    labels.iter().map(|(k, v)| format!("(labels.{k} = \"{v}\")")).collect::<Vec<_>>().join(" AND ")
+    labels
+        .iter()
+        .map(|(k, v)| format!("(labels.{k} = \"{}\")", v.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
 /// The instance body for an insert.
@@ -171,7 +191,8 @@ impl Compute for GceCompute {
         let op = timed(
             self.instances.insert().set_project(&self.project).set_zone(&req.zone).set_body(instance_body(req)).send(),
         )
-        .await?;
+        .await
+        .map_err(insert_not_found)?;
         op_ref(op, &req.zone)
     }
 
@@ -192,13 +213,11 @@ impl Compute for GceCompute {
         let mut token: Option<String> = None;
         // Bounded: a misbehaving server cannot keep us paging forever.
         for _ in 0..100 {
-            let mut call = self
-                .instances
-                .list()
-                .set_project(&self.project)
-                .set_zone(zone)
-                .set_filter(label_filter(labels))
-                .set_max_results(500u32);
+            let mut call =
+                self.instances.list().set_project(&self.project).set_zone(zone).set_max_results(self.page_size);
+            if !labels.is_empty() {
+                call = call.set_filter(label_filter(labels));
+            }
             if let Some(t) = &token {
                 call = call.set_page_token(t.clone());
             }
@@ -310,21 +329,55 @@ impl Compute for GceCompute {
     }
 }
 
-/// Where an operation stands, including the error it finished with.
+/// A 404 on insert never means the instance (it does not exist yet): it is a referenced
+/// image, network, machine type or zone that is missing, i.e. a request to fix.
+fn insert_not_found(mut e: CloudError) -> CloudError {
+    if e.kind == CloudErrorKind::NotFound {
+        e.kind = CloudErrorKind::InvalidRequest;
+    }
+    e
+}
+
+/// Where an operation stands, including the error it finished with. The message is
+/// Google's (it names the quota, zone or permission); when an error only carries the quota
+/// in its structured details, the quota's metric and limit are added.
 pub fn operation_state(o: &Operation) -> OperationState {
     if o.status != Some(model::operation::Status::Done) {
         return OperationState::Running { progress: o.progress };
     }
-    let Some(first) = o.error.as_ref().and_then(|e| e.errors.first()) else {
+    let errors = o.error.as_ref().map(|e| e.errors.as_slice()).unwrap_or_default();
+    if errors.is_empty() {
         return OperationState::Done;
-    };
-    let code = first.code.clone().unwrap_or_default();
-    let message = first.message.clone().or_else(|| o.http_error_message.clone()).unwrap_or_else(|| code.clone());
+    }
+    let codes: Vec<&str> = errors.iter().filter_map(|e| e.code.as_deref()).collect();
+    let kind = classify_operation_codes(&codes, o.http_error_status_code);
+    // The error that decided the kind, else the first.
+    let main = errors
+        .iter()
+        .find(|e| e.code.as_deref().is_some_and(|c| classify_operation(c, None) == kind))
+        .unwrap_or(&errors[0]);
+    let code = main.code.clone().unwrap_or_default();
+    let mut message = main
+        .message
+        .clone()
+        .filter(|m| !m.is_empty())
+        .or_else(|| o.http_error_message.clone())
+        .unwrap_or_else(|| code.clone());
+    for q in main.error_details.iter().filter_map(|d| d.quota_info.as_ref()) {
+        let Some(metric) = q.metric_name.as_deref().or(q.limit_name.as_deref()) else { continue };
+        if !message.contains(metric) {
+            message.push_str(&format!(" (quota {metric}"));
+            if let Some(limit) = q.limit {
+                message.push_str(&format!(", limit {limit}"));
+            }
+            message.push(')');
+        }
+    }
     OperationState::Failed(CloudError {
-        kind: classify_operation(&code, o.http_error_status_code),
-        message,
+        kind,
+        message: redact(&message),
         http_status: o.http_error_status_code.and_then(|s| u16::try_from(s).ok()),
-        reason: Some(code),
+        reason: Some(code).filter(|c| !c.is_empty()),
     })
 }
 
@@ -415,5 +468,56 @@ mod tests {
             OperationState::Running { progress: Some(40) }
         );
         assert_eq!(operation_state(&Operation::new().set_status(model::operation::Status::Done)), OperationState::Done);
+    }
+
+    #[test]
+    fn operation_errors_pick_the_specific_code_and_name_the_quota() {
+        use model::operation::error::Errors;
+        let quota_detail = model::operation::error::errors::ErrorDetails::new().set_quota_info(
+            model::QuotaExceededInfo::new().set_metric_name("compute.googleapis.com/cpus").set_limit(8.0),
+        );
+        let op = Operation::new().set_status(model::operation::Status::Done).set_http_error_status_code(403).set_error(
+            model::operation::Error::new().set_errors([
+                Errors::new().set_code("SOMETHING_GENERIC").set_message("generic"),
+                Errors::new()
+                    .set_code("QUOTA_EXCEEDED")
+                    .set_message("Quota exceeded.")
+                    .set_error_details([quota_detail]),
+            ]),
+        );
+        let OperationState::Failed(e) = operation_state(&op) else { panic!() };
+        assert_eq!(e.kind, CloudErrorKind::QuotaExceeded);
+        assert_eq!(e.reason.as_deref(), Some("QUOTA_EXCEEDED"));
+        assert!(e.message.contains("compute.googleapis.com/cpus") && e.message.contains("limit 8"), "{}", e.message);
+
+        let op = Operation::new().set_status(model::operation::Status::Done).set_http_error_status_code(503).set_error(
+            model::operation::Error::new().set_errors([Errors::new()
+                .set_code("ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS")
+                .set_message("The zone 'projects/p/zones/us-central1-a' does not have enough resources available to fulfill the request.")]),
+        );
+        let OperationState::Failed(e) = operation_state(&op) else { panic!() };
+        assert_eq!(e.kind, CloudErrorKind::ZoneResourcesExhausted);
+        assert!(e.message.contains("us-central1-a"));
+    }
+
+    #[test]
+    fn insert_404_is_a_bad_reference() {
+        let e = insert_not_found(CloudError::new(
+            CloudErrorKind::NotFound,
+            "The resource 'projects/p/global/images/family/nope' was not found",
+        ));
+        assert_eq!(e.kind, CloudErrorKind::InvalidRequest);
+        assert!(e.message.contains("images/family/nope"));
+        assert_eq!(
+            insert_not_found(CloudError::new(CloudErrorKind::QuotaExceeded, "q")).kind,
+            CloudErrorKind::QuotaExceeded
+        );
+    }
+
+    #[test]
+    fn filter_quotes_values() {
+        assert_eq!(label_filter(&BTreeMap::new()), "");
+        let l = BTreeMap::from([("k".to_string(), "a\"b".to_string())]);
+        assert_eq!(label_filter(&l), r#"(labels.k = "a\"b")"#);
     }
 }

@@ -11,7 +11,7 @@ const MAX: usize = 63;
 
 fn short_hash(s: &str) -> String {
     let d = Sha256::digest(s.as_bytes());
-    d[..3].iter().map(|b| format!("{b:02x}")).collect()
+    d[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Lowercases and replaces anything outside `[a-z0-9-]` with `-`, collapsing runs.
@@ -30,23 +30,32 @@ fn sanitize(s: &str, allow_underscore: bool) -> String {
 }
 
 /// `pvm-<namespace>-<name>` or `ws-<namespace>-<name>`, a valid Compute Engine name
-/// (`[a-z]([-a-z0-9]{0,61}[a-z0-9])?`). When sanitising changed anything or the name is
-/// too long, a hash of the exact `kind/namespace/name` is appended so two resources never
-/// share a name.
+/// (`[a-z]([-a-z0-9]{0,61}[a-z0-9])?`, at most 63 characters).
+///
+/// The readable form alone is used only when it is unambiguous: sanitising changed nothing,
+/// it fits, and the namespace has no `-` (otherwise `ns-a`/`b` and `ns`/`a-b` would both read
+/// `pvm-ns-a-b`). In every other case `--` and an 8-hex-digit hash of the exact
+/// `kind/namespace/name` are appended, so two different resources never share a name: a
+/// readable name never contains `--` (sanitising collapses it), so it cannot equal a hashed
+/// one either.
 pub fn instance_name(kind: &str, namespace: &str, name: &str) -> String {
-    let prefix = if kind == "workspace" { "ws" } else { "pvm" };
+    let (prefix, known) = match kind {
+        "projectvm" => ("pvm", true),
+        "workspace" => ("ws", true),
+        _ => ("vm", false),
+    };
     let raw = format!("{prefix}-{namespace}-{name}");
     let clean = sanitize(&raw, false).trim_end_matches('-').to_string();
-    if clean == raw && clean.len() <= MAX {
+    if known && clean == raw && clean.len() <= MAX && !namespace.contains('-') {
         return clean;
     }
     let hash = short_hash(&format!("{kind}/{namespace}/{name}"));
-    let keep = MAX - hash.len() - 1;
+    let keep = MAX - hash.len() - 2;
     let mut base: String = clean.chars().take(keep).collect();
     while base.ends_with('-') {
         base.pop();
     }
-    format!("{base}-{hash}")
+    format!("{base}--{hash}")
 }
 
 /// A label value within Compute Engine's rules (lowercase `[-_a-z0-9]`, at most 63).
@@ -70,6 +79,14 @@ pub fn instance_labels(kind: &str, namespace: &str, name: &str, uid: &str) -> BT
         ("projectvm-name".to_string(), label_value(name)),
         ("projectvm-uid".to_string(), label_value(uid)),
     ])
+}
+
+/// Whether the instance was made by projectvm for this very object (its uid).
+pub fn owned_by(instance: &CloudInstance, uid: &str) -> bool {
+    let l = &instance.labels;
+    l.get("managed-by").map(String::as_str) == Some("projectvm")
+        && !uid.is_empty()
+        && l.get("projectvm-uid") == Some(&label_value(uid))
 }
 
 /// Whether the instance was made for this resource: for this very object (uid), or for an
@@ -98,8 +115,15 @@ mod tests {
 
     #[test]
     fn simple_names_stay_readable() {
-        assert_eq!(instance_name("projectvm", "team-a", "api"), "pvm-team-a-api");
+        assert_eq!(instance_name("projectvm", "default", "api"), "pvm-default-api");
         assert_eq!(instance_name("workspace", "default", "demo"), "ws-default-demo");
+        assert_eq!(instance_name("projectvm", "team", "my-api"), "pvm-team-my-api");
+        // ambiguous split: readable prefix plus a hash
+        let n = instance_name("projectvm", "team-a", "api");
+        assert!(n.starts_with("pvm-team-a-api--") && n.len() == "pvm-team-a-api--".len() + 8, "{n}");
+        // a readable name that looks like a hashed one cannot be one
+        let tail = n.trim_start_matches("pvm-team-a-api--");
+        assert_ne!(instance_name("projectvm", "team", &format!("a-api-{tail}")), n);
     }
 
     #[test]
@@ -111,6 +135,21 @@ mod tests {
             ("projectvm", "ns", &format!("{}y", "x".repeat(252))),
             ("workspace", &"n".repeat(63), &"m".repeat(253)),
             ("projectvm", "ns", "ends."),
+            // the same readable form, split differently
+            ("projectvm", "ns-a", "b"),
+            ("projectvm", "ns-a-b", "c"),
+            ("projectvm", "ns-a", "b-c"),
+            // sanitising collapses these onto one another
+            ("projectvm", "ns", "a_b"),
+            ("projectvm", "ns", "a..b"),
+            // kinds never share names
+            ("workspace", "ns", "a"),
+            ("projectvm", "ns", "a"),
+            ("other", "ns", "a"),
+            ("another", "ns", "a"),
+            ("projectvm", "", "a"),
+            ("projectvm", "9ns", "A"),
+            ("projectvm", "ns", "x.y.z.example.com"),
         ];
         let names: Vec<String> = cases.iter().map(|(k, n, m)| instance_name(k, n, m)).collect();
         for n in &names {
@@ -135,6 +174,13 @@ mod tests {
         }
         assert_eq!(l["managed-by"], "projectvm");
         assert_eq!(l["projectvm-uid"], "0d6f-11ee");
+        assert_eq!(l["projectvm-kind"], "projectvm");
+        assert_eq!(l["projectvm-name"].len(), 63);
+        // distinct truncated values stay distinct
+        assert_ne!(label_value(&"x".repeat(100)), label_value(&format!("{}y", "x".repeat(99))));
+        assert_eq!(label_value("Team.A"), label_value("Team.A"));
+        assert_ne!(label_value("team.a"), label_value("team-a"));
+        assert_eq!(label_value("already_fine-1"), "already_fine-1");
     }
 
     #[test]
@@ -144,7 +190,11 @@ mod tests {
         assert!(belongs_to(&inst, "projectvm", "ns", "a"));
         assert!(!belongs_to(&inst, "projectvm", "ns", "b"));
         assert!(!belongs_to(&inst, "workspace", "ns", "a"));
+        assert!(owned_by(&inst, "old-uid"));
+        assert!(!owned_by(&inst, "new-uid"));
+        assert!(!owned_by(&inst, ""));
         inst.labels.remove("managed-by");
         assert!(!belongs_to(&inst, "projectvm", "ns", "a"));
+        assert!(!owned_by(&inst, "old-uid"));
     }
 }
