@@ -1011,7 +1011,11 @@ const HEALTH_GRACE: Duration = Duration::from_secs(180);
 
 async fn health<K: VmKind + KindWork>(run: &mut Run<K>, condition: &'static str, url: &str, fp: &str) {
     let answer = work::probe_health(&run.ctx.http, url).await;
-    if answer.last_heartbeat_ms > 0
+    // code-server writes its heartbeat at most once a minute; "alive" means a client was
+    // active within that minute, so it counts as activity now (never stop someone working).
+    if answer.alive {
+        run.status.last_activity_at = Some(rfc3339(run.now));
+    } else if answer.last_heartbeat_ms > 0
         && let Some(t) = DateTime::<Utc>::from_timestamp_millis(answer.last_heartbeat_ms)
     {
         let t = rfc3339(t);

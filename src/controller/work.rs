@@ -409,6 +409,8 @@ async fn code_server(
 #[derive(Clone, Debug, PartialEq)]
 pub struct HealthAnswer {
     pub healthy: bool,
+    /// code-server saw a client within its heartbeat interval (a minute): someone is using it.
+    pub alive: bool,
     /// Last heartbeat, Unix milliseconds; 0 when code-server saw no activity yet.
     pub last_heartbeat_ms: i64,
     pub summary: String,
@@ -421,7 +423,12 @@ pub fn parse_health(status: u16, body: &str) -> HealthAnswer {
     let hb = v.get("lastHeartbeat").and_then(|h| h.as_i64()).unwrap_or(0);
     let healthy = status == 200 && (state == "alive" || state == "expired");
     let snippet: String = body.chars().take(200).collect();
-    HealthAnswer { healthy, last_heartbeat_ms: hb, summary: format!("HTTP {status} {snippet}") }
+    HealthAnswer {
+        healthy,
+        alive: healthy && state == "alive",
+        last_heartbeat_ms: hb,
+        summary: format!("HTTP {status} {snippet}"),
+    }
 }
 
 /// GETs the health URL once, bounded.
@@ -432,9 +439,12 @@ pub async fn probe_health(http: &reqwest::Client, url: &str) -> HealthAnswer {
             let body = resp.text().await.unwrap_or_default();
             parse_health(status, &body)
         }
-        Err(e) => {
-            HealthAnswer { healthy: false, last_heartbeat_ms: 0, summary: format!("no answer: {}", error_chain(&e)) }
-        }
+        Err(e) => HealthAnswer {
+            healthy: false,
+            alive: false,
+            last_heartbeat_ms: 0,
+            summary: format!("no answer: {}", error_chain(&e)),
+        },
     }
 }
 
@@ -532,10 +542,10 @@ mod tests {
     #[test]
     fn health_parsing() {
         let h = parse_health(200, r#"{"status":"alive","lastHeartbeat":1700000000000}"#);
-        assert!(h.healthy);
+        assert!(h.healthy && h.alive);
         assert_eq!(h.last_heartbeat_ms, 1_700_000_000_000);
         let h = parse_health(200, r#"{"status":"expired","lastHeartbeat":0}"#);
-        assert!(h.healthy);
+        assert!(h.healthy && !h.alive);
         assert!(!parse_health(502, "bad gateway").healthy);
     }
 
