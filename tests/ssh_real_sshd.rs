@@ -1,15 +1,20 @@
-//! The SSH edge against a real OpenSSH server started on loopback by the test: pinned host
+//! The SSH edge against a real OpenSSH server started on loopback by each test: pinned host
 //! keys, key authentication, pooled connections, streamed output, time limits, and files
-//! written without their content on any command line. Needs root and /usr/sbin/sshd
-//! (testbed/scripts/install-host-deps.sh installs it).
+//! written without their content on any command line.
+//!
+//! Needs root and /usr/sbin/sshd (Debian/Ubuntu: `apt-get install -y openssh-server`; the
+//! server is only ever started by these tests, on 127.0.0.1 with a private config).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use projectvm::ssh::{OutputChunk, SshError, SshPool, SshTarget, generate_keypair, write_file_command};
+use projectvm::ssh::{
+    OutputChunk, SshError, SshPool, SshTarget, generate_keypair, host_key_fingerprint, shell_quote, write_file_command,
+};
 
 struct Sshd {
     child: Child,
@@ -21,159 +26,391 @@ struct Sshd {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
+        for pid in self.session_pids() {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn sshd(name: &str) -> Sshd {
-    assert!(Path::new("/usr/sbin/sshd").exists(), "sshd missing: run testbed/scripts/install-host-deps.sh");
-    let dir = std::env::temp_dir().join(format!("pvm-sshd-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let hk = dir.join("host_ed25519");
-    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&hk).status().unwrap();
-    assert!(st.success());
-    let client = generate_keypair("test@projectvm");
-    std::fs::write(dir.join("authorized_keys"), format!("{}\n", client.public_openssh)).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = dir.join("sshd_config");
-    std::fs::write(
-        &config,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\nStrictModes no\nUsePAM no\n\
-             PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nPidFile none\n",
-            hk = hk.display(),
-            ak = dir.join("authorized_keys").display()
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir_all("/run/sshd").unwrap();
-    let child = Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
-        .spawn()
+impl Sshd {
+    fn start(name: &str) -> Sshd {
+        assert!(Path::new("/usr/sbin/sshd").exists(), "/usr/sbin/sshd is missing: apt-get install -y openssh-server");
+        let dir = std::env::temp_dir().join(format!("pvm-sshd-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let hk = dir.join("host_ed25519");
+        let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&hk).status().unwrap();
+        assert!(st.success());
+        let client = generate_keypair("test@projectvm");
+        std::fs::write(dir.join("authorized_keys"), format!("{}\n", client.public_openssh)).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\nStrictModes no\n\
+                 UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 PermitRootLogin prohibit-password\nPidFile none\nLogLevel INFO\n",
+                hk = hk.display(),
+                ak = dir.join("authorized_keys").display()
+            ),
+        )
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "sshd did not start");
-        std::thread::sleep(Duration::from_millis(20));
+        // sshd insists on its privilege separation directory.
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not start: {}",
+                std::fs::read_to_string(dir.join("sshd.log")).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let host_key = std::fs::read_to_string(dir.join("host_ed25519.pub")).unwrap().trim().to_string();
+        Sshd { child, dir, port, host_key, client_key: client.private_openssh }
     }
-    let host_key = std::fs::read_to_string(dir.join("host_ed25519.pub")).unwrap().trim().to_string();
-    Sshd { child, dir, port, host_key, client_key: client.private_openssh }
+
+    fn target(&self) -> SshTarget {
+        SshTarget {
+            host: "127.0.0.1".into(),
+            port: self.port,
+            user: "root".into(),
+            pinned_host_key: self.host_key.clone(),
+            private_key_openssh: self.client_key.clone(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
+    }
+
+    /// Logins sshd accepted so far: one per SSH connection.
+    fn logins(&self) -> usize {
+        self.log().matches("Accepted publickey for root").count()
+    }
+
+    /// The per-connection sshd processes (children of the listener this test started).
+    fn session_pids(&self) -> Vec<u32> {
+        let me = self.child.id();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            // pid (comm) state ppid ...
+            let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else { continue };
+            if after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(me) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
 }
 
-fn target(s: &Sshd) -> SshTarget {
-    SshTarget {
-        host: "127.0.0.1".into(),
-        port: s.port,
-        user: "root".into(),
-        pinned_host_key: s.host_key.clone(),
-        private_key_openssh: s.client_key.clone(),
-    }
+fn running(pattern: &str) -> bool {
+    let out = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| l.contains(pattern))
 }
 
-const T: Duration = Duration::from_secs(20);
+const T: Duration = Duration::from_secs(30);
 
 #[tokio::test]
-async fn exec_streams_reuses_and_bounds() {
-    let s = sshd("exec");
+async fn exec_returns_output_exit_status_and_takes_stdin() {
+    let s = Sshd::start("exec");
     let pool = SshPool::new();
-    let t = target(&s);
+    let t = s.target();
 
     let out = pool.exec(&t, "cat; echo out; echo err >&2; exit 3", Some(b"from stdin\n"), T, None).await.unwrap();
     assert_eq!(out.exit_status, 3);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "from stdin\nout\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
 
-    // Output arrives while the command still runs.
-    let first_chunk_at = Arc::new(Mutex::new(None));
-    let seen = first_chunk_at.clone();
+    // Binary stdin, larger than the SSH window, echoed back while it is still being sent.
+    let big: Vec<u8> = (0..6_000_000u32).map(|i| (i % 251) as u8).collect();
+    let out = pool.exec(&t, "cat; cat /dev/null >&2", Some(&big), T, None).await.unwrap();
+    assert_eq!(out.exit_status, 0);
+    assert!(out.stdout == big, "echoed {} of {} bytes", out.stdout.len(), big.len());
+
+    // A command that ignores its input still completes.
+    let out = pool.exec(&t, "echo ignored", Some(&big), T, None).await.unwrap();
+    assert_eq!(out.stdout, b"ignored\n");
+
+    // No stdin means EOF right away.
+    let out = pool.exec(&t, "wc -c", None, T, None).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+
+    // Quoted arguments reach the remote shell intact.
+    let hostile = "it's $(touch /tmp/pvm-pwned); `id` \"q\"\nline";
+    let out = pool.exec(&t, &format!("printf %s {}", shell_quote(hostile)), None, T, None).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), hostile);
+
+    // Everything above went over one connection.
+    assert_eq!(pool.connects(), 1);
+    assert_eq!(s.logins(), 1);
+}
+
+#[tokio::test]
+async fn output_streams_while_the_command_runs() {
+    let s = Sshd::start("stream");
+    let pool = SshPool::new();
+    let t = s.target();
+    // (when, on stderr, bytes)
+    type Seen = Vec<(Duration, bool, Vec<u8>)>;
+    let chunks: Arc<Mutex<Seen>> = Arc::default();
+    let seen = chunks.clone();
     let started = Instant::now();
     let cb = move |c: OutputChunk<'_>| {
-        if let OutputChunk::Stderr(_) = c {
-            seen.lock().unwrap().get_or_insert(started.elapsed());
-        }
+        let (is_err, data) = match c {
+            OutputChunk::Stdout(d) => (false, d),
+            OutputChunk::Stderr(d) => (true, d),
+        };
+        seen.lock().unwrap().push((started.elapsed(), is_err, data.to_vec()));
     };
-    pool.exec(&t, "echo early >&2; sleep 1; echo late >&2", None, T, Some(&cb)).await.unwrap();
-    let first = first_chunk_at.lock().unwrap().expect("streamed output");
-    assert!(first < Duration::from_millis(900), "first chunk after {first:?}");
+    let out = pool.exec(&t, "echo one; sleep 1; echo two >&2; sleep 1; echo three", None, T, Some(&cb)).await.unwrap();
+    let total = started.elapsed();
+    assert_eq!(out.stdout, b"one\nthree\n");
+    assert_eq!(out.stderr, b"two\n");
+    let chunks = chunks.lock().unwrap();
+    let first = chunks.iter().find(|c| c.2.starts_with(b"one")).expect("first chunk");
+    let second = chunks.iter().find(|c| c.1 && c.2.starts_with(b"two")).expect("stderr chunk");
+    assert!(!first.1);
+    assert!(first.0 + Duration::from_millis(1500) < total, "first chunk at {:?} of {total:?}", first.0);
+    assert!(second.0 + Duration::from_millis(500) < total, "stderr chunk at {:?} of {total:?}", second.0);
+}
 
-    // One connection served all of that.
-    assert_eq!(pool.connects(), 1);
+#[tokio::test]
+async fn a_command_past_its_limit_is_stopped_and_the_pool_goes_on() {
+    let s = Sshd::start("timeout");
+    let pool = SshPool::new();
+    let t = s.target();
+    pool.exec(&t, "true", None, T, None).await.unwrap();
 
-    // A command past its limit is cut off, and the pool recovers.
-    let err = pool.exec(&t, "sleep 30", None, Duration::from_millis(500), None).await.unwrap_err();
-    assert!(matches!(err, SshError::Timeout { .. }), "{err:?}");
+    // A neighbour on the same connection is not disturbed by the timeout.
+    let neighbour = {
+        let (pool, t) = (pool.clone(), t.clone());
+        tokio::spawn(async move { pool.exec(&t, "sleep 2; echo neighbour", None, T, None).await })
+    };
+    let started = Instant::now();
+    let ticking = "while :; do echo tick-31415; sleep 0.2; done";
+    let err = pool.exec(&t, ticking, None, Duration::from_millis(700), None).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    match &err {
+        SshError::Timeout { limit, .. } => assert_eq!(*limit, Duration::from_millis(700)),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    // The remote command was stopped: its channel is closed (so its next write fails), and it
+    // is sent SIGTERM (which sshd honours for non-root logins only; these tests log in as root).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running("tick-31415") {
+        assert!(Instant::now() < deadline, "the timed-out command still runs on the server: {}", s.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = neighbour.await.unwrap().unwrap();
+    assert_eq!(out.stdout, b"neighbour\n");
+
     let out = pool.exec(&t, "echo again", None, T, None).await.unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "again\n");
+    assert_eq!(out.stdout, b"again\n");
+    assert_eq!(pool.connects(), 1, "the timeout should not have cost the connection");
+    assert_eq!(s.logins(), 1);
+}
+
+#[tokio::test]
+async fn connections_are_reused_and_replaced_when_broken() {
+    let s = Sshd::start("reuse");
+    let pool = SshPool::new();
+    let t = s.target();
+    // Concurrent commands share the connection.
+    let runs: Vec<_> = (0..5)
+        .map(|i| {
+            let (pool, t) = (pool.clone(), t.clone());
+            tokio::spawn(async move { pool.exec(&t, &format!("sleep 0.3; echo {i}"), None, T, None).await })
+        })
+        .collect();
+    for (i, r) in runs.into_iter().enumerate() {
+        assert_eq!(r.await.unwrap().unwrap().stdout, format!("{i}\n").as_bytes());
+    }
+    assert_eq!(pool.connects(), 1);
+    assert_eq!(s.logins(), 1);
+
+    // The server side of the pooled connection dies: the next command reconnects on its own.
+    let sessions = s.session_pids();
+    assert!(!sessions.is_empty());
+    for pid in sessions {
+        Command::new("kill").arg("-9").arg(pid.to_string()).status().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = pool.exec(&t, "echo back", None, T, None).await.unwrap();
+    assert_eq!(out.stdout, b"back\n");
+    assert_eq!(pool.connects(), 2);
+    assert_eq!(s.logins(), 2);
+
+    // forget() drops it on purpose.
+    pool.forget("127.0.0.1").await;
+    pool.exec(&t, "true", None, T, None).await.unwrap();
+    assert_eq!(pool.connects(), 3);
+    pool.forget("elsewhere").await;
+    pool.exec(&t, "true", None, T, None).await.unwrap();
+    assert_eq!(pool.connects(), 3);
+
+    // The pinned key may be given as the bare base64 blob; it is the same pool entry.
+    let mut bare = t.clone();
+    bare.pinned_host_key = s.host_key.split_whitespace().nth(1).unwrap().to_string();
+    assert_eq!(pool.exec(&bare, "echo bare", None, T, None).await.unwrap().stdout, b"bare\n");
+    assert_eq!(pool.connects(), 3);
 }
 
 #[tokio::test]
 async fn wrong_host_key_is_refused_before_anything_runs() {
-    let s = sshd("hostkey");
+    let s = Sshd::start("hostkey");
     let pool = SshPool::new();
-    let mut t = target(&s);
-    let other = generate_keypair("impostor");
-    t.pinned_host_key = other.public_openssh;
+    let mut t = s.target();
+    let impostor = generate_keypair("impostor").public_openssh;
+    t.pinned_host_key = impostor.clone();
     let marker = s.dir.join("ran");
-    let err = pool.exec(&t, &format!("touch {}", marker.display()), None, T, None).await.unwrap_err();
+    let err =
+        pool.exec(&t, &format!("touch {}", shell_quote(marker.to_str().unwrap())), None, T, None).await.unwrap_err();
     match err {
-        SshError::HostKeyMismatch { expected, presented, .. } => {
-            assert!(expected.starts_with("SHA256:") && presented.starts_with("SHA256:"));
-            assert_ne!(expected, presented);
+        SshError::HostKeyMismatch { host, expected, presented } => {
+            assert_eq!(host, "127.0.0.1");
+            assert_eq!(expected, host_key_fingerprint(&impostor).unwrap());
+            assert_eq!(presented, host_key_fingerprint(&s.host_key).unwrap());
         }
         other => panic!("expected HostKeyMismatch, got {other:?}"),
     }
     assert!(!marker.exists(), "a command ran despite the host key mismatch");
+    assert_eq!(s.logins(), 0);
+    assert_eq!(pool.connects(), 0);
+
+    // An unparseable pin is a key error, not a connection.
+    t.pinned_host_key = "garbage".into();
+    assert!(matches!(pool.exec(&t, "true", None, T, None).await, Err(SshError::Key(_))));
 }
 
 #[tokio::test]
 async fn wrong_client_key_fails_authentication() {
-    let s = sshd("auth");
+    let s = Sshd::start("auth");
     let pool = SshPool::new();
-    let mut t = target(&s);
+    let mut t = s.target();
     t.private_key_openssh = generate_keypair("stranger").private_openssh;
     let err = pool.exec(&t, "true", None, T, None).await.unwrap_err();
-    assert!(matches!(err, SshError::AuthFailed { .. }), "{err:?}");
+    match err {
+        SshError::AuthFailed { host, user } => assert_eq!((host.as_str(), user.as_str()), ("127.0.0.1", "root")),
+        other => panic!("expected AuthFailed, got {other:?}"),
+    }
+    // The right key still works afterwards (the failed attempt was not pooled).
+    let good = s.target();
+    assert_eq!(pool.exec(&good, "echo ok", None, T, None).await.unwrap().stdout, b"ok\n");
 }
 
 #[tokio::test]
-async fn files_are_written_with_mode_and_never_on_a_command_line() {
-    let s = sshd("write");
+async fn nothing_listening_is_a_connect_error() {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let t = SshTarget {
+        host: "127.0.0.1".into(),
+        port,
+        user: "root".into(),
+        pinned_host_key: generate_keypair("h").public_openssh,
+        private_key_openssh: generate_keypair("c").private_openssh,
+    };
+    let err = SshPool::new().exec(&t, "true", None, T, None).await.unwrap_err();
+    assert!(matches!(err, SshError::Connect(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn files_are_written_with_mode_and_owner_and_never_on_a_command_line() {
+    let s = Sshd::start("write");
     let pool = SshPool::new();
-    let t = target(&s);
+    let t = s.target();
     let path = s.dir.join("nested/dir/secret file");
-    let secret = "tok'en $(id) `x` \"q\"\nsecond line\n";
-    assert!(!write_file_command(path.to_str().unwrap(), 0o600, Some("root")).contains("tok'en"));
+    let path_str = path.to_str().unwrap();
+    let secret = "tok'en-7f3c $(id) `x` \"q\"\\\nsecond line\n";
+    let command = write_file_command(path_str, 0o600, Some("root"));
+    assert!(!command.contains("tok'en") && !command.contains("7f3c"));
 
-    // Sample every process's arguments while a large payload is written.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
-    let sampler = std::thread::spawn(move || {
-        let mut seen = String::new();
-        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-            let out = Command::new("ps").args(["-eo", "args"]).output().unwrap();
-            seen.push_str(&String::from_utf8_lossy(&out.stdout));
-            std::thread::sleep(Duration::from_millis(5));
+    // Sample every process's arguments while a large payload is written; the sampler must
+    // have caught the write in progress for this to mean anything.
+    let mut caught_the_write = false;
+    for size_mb in [8usize, 32, 64] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let sampler = std::thread::spawn(move || {
+            let mut seen = String::new();
+            while !flag.load(Ordering::Relaxed) {
+                let out = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+                seen.push_str(&String::from_utf8_lossy(&out.stdout));
+            }
+            seen
+        });
+        let big = format!("{secret}{}", "x".repeat(size_mb << 20));
+        let result = pool.write_file(&t, path_str, big.as_bytes(), 0o600, Some("root"), T).await;
+        stop.store(true, Ordering::Relaxed);
+        let seen = sampler.join().unwrap();
+        result.unwrap();
+        assert!(!seen.contains("7f3c"), "the content appeared in a process's arguments");
+        assert_eq!(std::fs::read(&path).unwrap(), big.as_bytes());
+        if seen.contains("sudo -n sh -c") && seen.contains("secret file") {
+            caught_the_write = true;
+            break;
         }
-        seen
-    });
-    let big = format!("{secret}{}", "x".repeat(4 << 20));
-    pool.write_file(&t, path.to_str().unwrap(), big.as_bytes(), 0o600, Some("root"), T).await.unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let seen = sampler.join().unwrap();
-    assert!(!seen.contains("tok'en"), "content appeared in a process's arguments");
+    }
+    assert!(caught_the_write, "the ps sampler never saw the write running");
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o600);
 
-    let written = std::fs::read(&path).unwrap();
-    assert_eq!(written, big.as_bytes());
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-    // Overwriting is atomic and keeps the mode.
-    pool.write_file(&t, path.to_str().unwrap(), secret.as_bytes(), 0o640, None, T).await.unwrap();
+    // Overwriting replaces content and mode; no temporary files are left behind.
+    pool.write_file(&t, path_str, secret.as_bytes(), 0o640, None, T).await.unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap(), secret);
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o640);
+    assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+
+    // Owner: the file and the directories created for it belong to the owner.
+    let owned = s.dir.join("home/new/dir/it's $(x); rm -rf ~");
+    pool.write_file(&t, owned.to_str().unwrap(), b"'$(x)\n", 0o600, Some("nobody"), T).await.unwrap();
+    let nobody = String::from_utf8(Command::new("id").args(["-u", "nobody"]).output().unwrap().stdout).unwrap();
+    let nobody: u32 = nobody.trim().parse().unwrap();
+    let meta = std::fs::metadata(&owned).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (nobody, 0o600));
+    assert_eq!(std::fs::read(&owned).unwrap(), b"'$(x)\n");
+    for created in [s.dir.join("home"), s.dir.join("home/new"), s.dir.join("home/new/dir")] {
+        let m = std::fs::metadata(&created).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o777), (nobody, 0o755), "{}", created.display());
+    }
+    assert_eq!(std::fs::metadata(&s.dir).unwrap().uid(), 0, "existing directories keep their owner");
+
+    // Failures say why.
+    let err = pool.write_file(&t, s.dir.to_str().unwrap(), b"x", 0o600, None, T).await.unwrap_err();
+    assert!(matches!(&err, SshError::Channel(m) if m.contains("directory")), "{err:?}");
+    let err = pool.write_file(&t, path_str, b"x", 0o600, Some("no-such-user-pvm"), T).await.unwrap_err();
+    assert!(matches!(&err, SshError::Channel(m) if m.contains("no-such-user-pvm")), "{err:?}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), secret, "a failed write leaves the old file");
+    assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_that_stopped_answering_is_replaced() {
+    let s = Sshd::start("frozen");
+    let pool = SshPool::new();
+    let t = s.target();
+    pool.exec(&t, "true", None, T, None).await.unwrap();
+    // The server side of the connection hangs without closing it (like a VM that froze or a
+    // network path that went away): only a timeout can tell.
+    for pid in s.session_pids() {
+        Command::new("kill").arg("-STOP").arg(pid.to_string()).status().unwrap();
+    }
+    let started = Instant::now();
+    let out = pool.exec(&t, "echo fresh", None, T, None).await.unwrap();
+    assert_eq!(out.stdout, b"fresh\n");
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert_eq!(pool.connects(), 2);
 }
