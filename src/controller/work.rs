@@ -206,7 +206,41 @@ pub fn ssh_failure(step: StepId, e: &SshError) -> TaskOutcome {
             "StepTimedOut",
             format!("step {} timed out after {}s: {what}", step.name(), limit.as_secs()),
         ),
+        SshError::Unreachable { .. } | SshError::Connect(_) => TaskOutcome::failed(
+            "SSHUnavailable",
+            format!("step {}: the VM does not accept SSH connections: {e}", step.name()),
+        ),
         other => TaskOutcome::failed("SSHUnavailable", format!("step {}: {other}", step.name())),
+    }
+}
+
+/// How long a step waits for a VM that has just booted to accept the operator's SSH login.
+const SSH_READY_BUDGET: Duration = Duration::from_secs(120);
+
+/// Waits, bounded, until the VM accepts an SSH login. A VM reported RUNNING may still be
+/// starting sshd or installing the operator's key; retrying here in short steps avoids
+/// failing the step and waiting out the (much longer) step backoff. Anything but "not ready
+/// yet" (a host key mismatch, say) is returned at once.
+async fn wait_for_ssh(
+    ssh: &SshPool,
+    t: &SshTarget,
+    budget: Duration,
+    progress: &ProgressReporter,
+) -> Result<(), SshError> {
+    let deadline = tokio::time::Instant::now() + budget;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ssh.exec(t, "true", None, remaining.min(Duration::from_secs(20)), None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_not_ready() && remaining > pause => {
+                tracing::debug!(host = %t.host, error = %e, "VM not accepting SSH yet");
+                progress.report(None, "waiting for the VM to accept SSH");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -221,6 +255,9 @@ pub async fn run_remote(
     limit: Duration,
     progress: ProgressReporter,
 ) -> TaskOutcome {
+    if let Err(e) = wait_for_ssh(&ssh, &target, SSH_READY_BUDGET.min(limit), &progress).await {
+        return ssh_failure(step, &e);
+    }
     let result = match work {
         Work::Prerequisites { packages, script } => {
             prerequisites(&ssh, &target, &packages, script.as_deref(), &fp, limit, &progress).await
@@ -553,5 +590,24 @@ mod tests {
     fn redaction() {
         let t = Token { value: "tok123".into(), version: "1".into() };
         assert_eq!(redact("remote said tok123!", Some(&t)), "remote said [REDACTED]!");
+    }
+
+    #[test]
+    fn ssh_failures_map_to_reasons() {
+        let limit = Duration::from_secs(10);
+        let unreachable = SshError::Unreachable { what: "SSH connection to 10.0.0.5:22".into(), limit };
+        assert!(unreachable.is_not_ready());
+        assert_eq!(ssh_failure(StepId::Repository, &unreachable).reason, "SSHUnavailable");
+        // Only a command running past its limit is a timed-out step.
+        let timeout = SshError::Timeout { what: "command on 10.0.0.5".into(), limit };
+        assert!(!timeout.is_not_ready());
+        assert_eq!(ssh_failure(StepId::Repository, &timeout).reason, "StepTimedOut");
+        let refused = SshError::AuthFailed { host: "10.0.0.5".into(), user: "project".into() };
+        assert!(refused.is_not_ready());
+        assert_eq!(ssh_failure(StepId::CodeServer, &refused).reason, "SSHAuthFailed");
+        let mismatch =
+            SshError::HostKeyMismatch { host: "h".into(), expected: "SHA256:a".into(), presented: "SHA256:b".into() };
+        assert!(!mismatch.is_not_ready(), "a host key mismatch is never waited out");
+        assert_eq!(ssh_failure(StepId::CodeServer, &mismatch).reason, "HostKeyMismatch");
     }
 }

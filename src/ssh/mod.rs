@@ -89,10 +89,23 @@ pub enum SshError {
     HostKeyMismatch { host: String, expected: String, presented: String },
     #[error("SSH authentication as {user} at {host} failed")]
     AuthFailed { host: String, user: String },
+    /// A command ran past its time limit.
     #[error("{what} did not finish within {limit:?}")]
     Timeout { what: String, limit: Duration },
+    /// The VM did not answer in time: connecting, authenticating or opening a session.
+    #[error("{what}: no answer within {limit:?}")]
+    Unreachable { what: String, limit: Duration },
     #[error("SSH channel: {0}")]
     Channel(String),
     #[error("SSH key: {0}")]
     Key(String),
+}
+
+impl SshError {
+    /// Whether the VM may simply not be ready yet (sshd still starting, the guest not yet
+    /// holding the operator's key): worth retrying soon. A host key mismatch, a bad key or a
+    /// command that failed is not.
+    pub fn is_not_ready(&self) -> bool {
+        matches!(self, SshError::Connect(_) | SshError::Unreachable { .. } | SshError::AuthFailed { .. })
+    }
 }

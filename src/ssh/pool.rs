@@ -124,7 +124,7 @@ impl SshPool {
         let channel = match tokio::time::timeout_at(deadline, self.open_channel(target)).await {
             Ok(c) => c?,
             Err(_) => {
-                return Err(SshError::Timeout {
+                return Err(SshError::Unreachable {
                     what: format!("connecting to {}:{} to run a command", target.host, target.port),
                     limit: timeout,
                 });
@@ -225,7 +225,7 @@ impl SshPool {
             Ok(Ok(channel)) => return Ok(channel),
             Ok(Err(e)) if !reused => return Err(SshError::Channel(format!("opening a session on {}: {e}", t.host))),
             Err(_) if !reused => {
-                return Err(SshError::Timeout {
+                return Err(SshError::Unreachable {
                     what: format!("opening an SSH session on {}", t.host),
                     limit: CHANNEL_OPEN_TIMEOUT,
                 });
@@ -237,7 +237,7 @@ impl SshPool {
         match tokio::time::timeout(CHANNEL_OPEN_TIMEOUT, conn.channel_open_session()).await {
             Ok(Ok(channel)) => Ok(channel),
             Ok(Err(e)) => Err(SshError::Channel(format!("opening a session on {}: {e}", t.host))),
-            Err(_) => Err(SshError::Timeout {
+            Err(_) => Err(SshError::Unreachable {
                 what: format!("opening an SSH session on {}", t.host),
                 limit: CHANNEL_OPEN_TIMEOUT,
             }),
@@ -260,7 +260,10 @@ impl SshPool {
         let handshake = client::connect(config, (t.host.as_str(), t.port), verifier);
         let mut handle = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
             Err(_) => {
-                return Err(SshError::Timeout { what: format!("SSH connection to {addr}"), limit: CONNECT_TIMEOUT });
+                return Err(SshError::Unreachable {
+                    what: format!("SSH connection to {addr}"),
+                    limit: CONNECT_TIMEOUT,
+                });
             }
             Ok(Err(e)) => {
                 return Err(match refused.lock().expect("host key lock").take() {
@@ -278,7 +281,9 @@ impl SshPool {
             handle.authenticate_publickey(t.user.as_str(), PrivateKeyWithHashAlg::new(Arc::new(key), hash)).await
         };
         let result = match tokio::time::timeout(CONNECT_TIMEOUT, auth).await {
-            Err(_) => Err(SshError::Timeout { what: format!("SSH authentication at {addr}"), limit: CONNECT_TIMEOUT }),
+            Err(_) => {
+                Err(SshError::Unreachable { what: format!("SSH authentication at {addr}"), limit: CONNECT_TIMEOUT })
+            }
             Ok(Err(e)) => Err(SshError::Connect(format!("{addr}: authentication: {e}"))),
             Ok(Ok(r)) if r.success() => Ok(()),
             Ok(Ok(_)) => Err(SshError::AuthFailed { host: t.host.clone(), user: t.user.clone() }),

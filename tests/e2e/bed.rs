@@ -319,6 +319,22 @@ pub fn artifacts() -> PathBuf {
     d
 }
 
+/// Records a measured figure for the closing report: printed, and appended to
+/// `target/e2e-artifacts/figures.txt`.
+pub fn record_figure(line: &str) {
+    use std::io::Write;
+    eprintln!("figure: {line}");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(artifacts().join("figures.txt")).unwrap();
+    writeln!(f, "{line}").unwrap();
+}
+
+/// Seconds since the epoch of an RFC 3339 time.
+pub fn epoch_seconds(ts: &str) -> f64 {
+    let out = std::process::Command::new("date").args(["-d", ts, "+%s.%N"]).output().unwrap();
+    assert!(out.status.success(), "not a time: {ts:?}");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
 pub fn tempdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("pvm-e2e-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::bed::{Bed, READY_TIMEOUT, bed, operator_exclusive, operator_shared};
+use crate::bed::{Bed, READY_TIMEOUT, bed, epoch_seconds, operator_exclusive, operator_shared, record_figure};
 
 fn pvm(name: &str, extra: &str) -> String {
     format!(
@@ -113,6 +113,14 @@ fn idle_vm_is_stopped_and_an_active_one_is_not() {
     b.apply(&ns, &pvm("idle", "  runStrategy: Manual\n  idleTimeout: 1m\n"));
     b.wait_condition(&ns, "pvm", "busy", "Ready", READY_TIMEOUT);
     b.wait_condition(&ns, "pvm", "idle", "Ready", READY_TIMEOUT);
+    // The idle clock of the idle VM starts at its last activity or, with none, its start.
+    let status = &b.get(&ns, "pvm", "idle")["status"];
+    let idle_since = [status["lastActivityAt"].as_str(), status["power"]["runningSince"].as_str()]
+        .into_iter()
+        .flatten()
+        .map(epoch_seconds)
+        .fold(f64::MIN, f64::max);
+    assert!(idle_since > 0.0, "neither lastActivityAt nor runningSince: {status}");
     // A person's long-running job on the busy VM.
     let (code, _) = b.ssh(&ns, "pvm", "busy", "nohup sleep 900 >/dev/null 2>&1 & echo started");
     assert_eq!(code, 0);
@@ -122,6 +130,21 @@ fn idle_vm_is_stopped_and_an_active_one_is_not() {
     assert!(ready["message"].as_str().unwrap().contains("last activity"), "{ready}");
     let events = b.event_reasons(&ns, Some("idle"));
     assert!(events.iter().any(|r| r == "IdleTimeout"), "{events:?}");
+    // When the stop was decided (the IdleTimeout event) against when the timeout ran out.
+    let times = b.kubectl(&[
+        "-n",
+        &ns,
+        "get",
+        "events",
+        "--field-selector",
+        "reason=IdleTimeout,involvedObject.name=idle",
+        "-o",
+        "jsonpath={.items[0].eventTime} {.items[0].firstTimestamp}",
+    ]);
+    let stopped_at = times.split_whitespace().next().unwrap_or_else(|| panic!("no IdleTimeout event time: {times:?}"));
+    let latency = epoch_seconds(stopped_at) - (idle_since + 60.0);
+    record_figure(&format!("idle stop: {latency:.1} s after the 1m idleTimeout ran out"));
+    assert!(latency >= -1.0, "stopped {latency:.1} s before the idle timeout ran out");
     // The busy one ran past its timeout and is still running, with fresh activity.
     let busy = b.get(&ns, "pvm", "busy");
     assert_eq!(busy["status"]["phase"], "Ready", "active VM must not be stopped");
@@ -144,13 +167,23 @@ fn cost_accrues_over_a_start_stop_cycle() {
     let power = &o["status"]["power"];
     let hours = power["runningHoursClosed"].as_f64().unwrap();
     assert!(hours > 0.0, "{power}");
-    // e2-standard-4 at the default rate, plus 50 GB of disk at 0.04/GB-month since creation.
+    // By hand: e2-standard-4 at the default $0.134012/h for the recorded running time, plus
+    // 50 GB of disk at $0.04/GB-month (730 h) since creation.
     let compute = hours * 0.134012;
+    let recorded_compute = power["computeCostClosed"].as_f64().unwrap();
+    assert!((recorded_compute - compute).abs() < 1e-9, "compute cost {recorded_compute} != by hand {compute}");
     let accrued = cost["accrued"].as_f64().unwrap();
-    assert!(accrued >= compute, "accrued {accrued} < compute {compute}");
+    let disk = accrued - recorded_compute;
+    // The disk was there at least as long as the VM ran, and at most since it was created.
+    let disk_min = hours * 50.0 * 0.04 / 730.0;
     let created = chrono_hours_since(power["createdAt"].as_str().unwrap());
     let disk_max = (created + 0.01) * 50.0 * 0.04 / 730.0;
-    assert!(accrued <= compute + disk_max + 1e-6, "accrued {accrued} > {compute} + {disk_max}");
+    assert!(disk >= disk_min - 1e-9 && disk <= disk_max + 1e-9, "disk cost {disk} outside [{disk_min}, {disk_max}]");
+    record_figure(&format!(
+        "cost after one start/stop cycle: ran {:.1} s; accrued ${accrued:.8} = compute ${recorded_compute:.8} (by hand {:.1} s x $0.134012/h = ${compute:.8}) + disk ${disk:.8} (by hand between ${disk_min:.8} and ${disk_max:.8})",
+        hours * 3600.0,
+        hours * 3600.0
+    ));
     // The printer column and the per-namespace metric.
     let table = b.kubectl(&["-n", &ns, "get", "pvm", "meter"]);
     assert!(table.contains("COST") && table.contains('$'), "{table}");
@@ -164,10 +197,8 @@ fn cost_accrues_over_a_start_stop_cycle() {
 }
 
 fn chrono_hours_since(ts: &str) -> f64 {
-    let out = std::process::Command::new("date").args(["-d", ts, "+%s"]).output().unwrap();
-    let then: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-    (now - then) / 3600.0
+    (now - epoch_seconds(ts)) / 3600.0
 }
 
 #[test]
