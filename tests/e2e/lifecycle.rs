@@ -179,10 +179,9 @@ fn cost_accrues_over_a_start_stop_cycle() {
     let created = chrono_hours_since(power["createdAt"].as_str().unwrap());
     let disk_max = (created + 0.01) * 50.0 * 0.04 / 730.0;
     assert!(disk >= disk_min - 1e-9 && disk <= disk_max + 1e-9, "disk cost {disk} outside [{disk_min}, {disk_max}]");
+    let ran = hours * 3600.0;
     record_figure(&format!(
-        "cost after one start/stop cycle: ran {:.1} s; accrued ${accrued:.8} = compute ${recorded_compute:.8} (by hand {:.1} s x $0.134012/h = ${compute:.8}) + disk ${disk:.8} (by hand between ${disk_min:.8} and ${disk_max:.8})",
-        hours * 3600.0,
-        hours * 3600.0
+        "cost after one start/stop cycle: ran {ran:.1} s; accrued ${accrued:.8} = compute ${recorded_compute:.8} (by hand {ran:.1} s x $0.134012/h = ${compute:.8}) + disk ${disk:.8} (by hand between ${disk_min:.8} and ${disk_max:.8})"
     ));
     // The printer column and the per-namespace metric.
     let table = b.kubectl(&["-n", &ns, "get", "pvm", "meter"]);
