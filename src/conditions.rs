@@ -105,15 +105,7 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
 pub const MAX_MESSAGE_BYTES: usize = 2048;
 
 fn truncate_message(message: &str) -> String {
-    if message.len() <= MAX_MESSAGE_BYTES {
-        return message.to_string();
-    }
-    // Keep the end: for logs, the last lines say what went wrong.
-    let mut start = message.len() - MAX_MESSAGE_BYTES;
-    while !message.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("…{}", &message[start..])
+    crate::text::clip(message, MAX_MESSAGE_BYTES)
 }
 
 #[cfg(test)]
@@ -167,7 +159,7 @@ mod tests {
         let mut c = vec![];
         let long = format!("{}END", "x".repeat(5000));
         set(&mut c, Update::new(types::READY, Status::False, "R", long), None, "t");
-        assert!(c[0].message.len() <= MAX_MESSAGE_BYTES + 4);
+        assert!(c[0].message.len() <= MAX_MESSAGE_BYTES);
         assert!(c[0].message.ends_with("END"));
     }
 

@@ -8,6 +8,7 @@
 //! - [`guest`]: the scripts steps run on the VM, and reading git's output.
 //! - [`cloud`]: the Compute Engine edge (a narrow trait and its google-cloud-compute-v1 implementation).
 //! - [`ssh`]: the SSH edge (russh, pinned host keys, pooled connections).
+//! - [`text`]: cutting outside text on character boundaries.
 //! - [`conditions`], [`cost`], [`metrics`], [`leader`], [`server`], [`config`], [`telemetry`].
 
 pub mod api;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod server;
 pub mod ssh;
 pub mod telemetry;
+pub mod text;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -46,6 +46,9 @@ pub enum Error {
     Cloud(#[from] CloudError),
     #[error("{0}")]
     Invalid(String),
+    /// A panic inside this object's reconcile, contained to it.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// Deletion is under way; not a failure.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -40,19 +41,46 @@ pub async fn reconcile<K: VmKind + KindWork>(obj: Arc<K>, ctx: Arc<Context>) -> 
     let ns = obj.namespace().ok_or_else(|| Error::Invalid("resource has no namespace".into()))?;
     let key = object_key(&*obj);
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, obj, |event| async {
+    let guarded = std::panic::AssertUnwindSafe(finalizer(&api, FINALIZER, obj.clone(), |event| async {
         match event {
             FinalizerEvent::Apply(o) => apply(o, ctx.clone()).await,
             FinalizerEvent::Cleanup(o) => cleanup(o, ctx.clone()).await,
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    }))
+    .catch_unwind();
+    let result = match guarded.await {
+        Ok(r) => r.map_err(|e| Error::Finalizer(Box::new(e))),
+        // A panic is this object's error, never the process's end: say so in its status
+        // and let the error policy back off.
+        Err(panic) => {
+            let message = crate::text::panic_message(&*panic);
+            report_internal_error(&obj, &ctx, &message).await;
+            Err(Error::Internal(message))
+        }
+    };
     ctx.metrics.observe_reconcile(K::LABEL, started.elapsed());
     if result.is_ok() {
         ctx.reset_failures(&key);
     }
     result
+}
+
+/// Records an operator bug met while reconciling this object: `Ready=False` with reason
+/// `InternalError` and a Warning event. Written from the status the object already has,
+/// so the rest of it stays as it was.
+async fn report_internal_error<K: VmKind + KindWork>(obj: &Arc<K>, ctx: &Arc<Context>, message: &str) {
+    let mut run = Run::new(obj.clone(), ctx.clone());
+    tracing::error!(object = %run.key, panic = %message, "reconcile panicked");
+    run.set(Update::new(
+        types::READY,
+        Status::False,
+        "InternalError",
+        format!("the operator failed while reconciling this resource and will retry with backoff: {message}"),
+    ));
+    run.status.phase = Some(Phase::Failed);
+    if let Err(e) = run.finish().await {
+        tracing::warn!(error = %e, "recording the internal error failed");
+    }
 }
 
 /// One reconcile's working state.
@@ -68,6 +96,9 @@ struct Run<K: VmKind> {
     events: Vec<Event>,
     requeue: Duration,
 }
+
+/// Event notes longer than this are cut (the API server refuses notes over 1 KiB).
+const MAX_EVENT_NOTE_BYTES: usize = 1000;
 
 const FAST: Duration = Duration::from_secs(3);
 
@@ -176,8 +207,8 @@ impl<K: VmKind + KindWork> Run<K> {
     }
 
     fn event(&mut self, type_: EventType, reason: &str, note: impl Into<String>) {
-        let mut note: String = note.into();
-        note.truncate(1000);
+        // Events notes are capped by the API server; cut on a character boundary.
+        let note = crate::text::clip(&note.into(), MAX_EVENT_NOTE_BYTES);
         self.events.push(Event {
             type_,
             reason: reason.into(),

@@ -383,7 +383,7 @@ async fn repository(
 }
 
 fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(12)]
+    crate::text::head(commit, 12)
 }
 
 /// Removes a token from text in case a remote echoed it back.

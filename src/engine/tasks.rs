@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tokio::sync::Semaphore;
 
 use super::{StepId, TaskView, backoff};
@@ -161,8 +162,18 @@ impl TaskRegistry {
             let outcome = match permits.acquire_owned().await {
                 Ok(_permit) => {
                     reporter.report(None, "started");
-                    match tokio::time::timeout(limit, action(reporter)).await {
-                        Ok(outcome) => outcome,
+                    // A panic in a step is that step's failure, never a task stuck "running".
+                    let guarded = std::panic::AssertUnwindSafe(action(reporter)).catch_unwind();
+                    match tokio::time::timeout(limit, guarded).await {
+                        Ok(Ok(outcome)) => outcome,
+                        Ok(Err(panic)) => TaskOutcome::failed(
+                            "InternalError",
+                            format!(
+                                "step {} failed inside the operator: {}",
+                                task_key.1.name(),
+                                crate::text::panic_message(&*panic)
+                            ),
+                        ),
                         Err(_) => TaskOutcome::failed(
                             "StepTimedOut",
                             format!("step {} did not finish within {}", task_key.1.name(), humanize(limit)),

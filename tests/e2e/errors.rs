@@ -128,3 +128,52 @@ fn malformed_manifests_are_refused_by_the_api_server() {
     );
     b.delete_namespace(&ns);
 }
+
+/// Regression: a step whose failure output holds multi-byte UTF-8 used to panic the operator
+/// (a byte-offset cut inside `é`), for every tenant, after every restart.
+#[test]
+#[ignore = "needs the test bed: ./scripts/test.sh"]
+fn multibyte_step_output_keeps_the_operator_up() {
+    let _guard = operator_shared();
+    let b = bed();
+    let ns = b.namespace("e2e-utf8");
+    let pid = || std::fs::read_to_string(b.state.join("operator.pid")).unwrap().trim().to_string();
+    let before = pid();
+    b.apply(
+        &ns,
+        r#"apiVersion: projectvm.dev/v1alpha1
+kind: ProjectVM
+metadata:
+  name: accents
+spec:
+  size: small
+  repository: {url: https://git.pvm.test/public/demo.git}
+  prerequisites:
+    script: "python3 -c 'print(\"é\"*700)'; exit 1"
+"#,
+    );
+    let message = b.eventually("PrerequisitesInstalled=PrerequisitesFailed", Duration::from_secs(240), || {
+        let o = b.get(&ns, "pvm", "accents");
+        let c = Bed::condition(&o, "PrerequisitesInstalled")?;
+        (c["status"] == "False" && c["reason"] == "PrerequisitesFailed")
+            .then(|| c["message"].as_str().unwrap_or("").to_string())
+    });
+    // The condition carries the tail of the install log, cut on a character boundary.
+    assert!(message.contains(&"é".repeat(100)), "no tail in: {message}");
+    assert!(message.len() <= 2048, "condition message is {} bytes", message.len());
+    // The Warning event was published too (its note is cut shorter).
+    b.eventually("Warning PrerequisitesFailed", Duration::from_secs(30), || {
+        b.event_reasons(&ns, Some("accents")).iter().any(|r| r == "PrerequisitesFailed").then_some(())
+    });
+    // Same process, still serving: no panic, no restart.
+    assert_eq!(pid(), before, "the operator restarted");
+    let alive = std::process::Command::new("kill").args(["-0", &before]).status().unwrap().success();
+    assert!(alive, "the operator process {before} is gone");
+    let readyz = std::process::Command::new("curl")
+        .args(["-fsS", &format!("{}/readyz", b.var("METRICS_URL"))])
+        .status()
+        .unwrap();
+    assert!(readyz.success(), "the operator's /readyz does not answer");
+    assert!(!b.operator_log().contains("panicked"), "the operator log shows a panic");
+    b.delete_namespace(&ns);
+}
