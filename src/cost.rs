@@ -82,8 +82,8 @@ fn hours_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     ((to - from).num_milliseconds().max(0) as f64) / 3_600_000.0
 }
 
-fn parse(ts: &Option<String>) -> Option<DateTime<Utc>> {
-    ts.as_deref().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|d| d.with_timezone(&Utc))
+fn parse(ts: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime>) -> Option<DateTime<Utc>> {
+    ts.as_ref().map(crate::clock::from_micro_time)
 }
 
 /// Advances the power history given what the cloud reports now. A running period opens at
@@ -100,11 +100,11 @@ pub fn observe_power(
 ) -> PowerStatus {
     let mut next = power.clone();
     if next.created_at.is_none() {
-        next.created_at = Some(created.unwrap_or(now).to_rfc3339());
+        next.created_at = Some(crate::clock::micro_time(created.unwrap_or(now)));
     }
     match (running, parse(&power.running_since)) {
         (true, None) => {
-            next.running_since = Some(last_start.unwrap_or(now).to_rfc3339());
+            next.running_since = Some(crate::clock::micro_time(last_start.unwrap_or(now)));
         }
         (false, Some(since)) => {
             let end = last_stop.filter(|s| *s >= since).unwrap_or(now);
@@ -142,6 +142,7 @@ pub fn cost(power: &PowerStatus, compute_hourly: f64, disk_hourly: f64, now: Dat
         accrued: round(accrued, 6),
         estimated_monthly: round(estimated_monthly, 2),
         display: Some(format!("${accrued:.2}")),
+        computed_at: Some(crate::clock::time(now)),
     }
 }
 
@@ -185,7 +186,7 @@ mod tests {
         let p0 = PowerStatus::default();
         // created and started at t0, stopped at t3, looked at again at t10
         let p1 = observe_power(&p0, true, Some(t(0)), None, Some(t(0)), rate, t(1));
-        assert_eq!(p1.running_since, Some(t(0).to_rfc3339()));
+        assert_eq!(p1.running_since, Some(crate::clock::micro_time(t(0))));
         let p2 = observe_power(&p1, false, Some(t(0)), Some(t(3)), Some(t(0)), rate, t(4));
         assert_eq!(p2.running_since, None);
         assert!((p2.running_hours_closed - 3.0).abs() < 1e-9);

@@ -8,10 +8,12 @@
 //! - [`guest`]: the scripts steps run on the VM, and reading git's output.
 //! - [`cloud`]: the Compute Engine edge (a narrow trait and its google-cloud-compute-v1 implementation).
 //! - [`ssh`]: the SSH edge (russh, pinned host keys, pooled connections).
+//! - [`clock`]: durations and status timestamps; [`shell`]: quoting for VM commands.
 //! - [`text`]: cutting outside text on character boundaries.
 //! - [`conditions`], [`cost`], [`metrics`], [`leader`], [`server`], [`config`], [`telemetry`].
 
 pub mod api;
+pub mod clock;
 pub mod cloud;
 pub mod conditions;
 pub mod config;
@@ -22,6 +24,7 @@ pub mod guest;
 pub mod leader;
 pub mod metrics;
 pub mod server;
+pub mod shell;
 pub mod ssh;
 pub mod telemetry;
 pub mod text;
@@ -78,9 +81,15 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         Box::pin(futures::future::pending())
     };
     ready.store(true, Ordering::Relaxed);
-    let (ctx, wakeups) = controller::Context::new(client, Arc::new(compute), config, rates, metrics);
+    let edges = controller::Edges {
+        client: client.clone(),
+        cluster: Arc::new(controller::cluster::KubeCluster::new(client.clone())),
+        compute: Arc::new(compute),
+        vm: Arc::new(controller::vm::LiveVms::new()),
+    };
+    let (ctx, wakeups) = controller::Context::new(edges, config, rates, metrics);
     tokio::select! {
-        _ = controller::run(ctx, wakeups, shutdown) => tracing::info!("controllers stopped"),
+        _ = controller::run(client, ctx, wakeups, shutdown) => tracing::info!("controllers stopped"),
         _ = lost_leadership => anyhow::bail!("lost leadership; exiting so a new leader can take over"),
         r = server => { r.context("metrics server task")?.context("metrics server")?; }
     }

@@ -32,6 +32,7 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     reconciles: Family<KindLabel, Counter>,
     failures: Family<KindLabel, Counter>,
+    status_writes: Family<KindLabel, Counter>,
     duration: Family<KindLabel, Histogram>,
     ready: Family<ObjectLabels, Gauge>,
     accrued: Family<ObjectLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -52,6 +53,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("projectvm");
         let reconciles = Family::<KindLabel, Counter>::default();
         let failures = Family::<KindLabel, Counter>::default();
+        let status_writes = Family::<KindLabel, Counter>::default();
         let duration = Family::<KindLabel, Histogram>::new_with_constructor(|| {
             Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
         });
@@ -62,6 +64,7 @@ impl Metrics {
         let tasks_running = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register("reconcile_errors", "Reconciles that failed and were retried", failures.clone());
+        registry.register("status_writes", "Status writes (only changed statuses are written)", status_writes.clone());
         registry.register("reconcile_duration_seconds", "Time spent in one reconcile", duration.clone());
         registry.register("ready", "1 when the resource's Ready condition is True", ready.clone());
         registry.register("cost_accrued_dollars", "Cost accrued by one resource's VM, USD", accrued.clone());
@@ -76,6 +79,7 @@ impl Metrics {
             registry: Mutex::new(registry),
             reconciles,
             failures,
+            status_writes,
             duration,
             ready,
             accrued,
@@ -90,6 +94,10 @@ impl Metrics {
         let l = KindLabel { kind: kind.into() };
         self.reconciles.get_or_create(&l).inc();
         self.duration.get_or_create(&l).observe(took.as_secs_f64());
+    }
+
+    pub fn status_written(&self, kind: &str) {
+        self.status_writes.get_or_create(&KindLabel { kind: kind.into() }).inc();
     }
 
     pub fn reconcile_failed(&self, kind: &str) {

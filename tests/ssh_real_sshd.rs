@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use projectvm::shell::shell_quote;
 use projectvm::ssh::{
-    OutputChunk, SshError, SshPool, SshTarget, generate_keypair, host_key_fingerprint, shell_quote, write_file_command,
+    OutputChunk, SshError, SshPool, SshTarget, generate_keypair, host_key_fingerprint, write_file_command,
 };
 
 struct Sshd {

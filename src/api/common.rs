@@ -1,6 +1,7 @@
 //! Types shared by both kinds: sizes, images, power and deletion policies, the
 //! condition type and the status blocks both kinds report.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -121,7 +122,7 @@ pub struct Condition {
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
-    pub status: String,
+    pub status: ConditionStatus,
     /// A CamelCase word that says why the condition has this status.
     #[serde(default)]
     pub reason: String,
@@ -130,13 +131,76 @@ pub struct Condition {
     pub message: String,
     /// When the status last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_transition_time: Option<String>,
+    pub last_transition_time: Option<Time>,
     /// The `metadata.generation` this condition was computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Digest of the inputs this step last succeeded with; the step re-runs when they change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+}
+
+/// A condition's status.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+pub enum ConditionStatus {
+    True,
+    False,
+    #[default]
+    Unknown,
+}
+
+/// What a Compute Engine operation the operator started does.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum OperationKind {
+    #[default]
+    Insert,
+    Start,
+    Stop,
+    Delete,
+    SetMachineType,
+    SetMetadata,
+}
+
+impl OperationKind {
+    /// The Compute Engine method's name, for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::Insert => "insert",
+            OperationKind::Start => "start",
+            OperationKind::Stop => "stop",
+            OperationKind::Delete => "delete",
+            OperationKind::SetMachineType => "setMachineType",
+            OperationKind::SetMetadata => "setMetadata",
+        }
+    }
+}
+
+impl std::fmt::Display for OperationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the operator stopped a VM.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    /// `runStrategy: Halted`.
+    Halted,
+    /// No activity for `idleTimeout`.
+    IdleTimeout,
+    /// Stopping to change the machine type.
+    Resize,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Halted => "Halted",
+            StopReason::IdleTimeout => "IdleTimeout",
+            StopReason::Resize => "Resize",
+        }
+    }
 }
 
 /// Human-readable lifecycle phase.
@@ -196,12 +260,12 @@ pub struct PendingOperation {
     /// Operation name, polled with zoneOperations.get.
     pub name: String,
     /// What the operation does: insert, start, stop, delete, setMachineType, setMetadata.
-    pub kind: String,
+    pub kind: OperationKind,
     /// Zone of the operation.
     pub zone: String,
     /// When the operator started it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
+    pub started_at: Option<Time>,
 }
 
 /// What the operator is doing right now.
@@ -217,9 +281,10 @@ pub struct Progress {
     /// Completion percentage, while it is known (e.g. while cloning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<i32>,
-    /// When the resource last made progress; `progressTimeout` counts from here.
+    /// When the resource last made progress (a step finished, the clone percentage rose);
+    /// `progressTimeout` counts from here. Waiting is not progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_progress_at: Option<String>,
+    pub last_progress_at: Option<Time>,
 }
 
 /// Running cost, computed from the recorded start and stop times.
@@ -241,6 +306,10 @@ pub struct CostStatus {
     /// Display form of the accrued cost, e.g. `$1.23`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display: Option<String>,
+    /// When these figures were computed. They are refreshed every few minutes and on every
+    /// power change, not on every reconcile, so a VM at rest does not rewrite its status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub computed_at: Option<Time>,
 }
 
 /// Power history the cost and idle logic need; survives operator restarts.
@@ -255,13 +324,13 @@ pub struct PowerStatus {
     pub compute_cost_closed: f64,
     /// Start of the current running period, when the VM runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub running_since: Option<String>,
+    pub running_since: Option<MicroTime>,
     /// When the instance was created; disk cost accrues from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<String>,
-    /// Why the VM was last stopped by the operator (e.g. `IdleTimeout`, `Halted`).
+    pub created_at: Option<MicroTime>,
+    /// Why the VM was last stopped by the operator (`IdleTimeout`, `Halted` or `Resize`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_stop_reason: Option<String>,
+    pub last_stop_reason: Option<StopReason>,
     /// The last `projectvm.dev/start-requested` annotation value acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_start_request: Option<String>,
@@ -282,7 +351,9 @@ pub struct VmStatus {
     pub phase: Option<Phase>,
     /// ProjectVM: InstanceReady, PrerequisitesInstalled, RepositorySynced, Ready.
     /// Workspace: InstanceReady, RepositoryCloned, CodeServerConfigured, Healthy, Routed, Ready.
-    /// Both: CredentialsCurrent when a credentials Secret is referenced.
+    /// Both: CredentialsCurrent when a credentials Secret is referenced, and the kstatus
+    /// conditions GitOps tools read: Reconciling (True while work is pending) and Stalled
+    /// (True when a reason that needs a person stops progress).
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -303,11 +374,11 @@ pub struct VmStatus {
     pub cost: Option<CostStatus>,
     /// When the VM was last started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_started_at: Option<String>,
+    pub last_started_at: Option<Time>,
     /// Last activity seen: for a ProjectVM, an open terminal session or a process of the
     /// project user the operator did not start; for a Workspace, code-server's heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_activity_at: Option<String>,
+    pub last_activity_at: Option<Time>,
     /// A Compute Engine operation in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<PendingOperation>,
@@ -328,5 +399,5 @@ pub struct RepositoryStatus {
     pub commit: Option<String>,
     /// When the sync finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub synced_at: Option<String>,
+    pub synced_at: Option<Time>,
 }

@@ -63,7 +63,20 @@ pub(crate) fn default_user() -> String {
     DEFAULT_USER.into()
 }
 
+/// `progressTimeout` when it cannot be read (admission makes that impossible).
+const FALLBACK_PROGRESS_LIMIT: std::time::Duration = std::time::Duration::from_secs(900);
+
 impl MachineSpec {
+    /// `progressTimeout` as a duration.
+    pub fn progress_limit(&self) -> std::time::Duration {
+        crate::clock::parse_duration(&self.progress_timeout).unwrap_or(FALLBACK_PROGRESS_LIMIT)
+    }
+
+    /// `idleTimeout` as a duration, when set.
+    pub fn idle_limit(&self) -> Option<std::time::Duration> {
+        self.idle_timeout.as_deref().and_then(crate::clock::parse_duration)
+    }
+
     /// The machine type the spec asks for.
     pub fn desired_machine_type(&self) -> String {
         match (&self.machine_type, self.size) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use super::{CloudError, CloudInstance, Compute};
+use super::{CloudError, CloudInstance, Compute, naming};
 
 struct ZoneList {
     fetched: Instant,
@@ -49,7 +49,7 @@ impl InstanceCache {
             z.fetched >= asked || (z.instances.is_ok() && z.fetched.elapsed() < self.ttl)
         });
         if !usable {
-            let labels = BTreeMap::from([("managed-by".to_string(), "projectvm".to_string())]);
+            let labels = BTreeMap::from([(naming::LABEL_MANAGED_BY.to_string(), naming::MANAGED_BY.to_string())]);
             let list = compute.list_instances(zone, &labels).await;
             self.lists.fetch_add(1, Ordering::Relaxed);
             *entry = Some(ZoneList {

@@ -11,6 +11,8 @@
 //! The mapping itself is pure ([`classify_http`], [`classify_reason`],
 //! [`classify_operation`]) and table-tested below.
 
+use crate::conditions::Reason;
+
 use google_cloud_gax::error::Error as GaxError;
 use google_cloud_gax::error::rpc::{Code, StatusDetails};
 
@@ -33,19 +35,19 @@ pub enum CloudErrorKind {
 
 impl CloudErrorKind {
     /// The condition reason users see.
-    pub fn condition_reason(&self) -> &'static str {
+    pub fn condition_reason(&self) -> Reason {
         match self {
-            CloudErrorKind::QuotaExceeded => "QuotaExceeded",
-            CloudErrorKind::ZoneResourcesExhausted => "ZoneResourcesExhausted",
-            CloudErrorKind::PermissionDenied | CloudErrorKind::Unauthenticated => "PermissionDenied",
-            CloudErrorKind::NotFound => "InstanceNotFound",
-            CloudErrorKind::AlreadyExists => "InstanceNameConflict",
-            CloudErrorKind::RateLimited => "RateLimited",
-            CloudErrorKind::PreconditionFailed => "ConcurrentUpdate",
-            CloudErrorKind::ResourceInUse => "ResourceInUse",
-            CloudErrorKind::InvalidRequest => "InvalidRequest",
-            CloudErrorKind::Unavailable => "ComputeUnavailable",
-            CloudErrorKind::Other => "ComputeError",
+            CloudErrorKind::QuotaExceeded => Reason::QuotaExceeded,
+            CloudErrorKind::ZoneResourcesExhausted => Reason::ZoneResourcesExhausted,
+            CloudErrorKind::PermissionDenied | CloudErrorKind::Unauthenticated => Reason::PermissionDenied,
+            CloudErrorKind::NotFound => Reason::InstanceNotFound,
+            CloudErrorKind::AlreadyExists => Reason::InstanceNameConflict,
+            CloudErrorKind::RateLimited => Reason::RateLimited,
+            CloudErrorKind::PreconditionFailed => Reason::ConcurrentUpdate,
+            CloudErrorKind::ResourceInUse => Reason::ResourceInUse,
+            CloudErrorKind::InvalidRequest => Reason::InvalidRequest,
+            CloudErrorKind::Unavailable => Reason::ComputeUnavailable,
+            CloudErrorKind::Other => Reason::ComputeError,
         }
     }
 
@@ -83,7 +85,7 @@ impl CloudError {
     }
 
     /// Shorthand for `self.kind.condition_reason()`.
-    pub fn condition_reason(&self) -> &'static str {
+    pub fn condition_reason(&self) -> Reason {
         self.kind.condition_reason()
     }
 

@@ -27,6 +27,23 @@ pub enum InstanceState {
     Other(String),
 }
 
+impl InstanceState {
+    /// Compute Engine's own word for the state, e.g. `RUNNING`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            InstanceState::Provisioning => "PROVISIONING",
+            InstanceState::Staging => "STAGING",
+            InstanceState::Running => "RUNNING",
+            InstanceState::Stopping => "STOPPING",
+            InstanceState::Suspending => "SUSPENDING",
+            InstanceState::Suspended => "SUSPENDED",
+            InstanceState::Repairing => "REPAIRING",
+            InstanceState::Terminated => "TERMINATED",
+            InstanceState::Other(o) => o,
+        }
+    }
+}
+
 /// What the operator needs to know about an instance.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CloudInstance {

@@ -58,6 +58,15 @@ pub fn instance_name(kind: &str, namespace: &str, name: &str) -> String {
     format!("{base}--{hash}")
 }
 
+/// The instance label keys, one constant each.
+pub const LABEL_MANAGED_BY: &str = "managed-by";
+pub const LABEL_KIND: &str = "projectvm-kind";
+pub const LABEL_NAMESPACE: &str = "projectvm-namespace";
+pub const LABEL_NAME: &str = "projectvm-name";
+pub const LABEL_UID: &str = "projectvm-uid";
+/// The value of [`LABEL_MANAGED_BY`] on every instance the operator makes.
+pub const MANAGED_BY: &str = "projectvm";
+
 /// A label value within Compute Engine's rules (lowercase `[-_a-z0-9]`, at most 63).
 pub fn label_value(v: &str) -> String {
     let clean = sanitize(v, true);
@@ -73,20 +82,20 @@ pub fn label_value(v: &str) -> String {
 /// The labels every instance carries.
 pub fn instance_labels(kind: &str, namespace: &str, name: &str, uid: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("managed-by".to_string(), "projectvm".to_string()),
-        ("projectvm-kind".to_string(), label_value(kind)),
-        ("projectvm-namespace".to_string(), label_value(namespace)),
-        ("projectvm-name".to_string(), label_value(name)),
-        ("projectvm-uid".to_string(), label_value(uid)),
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        (LABEL_KIND.to_string(), label_value(kind)),
+        (LABEL_NAMESPACE.to_string(), label_value(namespace)),
+        (LABEL_NAME.to_string(), label_value(name)),
+        (LABEL_UID.to_string(), label_value(uid)),
     ])
 }
 
 /// Whether the instance was made by projectvm for this very object (its uid).
 pub fn owned_by(instance: &CloudInstance, uid: &str) -> bool {
     let l = &instance.labels;
-    l.get("managed-by").map(String::as_str) == Some("projectvm")
+    l.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
         && !uid.is_empty()
-        && l.get("projectvm-uid") == Some(&label_value(uid))
+        && l.get(LABEL_UID) == Some(&label_value(uid))
 }
 
 /// Whether the instance was made for this resource: for this very object (uid), or for an
@@ -94,10 +103,10 @@ pub fn owned_by(instance: &CloudInstance, uid: &str) -> bool {
 /// the new one adopts.
 pub fn belongs_to(instance: &CloudInstance, kind: &str, namespace: &str, name: &str) -> bool {
     let l = &instance.labels;
-    l.get("managed-by").map(String::as_str) == Some("projectvm")
-        && l.get("projectvm-kind") == Some(&label_value(kind))
-        && l.get("projectvm-namespace") == Some(&label_value(namespace))
-        && l.get("projectvm-name") == Some(&label_value(name))
+    l.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
+        && l.get(LABEL_KIND) == Some(&label_value(kind))
+        && l.get(LABEL_NAMESPACE) == Some(&label_value(namespace))
+        && l.get(LABEL_NAME) == Some(&label_value(name))
 }
 
 #[cfg(test)]

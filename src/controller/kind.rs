@@ -1,14 +1,20 @@
-//! What differs between the two kinds, behind one trait so the reconcile pipeline is shared.
+//! What differs between the two kinds, behind one trait so the reconcile pipeline is shared:
+//! the step graph, where the spec keeps the machine and the repository, how each step's
+//! inputs come from the spec, and how activity is detected.
 
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::mpsc::UnboundedSender;
 
+use super::Context;
+use super::steps::{self, Prepared, StepEnv};
 use crate::api::{MachineSpec, ProjectVM, SecretKeyRef, VmStatus, Workspace, WorkspaceStatus};
-use crate::engine::{PROJECTVM_GRAPH, StepNode, WORKSPACE_GRAPH};
+use crate::engine::{PROJECTVM_GRAPH, StepId, StepNode, WORKSPACE_GRAPH};
 
 /// A kind the operator manages a VM for.
 pub trait VmKind:
@@ -25,6 +31,9 @@ pub trait VmKind:
     const LABEL: &'static str;
     /// The kind's step graph.
     const GRAPH: &'static [StepNode];
+    /// Whether activity (for idle shutdown) is read on the VM over SSH; otherwise it comes
+    /// from code-server's heartbeat in the health probe.
+    const ACTIVITY_OVER_SSH: bool;
 
     fn machine(&self) -> &MachineSpec;
     fn vm_status(&self) -> Option<&VmStatus>;
@@ -43,11 +52,16 @@ pub trait VmKind:
     fn uses_secret(&self, name: &str) -> bool {
         self.credentials_ref().is_some_and(|r| r.name == name)
     }
+    /// A step's inputs, fingerprint and work, from the spec and what was read this pass.
+    fn prepare(&self, step: StepId, env: &StepEnv) -> Prepared;
+    /// The channel that re-queues this kind's reconciles.
+    fn wakeups(ctx: &Context) -> &UnboundedSender<ObjectRef<Self>>;
 }
 
 impl VmKind for ProjectVM {
     const LABEL: &'static str = "projectvm";
     const GRAPH: &'static [StepNode] = PROJECTVM_GRAPH;
+    const ACTIVITY_OVER_SSH: bool = true;
 
     fn machine(&self) -> &MachineSpec {
         &self.spec.machine
@@ -61,11 +75,33 @@ impl VmKind for ProjectVM {
     fn credentials_ref(&self) -> Option<&SecretKeyRef> {
         self.spec.repository.credentials_secret_ref.as_ref()
     }
+    fn prepare(&self, step: StepId, env: &StepEnv) -> Prepared {
+        let r = &self.spec.repository;
+        match step {
+            StepId::Prerequisites => steps::prerequisites::prepare(&self.spec.prerequisites, env),
+            StepId::Repository => steps::repository::prepare(
+                env,
+                steps::repository::Source {
+                    url: r.url.clone(),
+                    revision: r.revision.clone(),
+                    path: r.path.trim_end_matches('/').to_string(),
+                    depth: r.depth,
+                    user: self.spec.machine.user.clone(),
+                    wants_token: r.credentials_secret_ref.is_some(),
+                },
+            ),
+            other => Err(steps::not_in_graph("ProjectVM", other)),
+        }
+    }
+    fn wakeups(ctx: &Context) -> &UnboundedSender<ObjectRef<Self>> {
+        &ctx.wake_projectvm
+    }
 }
 
 impl VmKind for Workspace {
     const LABEL: &'static str = "workspace";
     const GRAPH: &'static [StepNode] = WORKSPACE_GRAPH;
+    const ACTIVITY_OVER_SSH: bool = false;
 
     fn machine(&self) -> &MachineSpec {
         &self.spec.machine
@@ -89,5 +125,114 @@ impl VmKind for Workspace {
         self.credentials_ref().is_some_and(|r| r.name == name)
             || self.spec.code_server.password_secret_ref.as_ref().is_some_and(|r| r.name == name)
             || name == super::secrets::password_secret_name(&self.name_any())
+    }
+    fn prepare(&self, step: StepId, env: &StepEnv) -> Prepared {
+        let r = &self.spec.repository;
+        match step {
+            StepId::Repository => steps::repository::prepare(
+                env,
+                steps::repository::Source {
+                    url: r.clone_url(),
+                    revision: r.revision.clone(),
+                    path: self.spec.effective_folder(),
+                    depth: r.depth,
+                    user: self.spec.machine.user.clone(),
+                    wants_token: r.credentials_secret_ref.is_some(),
+                },
+            ),
+            StepId::CodeServer => steps::code_server::prepare(self, env),
+            StepId::Health => steps::health::prepare(self.spec.code_server.port, env),
+            StepId::Route => steps::route::prepare(self, env),
+            other => Err(steps::not_in_graph("Workspace", other)),
+        }
+    }
+    fn wakeups(ctx: &Context) -> &UnboundedSender<ObjectRef<Self>> {
+        &ctx.wake_workspace
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::secrets::Token;
+    use crate::controller::steps::Work;
+
+    fn pvm(yaml: &str) -> ProjectVM {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn env() -> StepEnv {
+        StepEnv { instance_id: "111".into(), address: "10.0.0.9".into(), ..Default::default() }
+    }
+
+    fn fp(p: Prepared) -> String {
+        p.unwrap().0
+    }
+
+    const BASE: &str = "apiVersion: projectvm.dev/v1alpha1\nkind: ProjectVM\nmetadata: {name: a, namespace: n}\nspec:\n  repository: {url: 'https://git.example.com/acme/api.git', revision: main}\n";
+
+    #[test]
+    fn revision_change_changes_only_repository_fingerprint() {
+        let a = pvm(BASE);
+        let b = pvm(&BASE.replace("revision: main", "revision: feature"));
+        let e = env();
+        assert_eq!(fp(a.prepare(StepId::Prerequisites, &e)), fp(b.prepare(StepId::Prerequisites, &e)));
+        assert_ne!(fp(a.prepare(StepId::Repository, &e)), fp(b.prepare(StepId::Repository, &e)));
+    }
+
+    #[test]
+    fn recreated_instance_changes_every_fingerprint() {
+        let a = pvm(BASE);
+        let mut e2 = env();
+        e2.instance_id = "222".into();
+        for s in [StepId::Prerequisites, StepId::Repository] {
+            assert_ne!(fp(a.prepare(s, &env())), fp(a.prepare(s, &e2)));
+        }
+    }
+
+    #[test]
+    fn missing_secret_blocks_repository_with_secret_not_found() {
+        let a = pvm(&BASE.replace("revision: main}", "revision: main, credentialsSecretRef: {name: tok}}"));
+        let mut e = env();
+        e.token_problem = Some("Secret n/tok (key \"token\") not found".into());
+        let err = a.prepare(StepId::Repository, &e).unwrap_err();
+        assert_eq!(err.reason, crate::conditions::Reason::SecretNotFound);
+        assert!(err.message.contains("n/tok"));
+    }
+
+    #[test]
+    fn refreshed_token_changes_fingerprint_and_never_enters_it() {
+        let a = pvm(&BASE.replace("revision: main}", "revision: main, credentialsSecretRef: {name: tok}}"));
+        let mut e = env();
+        e.token = Some(Token { value: "secret-1".into(), version: "1".into() });
+        let (fp1, w) = a.prepare(StepId::Repository, &e).unwrap();
+        e.token = Some(Token { value: "secret-2".into(), version: "2".into() });
+        let fp2 = fp(a.prepare(StepId::Repository, &e));
+        assert_ne!(fp1, fp2);
+        assert!(!fp1.contains("secret"));
+        let Work::Repository(w) = w else { panic!("not the repository step") };
+        assert_eq!(w.host, "git.example.com");
+        assert_eq!(w.sync.credential_helper.as_deref(), Some("/home/project/.config/projectvm/git-credential-helper"));
+        assert!(!crate::guest::repository_sync(&w.sync).contains("secret-1"));
+    }
+
+    #[test]
+    fn workspace_defaults() {
+        let w: Workspace = serde_yaml::from_str(
+            "apiVersion: projectvm.dev/v1alpha1\nkind: Workspace\nmetadata: {name: w, namespace: n}\nspec:\n  repository: {url: acme/demo}\n",
+        )
+        .unwrap();
+        let mut e = env();
+        e.password = Some(Token { value: "pw".into(), version: "3".into() });
+        let Work::Repository(r) = w.prepare(StepId::Repository, &e).unwrap().1 else { panic!() };
+        assert_eq!(r.sync.url, "https://github.com/acme/demo.git");
+        assert_eq!(r.sync.path, "/home/project/demo");
+        let Work::CodeServer(c) = w.prepare(StepId::CodeServer, &e).unwrap().1 else { panic!() };
+        assert_eq!(c.cfg.port, 8080);
+        assert_eq!(c.cfg.password.as_deref(), Some("pw"));
+        let Work::Health { url } = w.prepare(StepId::Health, &e).unwrap().1 else { panic!() };
+        assert_eq!(url, "http://10.0.0.9:8080/healthz");
+        // A step of the other kind is an operator bug, reported as such.
+        assert_eq!(w.prepare(StepId::Prerequisites, &e).unwrap_err().reason, crate::conditions::Reason::InternalError);
     }
 }

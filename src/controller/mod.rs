@@ -1,11 +1,26 @@
-//! The controllers: one per kind, sharing one [`Context`] and one reconcile pipeline
-//! (read → plan → apply → status) in [`reconcile`].
+//! The controllers: one per kind, sharing one [`Context`] and one reconcile pipeline.
+//!
+//! - [`reconcile`]: the pipeline, top to bottom (finalizer → observe → plan → act → status).
+//! - [`observe`], [`plan`], [`instance`], [`steps`], [`activity`], [`cleanup`]: its stages.
+//! - [`status`]: the pure status builder (conditions, kstatus, phase, progress, events).
+//! - [`kind`]: what differs between ProjectVM and Workspace, behind one trait.
+//! - [`cluster`], [`vm`]: the Kubernetes and VM edges, behind narrow traits (the cloud's is
+//!   `crate::cloud::Compute`), so the scenario tests run the real pipeline in-process.
+//! - [`secrets`], [`route`]: the Secrets and route objects the operator reads and owns.
 
+pub mod activity;
+pub mod cleanup;
+pub mod cluster;
+pub mod instance;
 pub mod kind;
+pub mod observe;
+pub mod plan;
 pub mod reconcile;
 pub mod route;
 pub mod secrets;
-pub mod work;
+pub mod status;
+pub mod steps;
+pub mod vm;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,10 +28,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
 use crate::api::{ProjectVM, Workspace};
@@ -25,7 +39,8 @@ use crate::config::Config;
 use crate::cost::Rates;
 use crate::engine::tasks::TaskRegistry;
 use crate::metrics::Metrics;
-use crate::ssh::SshPool;
+use cluster::Cluster;
+use vm::VmAccess;
 
 /// Field manager for everything the operator applies.
 pub const FIELD_MANAGER: &str = "projectvm-operator";
@@ -46,6 +61,9 @@ pub enum Error {
     Cloud(#[from] CloudError),
     #[error("{0}")]
     Invalid(String),
+    /// Already recorded in a condition by the stage that met it; only backs off.
+    #[error("{0}")]
+    Reported(Box<Error>),
     /// A panic inside this object's reconcile, contained to it.
     #[error("internal error: {0}")]
     Internal(String),
@@ -72,20 +90,28 @@ impl Error {
 
 /// Shared state of both controllers.
 pub struct Context {
+    /// For the finalizer and the watches; everything else goes through the edges below.
     pub client: Client,
+    pub cluster: Arc<dyn Cluster>,
     pub compute: Arc<dyn Compute>,
+    pub vm: Arc<dyn VmAccess>,
     pub instances: InstanceCache,
-    pub ssh: SshPool,
     pub tasks: TaskRegistry,
-    pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub config: Config,
     pub rates: Rates,
-    pub http: reqwest::Client,
     /// Consecutive reconcile errors per object, for the error policy's backoff.
     failures: Mutex<HashMap<String, u32>>,
-    wake_projectvm: mpsc::UnboundedSender<ObjectRef<ProjectVM>>,
-    wake_workspace: mpsc::UnboundedSender<ObjectRef<Workspace>>,
+    pub(crate) wake_projectvm: mpsc::UnboundedSender<ObjectRef<ProjectVM>>,
+    pub(crate) wake_workspace: mpsc::UnboundedSender<ObjectRef<Workspace>>,
+}
+
+/// The edges a [`Context`] is built from.
+pub struct Edges {
+    pub client: Client,
+    pub cluster: Arc<dyn Cluster>,
+    pub compute: Arc<dyn Compute>,
+    pub vm: Arc<dyn VmAccess>,
 }
 
 /// Trigger streams for the controllers, fed by finishing tasks.
@@ -95,25 +121,17 @@ pub struct Wakeups {
 }
 
 impl Context {
-    pub fn new(
-        client: Client,
-        compute: Arc<dyn Compute>,
-        config: Config,
-        rates: Rates,
-        metrics: Arc<Metrics>,
-    ) -> (Arc<Self>, Wakeups) {
+    pub fn new(edges: Edges, config: Config, rates: Rates, metrics: Arc<Metrics>) -> (Arc<Self>, Wakeups) {
         let (tp, rp) = mpsc::unbounded_channel();
         let (tw, rw) = mpsc::unbounded_channel();
-        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         let ctx = Context {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            compute,
+            client: edges.client,
+            cluster: edges.cluster,
+            compute: edges.compute,
+            vm: edges.vm,
             instances: InstanceCache::new(Duration::from_secs(15)),
-            ssh: SshPool::new(),
             tasks: TaskRegistry::new(config.max_concurrent_tasks),
             metrics,
-            http: reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().unwrap_or_default(),
             config,
             rates,
             failures: Mutex::new(HashMap::new()),
@@ -125,19 +143,11 @@ impl Context {
 
     /// A closure that re-queues the object's reconcile.
     pub fn waker<K: kind::VmKind>(self: &Arc<Self>, obj: &K) -> crate::engine::tasks::Wake {
-        let ns = obj.namespace().unwrap_or_default();
-        let name = obj.name_any();
+        let target = ObjectRef::from_obj(obj);
         let ctx = Arc::downgrade(self);
-        let label = K::LABEL;
         Arc::new(move || {
-            let Some(ctx) = ctx.upgrade() else { return };
-            match label {
-                "projectvm" => {
-                    let _ = ctx.wake_projectvm.send(ObjectRef::new(&name).within(&ns));
-                }
-                _ => {
-                    let _ = ctx.wake_workspace.send(ObjectRef::new(&name).within(&ns));
-                }
+            if let Some(ctx) = ctx.upgrade() {
+                let _ = K::wakeups(&ctx).send(target.clone());
             }
         })
     }
@@ -154,6 +164,11 @@ impl Context {
     }
 }
 
+/// `kind/namespace/name`, the key for tasks and backoff.
+pub fn object_key<K: kind::VmKind>(o: &K) -> String {
+    format!("{}/{}/{}", K::LABEL, o.namespace().unwrap_or_default(), o.name_any())
+}
+
 /// Capped exponential backoff for failed reconciles: 2 s, 4 s, … up to 5 minutes.
 pub fn error_backoff(failures: u32) -> Duration {
     Duration::from_secs((1u64 << failures.min(9)).min(300))
@@ -163,7 +178,7 @@ fn error_policy<K: kind::VmKind>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) ->
     if let Some(retry_in) = err.pending() {
         return Action::requeue(retry_in);
     }
-    let key = reconcile::object_key(&*obj);
+    let key = object_key(&*obj);
     let n = ctx.record_failure(&key);
     let delay = error_backoff(n);
     tracing::warn!(object = %key, error = %err, retry_in = ?delay, "reconcile failed");
@@ -173,12 +188,12 @@ fn error_policy<K: kind::VmKind>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) ->
 
 /// Runs both controllers until shutdown.
 pub async fn run(
+    client: Client,
     ctx: Arc<Context>,
     wakeups: Wakeups,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
-    let client = ctx.client.clone();
     let ns = ctx.config.watch_namespace.clone();
     let pvms: Api<ProjectVM> = match &ns {
         Some(n) => Api::namespaced(client.clone(), n),
@@ -198,6 +213,19 @@ pub async fn run(
     futures::future::join(pvm, ws).await;
 }
 
+/// Hashes what a person or a tool changes: the spec (through the generation), labels,
+/// annotations (pause, start requests), finalizers and the deletion timestamp.
+fn spec_or_metadata_changed<K: Resource>(obj: &K) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    predicates::generation(obj).hash(&mut h);
+    predicates::labels(obj).hash(&mut h);
+    predicates::annotations(obj).hash(&mut h);
+    predicates::finalizers(obj).hash(&mut h);
+    obj.meta().deletion_timestamp.as_ref().map(|t| t.0.as_second()).hash(&mut h);
+    Some(h.finish())
+}
+
 /// One kind's controller. Besides its own objects it watches Secrets, mapping each to the
 /// resources that use it, so a refreshed token or password reaches the VM without a restart.
 async fn controller_for<K>(
@@ -207,9 +235,17 @@ async fn controller_for<K>(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) where
-    K: kind::VmKind + work::KindWork,
+    K: kind::VmKind,
 {
-    let controller = Controller::new(api, watcher::Config::default());
+    // Only changes someone else made start a reconcile: the operator's own status writes
+    // move none of these, so they do not trigger a second pass.
+    let (reader, writer) = reflector::store();
+    let changes = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_or_metadata_changed::<K>, Default::default());
+    let controller = Controller::for_stream(changes, reader);
     let store = controller.store();
     controller
         .watches(secrets, watcher::Config::default(), move |secret| {

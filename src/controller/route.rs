@@ -11,9 +11,9 @@ use k8s_openapi::api::networking::v1::{
     IngressSpec as K8sIngressSpec, IngressTLS, ServiceBackendPort,
 };
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 
-use super::{Context, Error, FIELD_MANAGER};
+use super::{Error, FIELD_MANAGER};
 use crate::api::{IngressSpec, Workspace};
 
 /// Name of the Service (and prefix of the EndpointSlice) for a Workspace.
@@ -121,16 +121,16 @@ pub fn desired(ws: &Workspace, address: &str) -> (Service, EndpointSlice, Option
 }
 
 /// Applies the route; removes an Ingress that is no longer asked for.
-pub async fn apply(ctx: &Context, ws: &Workspace, address: &str) -> Result<(), Error> {
+pub async fn apply(client: &Client, ws: &Workspace, address: &str) -> Result<(), Error> {
     let ns = ws.namespace().unwrap_or_default();
     let (service, slice, ingress) = desired(ws, address);
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let svc_name = service_name(&ws.name_any());
-    Api::<Service>::namespaced(ctx.client.clone(), &ns).patch(&svc_name, &pp, &Patch::Apply(&service)).await?;
-    Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ns)
+    Api::<Service>::namespaced(client.clone(), &ns).patch(&svc_name, &pp, &Patch::Apply(&service)).await?;
+    Api::<EndpointSlice>::namespaced(client.clone(), &ns)
         .patch(&format!("{svc_name}-vm"), &pp, &Patch::Apply(&slice))
         .await?;
-    let ingresses = Api::<Ingress>::namespaced(ctx.client.clone(), &ns);
+    let ingresses = Api::<Ingress>::namespaced(client.clone(), &ns);
     match ingress {
         Some(ing) => {
             ingresses.patch(&svc_name, &pp, &Patch::Apply(&ing)).await?;

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
-use kube::{Api, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use rand::distr::{Alphanumeric, SampleString};
 
-use super::kind::VmKind;
-use super::{Context, Error, FIELD_MANAGER};
+use super::cluster::Owner;
+use super::{Error, FIELD_MANAGER};
 use crate::api::SecretKeyRef;
 use crate::ssh;
 
@@ -37,11 +37,11 @@ pub struct SecretProblem {
 
 /// Reads `key` of the referenced Secret in `namespace`.
 pub async fn read_token(
-    ctx: &Context,
+    client: &Client,
     namespace: &str,
     r: &SecretKeyRef,
 ) -> Result<Result<Token, SecretProblem>, Error> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let Some(secret) = api.get_opt(&r.name).await? else {
         return Ok(Err(SecretProblem {
             message: format!(
@@ -67,16 +67,22 @@ pub async fn read_token(
     }
 }
 
-/// The operator's SSH key pair for one resource.
+/// The operator's SSH key pair for one resource. `Debug` never prints the private key.
 #[derive(Clone)]
 pub struct SshKey {
     pub private_openssh: String,
     pub public_openssh: String,
 }
 
+impl std::fmt::Debug for SshKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshKey").field("public_openssh", &self.public_openssh).finish_non_exhaustive()
+    }
+}
+
 /// Name of the Secret holding the operator's SSH key for a resource.
-pub fn ssh_secret_name<K: VmKind>(obj: &K) -> String {
-    format!("{}-{}-ssh", obj.name_any(), K::LABEL)
+pub fn ssh_secret_name(owner: &Owner) -> String {
+    format!("{}-{}-ssh", owner.name, owner.label)
 }
 
 /// Name of the generated code-server password Secret.
@@ -84,14 +90,14 @@ pub fn password_secret_name(name: &str) -> String {
     format!("{name}-code-server")
 }
 
-fn owned_meta<K: VmKind>(obj: &K, name: &str) -> ObjectMeta {
+fn owned_meta(owner: &Owner, name: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_string()),
-        namespace: obj.namespace(),
-        owner_references: obj.controller_owner_ref(&()).map(|o| vec![o]),
+        namespace: Some(owner.namespace.clone()),
+        owner_references: owner.owner_ref.clone().map(|o| vec![o]),
         labels: Some(BTreeMap::from([
             ("app.kubernetes.io/managed-by".to_string(), "projectvm".to_string()),
-            (format!("projectvm.dev/{}", K::LABEL), obj.name_any()),
+            (format!("projectvm.dev/{}", owner.label), owner.name.clone()),
         ])),
         ..Default::default()
     }
@@ -99,18 +105,18 @@ fn owned_meta<K: VmKind>(obj: &K, name: &str) -> ObjectMeta {
 
 /// Gets or creates the resource's SSH key Secret (type `kubernetes.io/ssh-auth`, owned by
 /// the resource so it goes away with it).
-pub async fn ensure_ssh_key<K: VmKind>(ctx: &Context, obj: &K) -> Result<SshKey, Error> {
-    let ns = obj.namespace().unwrap_or_default();
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let name = ssh_secret_name(obj);
+pub async fn ensure_ssh_key(client: &Client, owner: &Owner) -> Result<SshKey, Error> {
+    let ns = &owner.namespace;
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let name = ssh_secret_name(owner);
     if let Some(s) = api.get_opt(&name).await?
         && let Some(key) = parse_ssh_secret(&s)
     {
         return Ok(key);
     }
-    let pair = ssh::generate_keypair(&format!("projectvm:{ns}/{}", obj.name_any()));
+    let pair = ssh::generate_keypair(&format!("projectvm:{ns}/{}", owner.name));
     let secret = Secret {
-        metadata: owned_meta(obj, &name),
+        metadata: owned_meta(owner, &name),
         type_: Some("kubernetes.io/ssh-auth".into()),
         data: Some(BTreeMap::from([
             ("ssh-privatekey".to_string(), ByteString(pair.private_openssh.clone().into_bytes())),
@@ -138,10 +144,9 @@ fn parse_ssh_secret(s: &Secret) -> Option<SshKey> {
 
 /// Gets or creates the generated code-server password Secret; returns the password and the
 /// Secret's resourceVersion.
-pub async fn ensure_password<K: VmKind>(ctx: &Context, obj: &K) -> Result<Token, Error> {
-    let ns = obj.namespace().unwrap_or_default();
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let name = password_secret_name(&obj.name_any());
+pub async fn ensure_password(client: &Client, owner: &Owner) -> Result<Token, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &owner.namespace);
+    let name = password_secret_name(&owner.name);
     if let Some(s) = api.get_opt(&name).await?
         && let Some(p) = s.data.as_ref().and_then(|d| d.get("password"))
     {
@@ -152,7 +157,7 @@ pub async fn ensure_password<K: VmKind>(ctx: &Context, obj: &K) -> Result<Token,
     }
     let password = Alphanumeric.sample_string(&mut rand::rng(), 24);
     let secret = Secret {
-        metadata: owned_meta(obj, &name),
+        metadata: owned_meta(owner, &name),
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([("password".to_string(), ByteString(password.into_bytes()))])),
         ..Default::default()

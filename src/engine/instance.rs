@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+pub use crate::api::StopReason;
 use crate::api::{PowerStatus, RunStrategy};
 use crate::cloud::{CloudInstance, InstanceState};
 
@@ -23,27 +24,6 @@ pub struct InstanceInputs<'a> {
     pub start_request: Option<&'a str>,
     /// Whether the idle timeout has passed with no activity.
     pub idle_expired: bool,
-}
-
-/// Why the operator stops a VM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopReason {
-    /// `runStrategy: Halted`.
-    Halted,
-    /// No activity for `idleTimeout`.
-    IdleTimeout,
-    /// Stopping to change the machine type.
-    Resize,
-}
-
-impl StopReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StopReason::Halted => "Halted",
-            StopReason::IdleTimeout => "IdleTimeout",
-            StopReason::Resize => "Resize",
-        }
-    }
 }
 
 /// Why the operator starts a VM.
@@ -87,7 +67,7 @@ pub fn plan_instance(i: &InstanceInputs<'_>) -> InstanceAction {
         return InstanceAction::Create;
     };
     if !i.owned {
-        return InstanceAction::NameConflict { owner_uid: inst.labels.get("projectvm-uid").cloned() };
+        return InstanceAction::NameConflict { owner_uid: inst.labels.get(crate::cloud::naming::LABEL_UID).cloned() };
     }
     let running = match &inst.state {
         InstanceState::Running => true,

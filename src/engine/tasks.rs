@@ -11,13 +11,15 @@ use futures::FutureExt;
 use tokio::sync::Semaphore;
 
 use super::{StepId, TaskView, backoff};
+use crate::clock::humanize;
+use crate::conditions::Reason;
 
 /// The result of a step's action.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskOutcome {
     pub success: bool,
     /// Condition reason.
-    pub reason: String,
+    pub reason: Reason,
     /// Condition message; never contains secrets.
     pub message: String,
     /// Values the step produced, e.g. the commit checked out.
@@ -25,11 +27,11 @@ pub struct TaskOutcome {
 }
 
 impl TaskOutcome {
-    pub fn ok(reason: &str, message: impl Into<String>) -> Self {
-        Self { success: true, reason: reason.into(), message: message.into(), outputs: HashMap::new() }
+    pub fn ok(reason: Reason, message: impl Into<String>) -> Self {
+        Self { success: true, reason, message: message.into(), outputs: HashMap::new() }
     }
-    pub fn failed(reason: &str, message: impl Into<String>) -> Self {
-        Self { success: false, reason: reason.into(), message: message.into(), outputs: HashMap::new() }
+    pub fn failed(reason: Reason, message: impl Into<String>) -> Self {
+        Self { success: false, reason, message: message.into(), outputs: HashMap::new() }
     }
     pub fn with_output(mut self, key: &str, value: impl Into<String>) -> Self {
         self.outputs.insert(key.into(), value.into());
@@ -167,7 +169,7 @@ impl TaskRegistry {
                     match tokio::time::timeout(limit, guarded).await {
                         Ok(Ok(outcome)) => outcome,
                         Ok(Err(panic)) => TaskOutcome::failed(
-                            "InternalError",
+                            Reason::InternalError,
                             format!(
                                 "step {} failed inside the operator: {}",
                                 task_key.1.name(),
@@ -175,12 +177,12 @@ impl TaskRegistry {
                             ),
                         ),
                         Err(_) => TaskOutcome::failed(
-                            "StepTimedOut",
+                            Reason::StepTimedOut,
                             format!("step {} did not finish within {}", task_key.1.name(), humanize(limit)),
                         ),
                     }
                 }
-                Err(_) => TaskOutcome::failed("Shutdown", "operator is shutting down"),
+                Err(_) => TaskOutcome::failed(Reason::Shutdown, "operator is shutting down"),
             };
             {
                 let mut entries = registry.lock().expect("tasks lock");
@@ -244,18 +246,6 @@ impl TaskRegistry {
     }
 }
 
-/// `90s` → `1m30s`, for messages.
-pub fn humanize(d: Duration) -> String {
-    let s = d.as_secs();
-    match (s / 3600, (s % 3600) / 60, s % 60) {
-        (0, 0, s) => format!("{s}s"),
-        (0, m, 0) => format!("{m}m"),
-        (0, m, s) => format!("{m}m{s}s"),
-        (h, 0, 0) => format!("{h}h"),
-        (h, m, _) => format!("{h}h{m}m"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,14 +280,14 @@ mod tests {
         r.spawn("o", StepId::Repository, "fp", Duration::from_secs(5), wake, |p| async move {
             p.report(Some(50), "cloning");
             let _ = rx.await;
-            TaskOutcome::ok("Synced", "done").with_output("commit", "abc")
+            TaskOutcome::ok(Reason::Synced, "done").with_output("commit", "abc")
         });
         assert_eq!(r.view("o", StepId::Repository), TaskView::Running { fingerprint: "fp".into() });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(r.progress("o", StepId::Repository).unwrap().percent, Some(50));
         // a second spawn while running is ignored
         r.spawn("o", StepId::Repository, "fp2", Duration::from_secs(5), Arc::new(|| {}), |_| async {
-            TaskOutcome::ok("X", "")
+            TaskOutcome::ok(Reason::Installed, "")
         });
         tx.send(()).unwrap();
         wait_finished(&r, StepId::Repository).await;
@@ -313,12 +303,12 @@ mod tests {
         let r = TaskRegistry::new(1);
         r.spawn("o", StepId::Prerequisites, "fp", Duration::from_millis(20), Arc::new(|| {}), |_| async {
             tokio::time::sleep(Duration::from_secs(10)).await;
-            TaskOutcome::ok("X", "")
+            TaskOutcome::ok(Reason::Installed, "")
         });
         wait_finished(&r, StepId::Prerequisites).await;
         let (_, out) = r.take_finished("o", StepId::Prerequisites).unwrap();
         assert!(!out.success);
-        assert_eq!(out.reason, "StepTimedOut");
+        assert_eq!(out.reason, Reason::StepTimedOut);
         assert!(out.message.contains("Prerequisites"), "{}", out.message);
         assert_eq!(r.view("o", StepId::Prerequisites), TaskView::BackingOff { fingerprint: "fp".into(), ready: false });
         assert!(r.retry_in("o", StepId::Prerequisites).unwrap() <= Duration::from_secs(5));
@@ -330,11 +320,11 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         r.spawn("a", StepId::Repository, "fp", Duration::from_secs(5), Arc::new(|| {}), |_| async move {
             let _ = rx.await;
-            TaskOutcome::ok("X", "")
+            TaskOutcome::ok(Reason::Installed, "")
         });
         r.spawn("b", StepId::Repository, "fp", Duration::from_secs(5), Arc::new(|| {}), |p| async move {
             p.report(None, "second running");
-            TaskOutcome::ok("X", "")
+            TaskOutcome::ok(Reason::Installed, "")
         });
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert_eq!(r.progress("b", StepId::Repository).unwrap().message, "queued");
@@ -353,19 +343,11 @@ mod tests {
         let r = TaskRegistry::new(1);
         r.spawn("o", StepId::Repository, "fp", Duration::from_secs(5), Arc::new(|| {}), |_| async {
             tokio::time::sleep(Duration::from_secs(10)).await;
-            TaskOutcome::ok("X", "")
+            TaskOutcome::ok(Reason::Installed, "")
         });
         assert_eq!(r.running(), 1);
         r.forget("o");
         assert_eq!(r.running(), 0);
         assert_eq!(r.view("o", StepId::Repository), TaskView::Idle);
-    }
-
-    #[test]
-    fn humanized_durations() {
-        assert_eq!(humanize(Duration::from_secs(900)), "15m");
-        assert_eq!(humanize(Duration::from_secs(90)), "1m30s");
-        assert_eq!(humanize(Duration::from_secs(7200)), "2h");
-        assert_eq!(humanize(Duration::from_secs(5)), "5s");
     }
 }

@@ -1,6 +1,8 @@
 //! Reading git's output: clone progress for `status.progress`, and failures mapped to the
 //! condition reasons users see.
 
+use crate::conditions::Reason;
+
 /// Why a sync failed, as users see it in the condition reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GitFailure {
@@ -13,14 +15,14 @@ pub enum GitFailure {
 }
 
 impl GitFailure {
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> Reason {
         match self {
-            GitFailure::RepositoryNotFound => "RepositoryNotFound",
-            GitFailure::AuthenticationFailed => "AuthenticationFailed",
-            GitFailure::RevisionNotFound => "RevisionNotFound",
-            GitFailure::RepositoryUnreachable => "RepositoryUnreachable",
-            GitFailure::CheckoutConflict => "CheckoutConflict",
-            GitFailure::SyncFailed => "SyncFailed",
+            GitFailure::RepositoryNotFound => Reason::RepositoryNotFound,
+            GitFailure::AuthenticationFailed => Reason::AuthenticationFailed,
+            GitFailure::RevisionNotFound => Reason::RevisionNotFound,
+            GitFailure::RepositoryUnreachable => Reason::RepositoryUnreachable,
+            GitFailure::CheckoutConflict => Reason::CheckoutConflict,
+            GitFailure::SyncFailed => Reason::SyncFailed,
         }
     }
 }

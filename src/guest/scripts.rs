@@ -1,7 +1,8 @@
 //! Script renderers for each step. Scripts are sent as stdin to `bash -s` (never as a
 //! command-line argument), so their text is not visible in `ps` on the VM.
 
-use crate::ssh::shell_quote;
+use crate::shell::shell_quote;
+pub use crate::shell::{OPERATOR_ENV, RUN_AS_ROOT, RUN_AS_USER};
 
 /// Where the operator keeps its own state on the VM.
 pub const STATE_DIR: &str = "/var/lib/projectvm";
@@ -12,11 +13,6 @@ pub const PREREQUISITES_SCRIPT: &str = "/var/lib/projectvm/prerequisites.sh";
 /// Marker lines the scripts print so the operator can pick values out of their output.
 pub const COMMIT_MARKER: &str = "PROJECTVM_COMMIT=";
 pub const BRANCH_MARKER: &str = "PROJECTVM_BRANCH=";
-
-/// The command that runs a script fed on stdin as root.
-pub const RUN_AS_ROOT: &str = "PROJECTVM_OPERATOR=1 sudo -n bash -s";
-/// The command that runs a script fed on stdin as the login user.
-pub const RUN_AS_USER: &str = "PROJECTVM_OPERATOR=1 bash -s";
 
 /// Path of the marker file recording the fingerprint a step last completed with.
 pub fn marker_path(step: &str) -> String {
@@ -284,10 +280,6 @@ printf '%s\n' {fp} > {marker}
         marker = marker_path("code-server"),
     )
 }
-
-/// Environment marker on every command the operator runs, so activity detection can tell
-/// the operator's own processes from a person's.
-pub const OPERATOR_ENV: &str = "PROJECTVM_OPERATOR=1";
 
 /// Prints `PROJECTVM_ACTIVE=1` when a person is active on the VM right now: a terminal
 /// session is open (utmp), or a process of the project user runs that the operator did not

@@ -5,7 +5,7 @@
 //!
 //! - [`keys`]: key generation, parsing and fingerprints.
 //! - [`pool`]: [`SshPool`], connections, exec and file writes.
-//! - [`quote`]: [`shell_quote`] and the remote side of [`SshPool::write_file`].
+//! - [`quote`]: the remote side of [`SshPool::write_file`].
 //!
 //! Nothing here logs stdin: it carries tokens and passwords. Commands are logged at debug
 //! level only, and commands never carry secrets (see [`SshPool::write_file`]).
@@ -18,7 +18,7 @@ mod quote;
 
 pub use keys::{generate_keypair, host_key_fingerprint};
 pub use pool::SshPool;
-pub use quote::{shell_quote, write_file_command};
+pub use quote::write_file_command;
 
 /// An SSH key pair in OpenSSH formats.
 #[derive(Clone)]

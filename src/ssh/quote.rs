@@ -1,21 +1,6 @@
-//! Shell quoting, and the remote command that writes a file from stdin.
+//! The remote command that writes a file from stdin.
 
-/// POSIX single-quote quoting: `'...'` with each `'` written as `'\''`. Safe for any string,
-/// including quotes, backslashes, `$(...)`, backticks, `;`, globs and newlines; the empty string
-/// becomes `''`.
-pub fn shell_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        if c == '\'' {
-            out.push_str(r"'\''");
-        } else {
-            out.push(c);
-        }
-    }
-    out.push('\'');
-    out
-}
+use crate::shell::shell_quote;
 
 /// The script behind [`write_file_command`]. `$1` is the path, `$2` the `chown` spec (empty: keep
 /// root). Missing parent directories are created `0755` and given to the owner; the content goes
@@ -60,7 +45,7 @@ pub fn write_file_command(path: &str, mode: u32, owner: Option<&str>) -> String 
     };
     format!(
         "{} sudo -n sh -c {} sh {} {}",
-        crate::guest::OPERATOR_ENV,
+        crate::shell::OPERATOR_ENV,
         shell_quote(&script),
         shell_quote(path),
         shell_quote(&chown)

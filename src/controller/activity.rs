@@ -1,0 +1,34 @@
+//! Activity on a ProjectVM, for idle shutdown: an open terminal session or a process of the
+//! project user that the operator did not start. (A Workspace's activity is code-server's
+//! heartbeat, read by the health step.)
+
+use std::time::Duration;
+
+use super::Context;
+use super::kind::VmKind;
+use super::status::Report;
+use crate::clock;
+use crate::conditions::{self, types};
+use crate::ssh::SshTarget;
+
+const PROBE_LIMIT: Duration = Duration::from_secs(20);
+
+/// Probes the VM when an idle timeout is set and the VM is set up, and asks to be back soon
+/// enough that an idle stop comes shortly after the timeout.
+pub async fn probe<K: VmKind>(ctx: &Context, report: &mut Report, obj: &K, target: &SshTarget) {
+    let Some(idle) = obj.machine().idle_limit() else {
+        return;
+    };
+    report.soon((idle / 4).clamp(Duration::from_secs(5), Duration::from_secs(30)));
+    if !K::ACTIVITY_OVER_SSH || !conditions::is_true(&report.status.conditions, types::REPOSITORY_SYNCED) {
+        return;
+    }
+    let script = crate::guest::activity_probe(&obj.machine().user);
+    match ctx.vm.exec(target, crate::guest::RUN_AS_USER, Some(script.as_bytes()), PROBE_LIMIT, None).await {
+        Ok(out) if crate::text::lossy(&out.stdout).contains("PROJECTVM_ACTIVE=1") => {
+            report.status.last_activity_at = Some(clock::time(report.now));
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "activity probe failed"),
+    }
+}

@@ -1,0 +1,114 @@
+//! The Kubernetes edge of a reconcile: the Secrets it reads and owns, the route objects it
+//! applies, and the status and events it writes. Behind one narrow trait, so the pipeline
+//! runs unchanged against the API server and against the in-memory cluster of the scenario
+//! tests.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::core::ApiResource;
+use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::{Api, Client, ResourceExt};
+
+use super::kind::VmKind;
+use super::secrets::{self, SecretProblem, SshKey, Token};
+use super::{Error, FIELD_MANAGER};
+use crate::api::{SecretKeyRef, Workspace};
+
+/// The resource a reconcile works for, as the Kubernetes edge needs to know it.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    /// The kind's short label (`projectvm`, `workspace`).
+    pub label: &'static str,
+    pub namespace: String,
+    pub name: String,
+    /// Owner reference for the objects the operator creates for this resource.
+    pub owner_ref: Option<OwnerReference>,
+    /// Reference for events.
+    pub reference: ObjectReference,
+    pub api_resource: ApiResource,
+}
+
+impl Owner {
+    pub fn of<K: VmKind>(obj: &K) -> Self {
+        Self {
+            label: K::LABEL,
+            namespace: obj.namespace().unwrap_or_default(),
+            name: obj.name_any(),
+            owner_ref: obj.controller_owner_ref(&()),
+            reference: obj.object_ref(&()),
+            api_resource: ApiResource::erase::<K>(&()),
+        }
+    }
+
+    /// `kind/namespace/name`, the key for tasks, backoff and logs.
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}", self.label, self.namespace, self.name)
+    }
+}
+
+/// What a reconcile reads from and writes to the cluster.
+#[async_trait::async_trait]
+pub trait Cluster: Send + Sync + 'static {
+    /// The operator's SSH key for this resource, created on first use.
+    async fn ssh_key(&self, owner: &Owner) -> Result<SshKey, Error>;
+    /// A token from a referenced Secret, or why it cannot be used.
+    async fn token(&self, namespace: &str, r: &SecretKeyRef) -> Result<Result<Token, SecretProblem>, Error>;
+    /// The generated code-server password, created on first use.
+    async fn generated_password(&self, owner: &Owner) -> Result<Token, Error>;
+    /// Applies a Workspace's Service, EndpointSlice and (when asked for) Ingress.
+    async fn apply_route(&self, ws: &Workspace, address: &str) -> Result<(), Error>;
+    /// Writes the whole status (server-side apply under the operator's field manager).
+    async fn write_status(&self, owner: &Owner, status: serde_json::Value) -> Result<(), Error>;
+    /// Publishes an event about the resource; a failure is logged, never fatal.
+    async fn publish(&self, owner: &Owner, event: &Event);
+}
+
+/// [`Cluster`] on the API server.
+pub struct KubeCluster {
+    client: Client,
+    recorder: Recorder,
+}
+
+impl KubeCluster {
+    pub fn new(client: Client) -> Self {
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        Self { recorder: Recorder::new(client.clone(), reporter), client }
+    }
+}
+
+#[async_trait::async_trait]
+impl Cluster for KubeCluster {
+    async fn ssh_key(&self, owner: &Owner) -> Result<SshKey, Error> {
+        secrets::ensure_ssh_key(&self.client, owner).await
+    }
+
+    async fn token(&self, namespace: &str, r: &SecretKeyRef) -> Result<Result<Token, SecretProblem>, Error> {
+        secrets::read_token(&self.client, namespace, r).await
+    }
+
+    async fn generated_password(&self, owner: &Owner) -> Result<Token, Error> {
+        secrets::ensure_password(&self.client, owner).await
+    }
+
+    async fn apply_route(&self, ws: &Workspace, address: &str) -> Result<(), Error> {
+        super::route::apply(&self.client, ws, address).await
+    }
+
+    async fn write_status(&self, owner: &Owner, status: serde_json::Value) -> Result<(), Error> {
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &owner.namespace, &owner.api_resource);
+        let patch = serde_json::json!({
+            "apiVersion": owner.api_resource.api_version,
+            "kind": owner.api_resource.kind,
+            "status": status,
+        });
+        api.patch_status(&owner.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        Ok(())
+    }
+
+    async fn publish(&self, owner: &Owner, event: &Event) {
+        if let Err(err) = self.recorder.publish(event, &owner.reference).await {
+            tracing::warn!(object = %owner.key(), error = %err, "publishing event failed");
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! The planning stage: from the spec and what was observed, the one thing to do with the
+//! instance now. Pure; the step plan is made by `steps::run` with `engine::plan_steps`.
+
+use kube::ResourceExt;
+
+use super::START_ANNOTATION;
+use super::kind::VmKind;
+use super::observe::{Observed, idle_expired};
+use super::status::Report;
+use crate::cloud::naming;
+use crate::engine::instance::{InstanceAction, InstanceInputs, plan_instance};
+
+pub fn instance<K: VmKind>(report: &Report, obj: &K, observed: &Observed) -> InstanceAction {
+    let inst = observed.instance.as_ref();
+    let namespace = obj.namespace().unwrap_or_default();
+    let power = report.status.power.clone().unwrap_or_default();
+    let desired_machine_type = obj.machine().desired_machine_type();
+    plan_instance(&InstanceInputs {
+        instance: inst,
+        owned: inst.is_some_and(|i| naming::belongs_to(i, K::LABEL, &namespace, &obj.name_any())),
+        desired_machine_type: &desired_machine_type,
+        run_strategy: obj.machine().run_strategy,
+        desired_metadata: &observed.desired_metadata,
+        power: &power,
+        start_request: obj.annotations().get(START_ANNOTATION).map(String::as_str),
+        idle_expired: idle_expired(report, obj, inst),
+    })
+}

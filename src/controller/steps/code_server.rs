@@ -1,0 +1,96 @@
+//! Workspace step: install code-server when the image lacks it, write its config and the
+//! systemd drop-in that opens the repository folder, and restart it. Runs in parallel with
+//! the clone. Cheap check: the VM records the fingerprint it last completed with.
+
+use std::time::Duration;
+
+use super::{Prepared, SHORT, StepBlocked, StepEnv};
+use crate::api::{CodeServerAuth, Workspace};
+use crate::conditions::Reason;
+use crate::controller::vm::VmAccess;
+use crate::engine::fingerprint;
+use crate::engine::tasks::{ProgressReporter, TaskOutcome};
+use crate::guest::{self, CodeServerConfig, git};
+use crate::ssh::{SshError, SshTarget};
+
+/// The configuration to apply.
+#[derive(Clone, Debug)]
+pub struct Work {
+    pub cfg: CodeServerConfig,
+    pub install_url: String,
+}
+
+/// Port, folder, auth mode and the password Secret's version make the fingerprint (never
+/// the password itself).
+pub fn prepare(ws: &Workspace, env: &StepEnv) -> Prepared {
+    let password = match ws.spec.code_server.auth {
+        CodeServerAuth::None => None,
+        CodeServerAuth::Password => match &env.password {
+            Some(p) => Some(p.clone()),
+            None => {
+                return Err(StepBlocked {
+                    reason: Reason::SecretNotFound,
+                    message: env
+                        .password_problem
+                        .clone()
+                        .unwrap_or_else(|| "code-server password Secret not readable".into()),
+                });
+            }
+        },
+    };
+    let port = ws.spec.code_server.port;
+    let cfg = CodeServerConfig {
+        user: ws.spec.machine.user.clone(),
+        port,
+        folder: ws.spec.effective_folder(),
+        password: password.as_ref().map(|p| p.value.clone()),
+    };
+    let fp = fingerprint(&[
+        &env.instance_id,
+        &port.to_string(),
+        &cfg.folder,
+        ws.spec.code_server.auth.as_str(),
+        password.as_ref().map(|p| p.version.as_str()).unwrap_or(""),
+    ]);
+    Ok((fp, super::Work::CodeServer(Work { cfg, install_url: env.code_server_install_url.clone() })))
+}
+
+/// Lines of the script's output that go into the condition on failure.
+const ERROR_TAIL_LINES: usize = 8;
+
+pub async fn run(
+    vm: &dyn VmAccess,
+    t: &SshTarget,
+    w: &Work,
+    fp: &str,
+    limit: Duration,
+    progress: &ProgressReporter,
+) -> Result<TaskOutcome, SshError> {
+    let cfg = &w.cfg;
+    let done =
+        || TaskOutcome::ok(Reason::Configured, format!("code-server serves {} on port {}", cfg.folder, cfg.port));
+    let marker = vm.exec(t, &guest::read_marker("code-server"), None, SHORT, None).await?;
+    if crate::text::lossy(&marker.stdout).trim() == fp {
+        return Ok(done());
+    }
+    progress.report(None, "writing code-server configuration");
+    let config = guest::code_server_config(cfg);
+    vm.write_file(t, &guest::code_server_config_path(&cfg.user), config.as_bytes(), 0o600, Some(&cfg.user), SHORT)
+        .await?;
+    let dropin = guest::code_server_dropin(cfg);
+    vm.write_file(t, &guest::code_server_dropin_path(&cfg.user), dropin.as_bytes(), 0o644, Some("root"), SHORT).await?;
+    progress.report(None, "restarting code-server");
+    let script = guest::code_server_apply(cfg, &w.install_url, fp);
+    let out = vm.exec(t, guest::RUN_AS_ROOT, Some(script.as_bytes()), limit, None).await?;
+    if out.exit_status != 0 {
+        return Ok(TaskOutcome::failed(
+            Reason::CodeServerFailed,
+            format!(
+                "configuring code-server failed (exit {}): {}",
+                out.exit_status,
+                git::tail(&crate::text::lossy(&out.stderr), ERROR_TAIL_LINES)
+            ),
+        ));
+    }
+    Ok(done())
+}

@@ -1,0 +1,352 @@
+//! The steps that run once the instance is up, one file each: its inputs and fingerprint
+//! (`prepare`, pure) and its action. Long actions run on the VM as tracked background tasks;
+//! the health probe and the route are cheap and run inline. This file plans them (with the
+//! pure planner in `engine`) and dispatches.
+
+pub mod code_server;
+pub mod health;
+pub mod prerequisites;
+pub mod repository;
+pub mod route;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::kind::VmKind;
+use super::secrets::Token;
+use super::status::Report;
+use super::vm::VmAccess;
+use super::{Context, Error};
+use crate::api::{ConditionStatus, RepositoryStatus};
+use crate::clock;
+use crate::conditions::{self, Reason, Update, types};
+use crate::engine::tasks::{ProgressReporter, TaskOutcome};
+use crate::engine::{StepDecision, StepId, StepObservation, due, plan_steps};
+use crate::ssh::{SshError, SshTarget};
+
+/// Inputs resolved while observing that steps may need.
+#[derive(Clone, Debug, Default)]
+pub struct StepEnv {
+    /// Instance id: part of every fingerprint, so a recreated instance re-runs every step.
+    pub instance_id: String,
+    /// Address the operator reaches the VM at.
+    pub address: String,
+    /// Repository token, when a Secret is referenced and readable.
+    pub token: Option<Token>,
+    /// Problem reading the referenced token Secret.
+    pub token_problem: Option<String>,
+    /// code-server password (Workspace with password auth).
+    pub password: Option<Token>,
+    /// Problem reading the referenced password Secret.
+    pub password_problem: Option<String>,
+    pub code_server_install_url: String,
+}
+
+/// The action of a step with its inputs.
+#[derive(Clone, Debug)]
+pub enum Work {
+    Prerequisites(prerequisites::Work),
+    Repository(repository::Work),
+    CodeServer(code_server::Work),
+    Health { url: String },
+    Route { address: String },
+}
+
+/// A step ready to plan: its fingerprint and work, or why it cannot run.
+pub type Prepared = Result<(String, Work), StepBlocked>;
+
+/// A step that cannot run because of its inputs (e.g. a missing Secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepBlocked {
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// A step asked of a kind whose graph does not have it: an operator bug.
+pub fn not_in_graph(kind: &str, step: StepId) -> StepBlocked {
+    StepBlocked { reason: Reason::InternalError, message: format!("{kind} has no step {}", step.name()) }
+}
+
+/// Plans the kind's steps against their conditions and tasks, and runs what is due.
+pub async fn run<K: VmKind>(
+    ctx: &Arc<Context>,
+    report: &mut Report,
+    obj: &K,
+    target: &SshTarget,
+    env: &StepEnv,
+) -> Result<(), Error> {
+    let key = super::object_key(obj);
+    let limit = obj.machine().progress_limit();
+    let prepared: Vec<(StepId, Prepared)> = K::GRAPH.iter().map(|n| (n.id, obj.prepare(n.id, env))).collect();
+    let find = |id: StepId| prepared.iter().find(|(s, _)| *s == id).map(|(_, p)| p.clone());
+    let conds = report.status.conditions.clone();
+    let plan = plan_steps(K::GRAPH, |id| {
+        let condition = K::GRAPH.iter().find(|n| n.id == id).map(|n| n.condition).unwrap_or_default();
+        let c = conditions::get(&conds, condition);
+        StepObservation {
+            desired_fingerprint: match find(id) {
+                Some(Ok((fp, _))) => fp,
+                _ => String::new(),
+            },
+            recorded_fingerprint: c.and_then(|c| c.fingerprint.clone()),
+            condition_true: c.is_some_and(|c| c.status == ConditionStatus::True),
+            task: ctx.tasks.view(&key, id),
+        }
+    });
+    let run_now = due(K::GRAPH, &plan);
+
+    for node in K::GRAPH {
+        let decision = plan.iter().find(|(id, _)| *id == node.id).map(|(_, d)| *d).unwrap_or(StepDecision::Blocked);
+        let (fp, work) = match find(node.id) {
+            Some(Ok(p)) => p,
+            Some(Err(blocked)) => {
+                report.set(Update::falsy(node.condition, blocked.reason, blocked.message.clone()));
+                if node.id == StepId::Repository && obj.credentials_ref().is_some() {
+                    report.set(Update::falsy(types::CREDENTIALS_CURRENT, blocked.reason, blocked.message));
+                }
+                report.soon(Duration::from_secs(30));
+                continue;
+            }
+            None => continue,
+        };
+        match decision {
+            StepDecision::Collect => {
+                if let Some((task_fp, outcome)) = ctx.tasks.take_finished(&key, node.id) {
+                    collect(report, obj, node.id, node.condition, &task_fp, &fp, outcome, env.token.as_ref());
+                }
+                report.soon(Duration::from_millis(200));
+            }
+            StepDecision::Running => {
+                let p = ctx.tasks.progress(&key, node.id).unwrap_or_default();
+                report.set(Update::falsy(node.condition, Reason::InProgress, p.message.clone()));
+                if node.id == StepId::Repository && env.token.is_some() {
+                    report.set(Update::falsy(
+                        types::CREDENTIALS_CURRENT,
+                        Reason::Refreshing,
+                        "writing the credential helper on the VM",
+                    ));
+                }
+                report.progress(node.id.name(), p.message, p.percent);
+                report.soon(Duration::from_secs(10));
+            }
+            StepDecision::BackingOff => {
+                if let Some(d) = ctx.tasks.retry_in(&key, node.id) {
+                    report.soon(d + Duration::from_millis(100));
+                }
+            }
+            StepDecision::Blocked => {
+                let failing =
+                    conditions::false_reason(&report.status.conditions, node.condition).is_some_and(Reason::is_trouble);
+                if !failing && !conditions::is_true(&report.status.conditions, node.condition) {
+                    let waiting: Vec<&str> = node.after.iter().map(|s| s.name()).collect();
+                    report.set(Update::falsy(
+                        node.condition,
+                        Reason::Waiting,
+                        format!("waiting for {}", waiting.join(", ")),
+                    ));
+                }
+            }
+            StepDecision::UpToDate | StepDecision::Run => {}
+        }
+        if !run_now.contains(&node.id) {
+            continue;
+        }
+        match work {
+            Work::Health { url } => health::check(ctx, report, node.condition, &url, &fp).await,
+            Work::Route { address } => match obj.as_workspace() {
+                Some(ws) => route::apply(ctx, report, ws, node.condition, &address, &fp).await,
+                None => {
+                    report.set(Update::falsy(node.condition, Reason::InternalError, "only Workspaces have a route"))
+                }
+            },
+            remote => {
+                report.set(Update::falsy(node.condition, Reason::InProgress, format!("starting {}", node.id.name())));
+                report.progress(node.id.name(), "starting", None);
+                let vm = ctx.vm.clone();
+                let target = target.clone();
+                let step = node.id;
+                let task_fp = fp.clone();
+                ctx.tasks.spawn(&key, node.id, &fp, limit, ctx.waker(obj), move |progress| {
+                    run_remote(vm, target, step, remote, task_fp, limit, progress)
+                });
+                report.soon(Duration::from_secs(10));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Records a finished task's result in its condition.
+#[allow(clippy::too_many_arguments)]
+fn collect<K: VmKind>(
+    report: &mut Report,
+    obj: &K,
+    step: StepId,
+    condition: &'static str,
+    task_fp: &str,
+    desired_fp: &str,
+    outcome: TaskOutcome,
+    token: Option<&Token>,
+) {
+    let message = redact(&outcome.message, token);
+    if !outcome.success {
+        report.set(Update::falsy(condition, outcome.reason, message.clone()));
+        if step == StepId::Repository && outcome.reason == Reason::AuthenticationFailed && token.is_some() {
+            report.set(Update::falsy(types::CREDENTIALS_CURRENT, Reason::AuthenticationFailed, message));
+        }
+        report.progress(step.name(), format!("failed: {}", outcome.reason), None);
+        return;
+    }
+    // A result for inputs that have since changed still says what is on the VM, but the step
+    // runs again for the new inputs.
+    let current = task_fp == desired_fp;
+    let update = if current {
+        Update::truthy(condition, outcome.reason, message.clone()).with_fingerprint(Some(task_fp.to_string()))
+    } else {
+        Update::falsy(condition, Reason::InProgress, message.clone())
+    };
+    report.set(update);
+    report.normal(outcome.reason.as_str(), format!("{}: {message}", step.name()));
+    if step == StepId::Repository {
+        report.status.repository = Some(RepositoryStatus {
+            revision: outcome.outputs.get("revision").cloned(),
+            commit: outcome.outputs.get("commit").cloned(),
+            synced_at: Some(clock::time(report.now)),
+        });
+        if let (Some(t), Some(r)) = (token, obj.credentials_ref()) {
+            report.set(Update::truthy(
+                types::CREDENTIALS_CURRENT,
+                Reason::TokenApplied,
+                format!(
+                    "the credential helper on the VM holds the token from Secret {} (resourceVersion {})",
+                    r.name, t.version
+                ),
+            ));
+        }
+    }
+    report.progress(step.name(), "done", Some(100));
+    report.progressed();
+}
+
+/// Maps an SSH failure to a step outcome.
+pub fn ssh_failure(step: StepId, e: &SshError) -> TaskOutcome {
+    match e {
+        SshError::HostKeyMismatch { host, expected, presented } => TaskOutcome::failed(
+            Reason::HostKeyMismatch,
+            format!(
+                "the VM at {host} presented host key {presented}, but the instance's guest attributes pin {expected}; refusing to connect"
+            ),
+        ),
+        SshError::AuthFailed { host, user } => TaskOutcome::failed(
+            Reason::SSHAuthFailed,
+            format!(
+                "SSH login as {user} to the VM at {host} was refused; the operator's key may not be in the instance's ssh-keys metadata yet"
+            ),
+        ),
+        SshError::Timeout { what, limit } => TaskOutcome::failed(
+            Reason::StepTimedOut,
+            format!("step {} timed out after {}: {what}", step.name(), clock::humanize(*limit)),
+        ),
+        SshError::Unreachable { .. } | SshError::Connect(_) => TaskOutcome::failed(
+            Reason::SSHUnavailable,
+            format!("step {}: the VM does not accept SSH connections: {e}", step.name()),
+        ),
+        other => TaskOutcome::failed(Reason::SSHUnavailable, format!("step {}: {other}", step.name())),
+    }
+}
+
+/// How long a step waits for a VM that has just booted to accept the operator's SSH login.
+const SSH_READY_BUDGET: Duration = Duration::from_secs(120);
+
+/// A bound for the short commands around a step's main one (markers, file writes).
+pub const SHORT: Duration = Duration::from_secs(60);
+
+/// Waits, bounded, until the VM accepts an SSH login. A VM reported RUNNING may still be
+/// starting sshd or installing the operator's key; retrying here in short steps avoids
+/// failing the step and waiting out the (much longer) step backoff. Anything but "not ready
+/// yet" (a host key mismatch, say) is returned at once.
+async fn wait_for_ssh(
+    vm: &dyn VmAccess,
+    t: &SshTarget,
+    budget: Duration,
+    progress: &ProgressReporter,
+) -> Result<(), SshError> {
+    let deadline = tokio::time::Instant::now() + budget;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match vm.exec(t, "true", None, remaining.min(Duration::from_secs(20)), None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_not_ready() && remaining > pause => {
+                tracing::debug!(host = %t.host, error = %e, "VM not accepting SSH yet");
+                progress.report(None, "waiting for the VM to accept SSH");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs a step's SSH work on the VM. Never puts a secret on a command line or in the
+/// outcome: tokens and passwords travel only as file contents.
+pub async fn run_remote(
+    vm: Arc<dyn VmAccess>,
+    target: SshTarget,
+    step: StepId,
+    work: Work,
+    fp: String,
+    limit: Duration,
+    progress: ProgressReporter,
+) -> TaskOutcome {
+    if let Err(e) = wait_for_ssh(&*vm, &target, SSH_READY_BUDGET.min(limit), &progress).await {
+        return ssh_failure(step, &e);
+    }
+    let result = match work {
+        Work::Prerequisites(w) => prerequisites::run(&*vm, &target, &w, &fp, limit, &progress).await,
+        Work::Repository(w) => repository::run(&*vm, &target, &w, limit, &progress).await,
+        Work::CodeServer(w) => code_server::run(&*vm, &target, &w, &fp, limit, &progress).await,
+        Work::Health { .. } | Work::Route { .. } => {
+            Ok(TaskOutcome::failed(Reason::InternalError, "inline step run as a task"))
+        }
+    };
+    result.unwrap_or_else(|e| ssh_failure(step, &e))
+}
+
+/// Removes a token from text in case a remote echoed it back.
+pub fn redact(text: &str, token: Option<&Token>) -> String {
+    match token {
+        Some(t) if !t.value.is_empty() => text.replace(&t.value, "[REDACTED]"),
+        _ => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction() {
+        let t = Token { value: "tok123".into(), version: "1".into() };
+        assert_eq!(redact("remote said tok123!", Some(&t)), "remote said [REDACTED]!");
+    }
+
+    #[test]
+    fn ssh_failures_map_to_reasons() {
+        let limit = Duration::from_secs(10);
+        let unreachable = SshError::Unreachable { what: "SSH connection to 10.0.0.5:22".into(), limit };
+        assert!(unreachable.is_not_ready());
+        assert_eq!(ssh_failure(StepId::Repository, &unreachable).reason, Reason::SSHUnavailable);
+        // Only a command running past its limit is a timed-out step.
+        let timeout = SshError::Timeout { what: "command on 10.0.0.5".into(), limit };
+        assert!(!timeout.is_not_ready());
+        assert_eq!(ssh_failure(StepId::Repository, &timeout).reason, Reason::StepTimedOut);
+        let refused = SshError::AuthFailed { host: "10.0.0.5".into(), user: "project".into() };
+        assert!(refused.is_not_ready());
+        assert_eq!(ssh_failure(StepId::CodeServer, &refused).reason, Reason::SSHAuthFailed);
+        let mismatch =
+            SshError::HostKeyMismatch { host: "h".into(), expected: "SHA256:a".into(), presented: "SHA256:b".into() };
+        assert!(!mismatch.is_not_ready(), "a host key mismatch is never waited out");
+        assert_eq!(ssh_failure(StepId::CodeServer, &mismatch).reason, Reason::HostKeyMismatch);
+    }
+}
