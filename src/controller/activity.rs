@@ -4,9 +4,12 @@
 
 use std::time::Duration;
 
-use super::Context;
+use chrono::{DateTime, Utc};
+
 use super::kind::VmKind;
 use super::status::Report;
+use super::vm::HealthAnswer;
+use super::{Context, Error, instance, observe::Observed};
 use crate::clock;
 use crate::conditions::{self, types};
 use crate::ssh::SshTarget;
@@ -23,6 +26,10 @@ pub async fn probe<K: VmKind>(ctx: &Context, report: &mut Report, obj: &K, targe
     if !K::ACTIVITY_OVER_SSH || !conditions::is_true(&report.status.conditions, types::REPOSITORY_SYNCED) {
         return;
     }
+    probe_over_ssh(ctx, report, obj, target).await;
+}
+
+async fn probe_over_ssh<K: VmKind>(ctx: &Context, report: &mut Report, obj: &K, target: &SshTarget) {
     let script = crate::guest::activity_probe(&obj.machine().user);
     match ctx.vm.exec(target, crate::guest::RUN_AS_USER, Some(script.as_bytes()), PROBE_LIMIT, None).await {
         Ok(out) if crate::text::lossy(&out.stdout).contains("PROJECTVM_ACTIVE=1") => {
@@ -31,4 +38,44 @@ pub async fn probe<K: VmKind>(ctx: &Context, report: &mut Report, obj: &K, targe
         Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "activity probe failed"),
     }
+}
+
+/// code-server's heartbeat as activity. It is written at most once a minute; "alive" means a
+/// client was active within that minute, so it counts as activity now (never stop someone
+/// working).
+pub fn record_heartbeat(report: &mut Report, answer: &HealthAnswer) {
+    if answer.alive {
+        report.status.last_activity_at = Some(clock::time(report.now));
+    } else if answer.last_heartbeat_ms > 0
+        && let Some(t) = DateTime::<Utc>::from_timestamp_millis(answer.last_heartbeat_ms)
+    {
+        let t = clock::time(t);
+        if report.status.last_activity_at.as_ref().is_none_or(|prev| prev.0 < t.0) {
+            report.status.last_activity_at = Some(t);
+        }
+    }
+}
+
+/// Before an idle stop, looks once more: the recorded activity may be old only because the
+/// operator was not looking (it was down, or busy). Reachable VMs are asked directly.
+pub async fn recheck_before_idle_stop<K: VmKind>(
+    ctx: &Context,
+    report: &mut Report,
+    obj: &K,
+    observed: &Observed,
+) -> Result<(), Error> {
+    let Some(inst) = observed.instance.as_ref() else {
+        return Ok(());
+    };
+    let Some(access) = instance::access(ctx, report, obj, inst, observed).await? else {
+        return Ok(());
+    };
+    if K::ACTIVITY_OVER_SSH {
+        probe_over_ssh(ctx, report, obj, &access.target).await;
+    } else if let Some(ws) = obj.as_workspace() {
+        let url = format!("http://{}:{}/healthz", access.address, ws.spec.code_server.port);
+        let answer = ctx.vm.probe_health(&url).await;
+        record_heartbeat(report, &answer);
+    }
+    Ok(())
 }

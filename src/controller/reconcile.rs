@@ -16,6 +16,7 @@ use super::cluster::Owner;
 use super::kind::VmKind;
 use super::status::Report;
 use super::{Context, Error, FINALIZER, PAUSED_ANNOTATION, activity, cleanup, instance, observe, plan, steps};
+use crate::api::StopReason;
 use crate::conditions;
 use crate::conditions::types;
 use crate::engine::instance::InstanceAction;
@@ -27,27 +28,36 @@ pub async fn reconcile<K: VmKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Acti
     let ns = obj.namespace().ok_or_else(|| Error::Invalid("resource has no namespace".into()))?;
     let key = super::object_key(&*obj);
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-    let guarded = std::panic::AssertUnwindSafe(finalizer(&api, FINALIZER, obj.clone(), |event| async {
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
-            FinalizerEvent::Apply(o) => apply(o, ctx.clone()).await,
-            FinalizerEvent::Cleanup(o) => cleanup::cleanup(o, ctx.clone()).await,
+            FinalizerEvent::Apply(o) => contained(o, ctx.clone(), false).await,
+            FinalizerEvent::Cleanup(o) => contained(o, ctx.clone(), true).await,
         }
-    }))
-    .catch_unwind();
-    let result = match guarded.await {
-        Ok(r) => r.map_err(|e| Error::Finalizer(Box::new(e))),
-        Err(panic) => {
-            let message = crate::text::panic_message(&*panic);
-            tracing::error!(object = %key, panic = %message, "reconcile panicked");
-            report_internal_error(&*obj, &ctx, &message).await;
-            Err(Error::Internal(message))
-        }
-    };
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.observe_reconcile(K::LABEL, started.elapsed());
     if result.is_ok() {
         ctx.reset_failures(&key);
     }
     result
+}
+
+/// Runs apply (or cleanup) with a panic contained to this object: it becomes the object's
+/// `InternalError`, written to its status with an event, and is backed off like any error.
+pub async fn contained<K: VmKind>(obj: Arc<K>, ctx: Arc<Context>, deleting: bool) -> Result<Action, Error> {
+    let work = async {
+        if deleting { cleanup::cleanup(obj.clone(), ctx.clone()).await } else { apply(obj.clone(), ctx.clone()).await }
+    };
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = crate::text::panic_message(&*panic);
+            tracing::error!(object = %super::object_key(&*obj), panic = %message, "reconcile panicked");
+            report_internal_error(&*obj, &ctx, &message).await;
+            Err(Error::Internal(message))
+        }
+    }
 }
 
 /// What the pipeline left to do after acting.
@@ -84,7 +94,12 @@ async fn pipeline<K: VmKind>(ctx: &Arc<Context>, report: &mut Report, obj: &K) -
     if observed.waiting_for_operation {
         return Ok(Flow::Continue);
     }
-    match plan::instance(report, obj, &observed) {
+    let mut action = plan::instance(report, obj, &observed);
+    if action == InstanceAction::Stop(StopReason::IdleTimeout) {
+        activity::recheck_before_idle_stop(ctx, report, obj, &observed).await?;
+        action = plan::instance(report, obj, &observed);
+    }
+    match action {
         InstanceAction::Running => {
             let inst =
                 observed.instance.as_ref().ok_or_else(|| Error::Invalid("running without an instance".into()))?;

@@ -110,7 +110,7 @@ impl Report {
         let conds = &self.status.conditions;
         let instance_ready = conditions::is_true(conds, types::INSTANCE_READY);
         let pending: Vec<&StepNode> = graph.iter().filter(|n| !conditions::is_true(conds, n.condition)).collect();
-        let ready = instance_ready && pending.is_empty() && self.status.operation.is_none();
+        let ready = instance_ready && pending.is_empty() && self.status.operation.is_none() && self.failure.is_none();
         if ready {
             let message = match &self.url {
                 Some(u) => format!("ready at {u}"),

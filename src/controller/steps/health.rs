@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-
 use super::{Prepared, StepEnv};
 use crate::clock::{self, humanize};
 use crate::conditions::{self, Reason, Update, types};
@@ -24,18 +22,7 @@ pub const GRACE: Duration = Duration::from_secs(180);
 
 pub async fn check(ctx: &Context, report: &mut Report, condition: &'static str, url: &str, fp: &str) {
     let answer = ctx.vm.probe_health(url).await;
-    // code-server writes its heartbeat at most once a minute; "alive" means a client was
-    // active within that minute, so it counts as activity now (never stop someone working).
-    if answer.alive {
-        report.status.last_activity_at = Some(clock::time(report.now));
-    } else if answer.last_heartbeat_ms > 0
-        && let Some(t) = DateTime::<Utc>::from_timestamp_millis(answer.last_heartbeat_ms)
-    {
-        let t = clock::time(t);
-        if report.status.last_activity_at.as_ref().is_none_or(|prev| prev.0 < t.0) {
-            report.status.last_activity_at = Some(t);
-        }
-    }
+    crate::controller::activity::record_heartbeat(report, &answer);
     if answer.healthy {
         report.set(
             Update::truthy(condition, Reason::Healthy, format!("GET {url}: {}", answer.summary))

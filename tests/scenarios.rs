@@ -1,0 +1,490 @@
+//! Reconcile scenarios, in-process and in seconds: the operator's real pipeline against the
+//! Compute Engine emulator (backend `none`), an in-memory cluster and scripted VMs (see
+//! `scenarios/harness.rs`). They cover DESIGN.md's error table, transient vs terminal
+//! trouble, cloud refusals and lost operations, resize, power, idle, deletion and contained
+//! panics — everything between the pure unit tests and the end-to-end suite.
+
+#[path = "scenarios/harness.rs"]
+mod harness;
+
+use std::time::Duration;
+
+use harness::*;
+use kube::api::ObjectMeta;
+use projectvm::api::{ConditionStatus, OperationKind, PendingOperation, Phase, VmStatus};
+use projectvm::controller::kind::VmKind;
+use projectvm::ssh::SshError;
+use reqwest::Method;
+use serde_json::json;
+
+const SHORT: Duration = Duration::from_secs(20);
+
+fn stalled_with(s: &VmStatus, reason: &str) -> bool {
+    let st = harness::condition(s, "Stalled");
+    st.status == ConditionStatus::True && st.reason == reason
+}
+
+/// The user-visible contract of a terminal failure: the step's condition, `Ready` and
+/// `Stalled` carry the reason, the phase is Failed, a Warning event names it.
+fn assert_terminal(w: &World, name: &str, s: &VmStatus, condition: &str, reason: &str, names: &str) {
+    let c = harness::condition(s, condition);
+    assert_eq!((c.status, c.reason.as_str()), (ConditionStatus::False, reason), "{condition}: {c:?}");
+    assert!(c.message.contains(names), "{condition} message should name {names:?}: {}", c.message);
+    assert_eq!(harness::condition(s, "Ready").reason, reason);
+    assert!(stalled_with(s, reason), "Stalled: {:?}", harness::condition(s, "Stalled"));
+    assert_eq!(harness::condition(s, "Reconciling").status, ConditionStatus::False);
+    assert_eq!(s.phase, Some(Phase::Failed));
+    let events = w.cluster.events_of(name);
+    assert!(events.iter().any(|e| e.warning && e.reason == reason), "no Warning {reason}: {events:?}");
+}
+
+#[tokio::test]
+async fn projectvm_becomes_ready_then_rests_without_writes() {
+    let w = World::new().await;
+    let mut pvm = projectvm("api", REPO);
+    w.until_ready(&mut pvm).await;
+    let s = pvm.vm_status().unwrap().clone();
+    assert_eq!(s.phase, Some(Phase::Ready));
+    assert_eq!(s.repository.as_ref().unwrap().commit.as_deref(), Some(COMMIT));
+    assert_eq!(harness::condition(&s, "Reconciling").status, ConditionStatus::False);
+    assert_eq!(harness::condition(&s, "Stalled").status, ConditionStatus::False);
+    assert!(s.instance.as_ref().unwrap().host_key_fingerprint.as_deref().unwrap().starts_with("SHA256:"));
+    let inst = w.instance(s.instance.as_ref().unwrap().name.as_deref().unwrap()).await.expect("instance exists");
+    assert_eq!(inst.machine_type, "e2-medium");
+
+    // At rest: reconciles change nothing, so nothing is written.
+    let before = w.cluster.status_writes.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..10 {
+        w.reconcile(&mut pvm).await.expect("reconcile at rest");
+    }
+    let after = w.cluster.status_writes.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(after, before, "status written at rest");
+}
+
+#[tokio::test]
+async fn workspace_becomes_ready_and_routed() {
+    let w = World::new().await;
+    let mut ws = workspace("demo", "  repository: {url: 'https://git.example.test/acme/demo.git'}\n");
+    w.until_ready(&mut ws).await;
+    let s = ws.vm_status().unwrap();
+    for c in ["InstanceReady", "RepositoryCloned", "CodeServerConfigured", "Healthy", "Routed", "Ready"] {
+        assert!(harness::is(s, c, ConditionStatus::True), "{c}");
+    }
+    assert_eq!(w.cluster.routes.lock().unwrap().last().unwrap().0, "demo");
+    assert!(ws.status.as_ref().unwrap().url.as_deref().unwrap().starts_with("http://10.213."));
+    // The generated password went to the VM as a file's content, never in a command.
+    assert!(w.vms.files.lock().unwrap().iter().any(|(_, c)| c.contains("generated-pw")));
+    assert!(w.vms.commands.lock().unwrap().iter().all(|c| !c.contains("generated-pw")));
+}
+
+// --- DESIGN.md's error table, one row each -------------------------------------------
+
+#[tokio::test]
+async fn repository_not_found_is_terminal() {
+    let w = World::new().await;
+    w.guest(|g| g.git = (128, "remote: Repository not found.\nfatal: repository 'x' not found\n".into()));
+    let mut pvm = projectvm("nf", REPO);
+    w.until(&mut pvm, "RepositoryNotFound", SHORT, |s| stalled_with(s, "RepositoryNotFound")).await;
+    assert_terminal(&w, "nf", pvm.vm_status().unwrap(), "RepositorySynced", "RepositoryNotFound", "acme/api.git");
+}
+
+#[tokio::test]
+async fn rejected_token_is_authentication_failed_and_never_leaks() {
+    let w = World::new().await;
+    w.cluster.put_secret("team", "tok", "token", "pvt_s3cr3t_value");
+    w.guest(|g| {
+        g.git = (128, "remote: invalid credentials pvt_s3cr3t_value\nfatal: Authentication failed for 'x'\n".into())
+    });
+    let mut pvm = projectvm(
+        "auth",
+        "  repository: {url: 'https://git.example.test/acme/api.git', credentialsSecretRef: {name: tok}}\n",
+    );
+    w.until(&mut pvm, "AuthenticationFailed", SHORT, |s| stalled_with(s, "AuthenticationFailed")).await;
+    let s = pvm.vm_status().unwrap();
+    assert_terminal(&w, "auth", s, "RepositorySynced", "AuthenticationFailed", "refresh the credentials Secret");
+    assert!(harness::has_reason(s, "CredentialsCurrent", "AuthenticationFailed"));
+    // Secrets never leak: not in status, events, commands.
+    let status = serde_json::to_string(s).unwrap();
+    assert!(!status.contains("pvt_s3cr3t_value"), "token in status");
+    assert!(w.cluster.events_of("auth").iter().all(|e| !e.note.contains("pvt_s3cr3t_value")), "token in an event");
+    assert!(w.vms.commands.lock().unwrap().iter().all(|c| !c.contains("pvt_s3cr3t_value")), "token on a command line");
+    assert!(w.vms.files.lock().unwrap().iter().any(|(_, c)| c.contains("pvt_s3cr3t_value")), "helper file written");
+}
+
+#[tokio::test]
+async fn missing_revision_is_revision_not_found() {
+    let w = World::new().await;
+    w.guest(|g| g.git = (1, "error: pathspec 'nope' did not match any file(s) known to git\n".into()));
+    let mut pvm = projectvm("rev", "  repository: {url: 'https://git.example.test/acme/api.git', revision: nope}\n");
+    w.until(&mut pvm, "RevisionNotFound", SHORT, |s| stalled_with(s, "RevisionNotFound")).await;
+    assert_terminal(&w, "rev", pvm.vm_status().unwrap(), "RepositorySynced", "RevisionNotFound", "nope");
+}
+
+#[tokio::test]
+async fn missing_secret_is_secret_not_found() {
+    let w = World::new().await;
+    let mut pvm = projectvm(
+        "nosecret",
+        "  repository: {url: 'https://git.example.test/acme/api.git', credentialsSecretRef: {name: missing}}\n",
+    );
+    w.until(&mut pvm, "SecretNotFound", SHORT, |s| stalled_with(s, "SecretNotFound")).await;
+    assert_terminal(&w, "nosecret", pvm.vm_status().unwrap(), "RepositorySynced", "SecretNotFound", "team/missing");
+}
+
+#[tokio::test]
+async fn failed_install_is_prerequisites_failed_with_the_log_tail() {
+    let w = World::new().await;
+    w.guest(|g| g.prerequisites = (1, format!("E: Unable to locate package nope\n{}", "é".repeat(1500))));
+    let mut pvm = projectvm("pre", &format!("{REPO}  prerequisites: {{packages: [nope]}}\n"));
+    w.until(&mut pvm, "PrerequisitesFailed", SHORT, |s| stalled_with(s, "PrerequisitesFailed")).await;
+    let s = pvm.vm_status().unwrap();
+    assert_terminal(&w, "pre", s, "PrerequisitesInstalled", "PrerequisitesFailed", "éééé");
+    assert!(harness::condition(s, "PrerequisitesInstalled").message.len() <= 2048);
+}
+
+#[tokio::test]
+async fn refused_login_is_ssh_auth_failed_and_wrong_host_key_is_mismatch() {
+    for (name, err, reason) in [
+        ("auth", SshError::AuthFailed { host: "10.213.0.16".into(), user: "project".into() }, "SSHAuthFailed"),
+        (
+            "hostkey",
+            SshError::HostKeyMismatch {
+                host: "10.213.0.16".into(),
+                expected: "SHA256:a".into(),
+                presented: "SHA256:b".into(),
+            },
+            "HostKeyMismatch",
+        ),
+    ] {
+        let w = World::new().await;
+        w.guest(|g| g.ssh = Some(err.clone()));
+        // The step waits for a booting VM to accept the login, at most progressTimeout; a
+        // short one (below what admission allows, as only a scenario can) keeps this quick.
+        let mut pvm = projectvm(name, &format!("{REPO}  progressTimeout: 10s\n"));
+        w.until(&mut pvm, reason, SHORT, |s| stalled_with(s, reason)).await;
+        assert_terminal(&w, name, pvm.vm_status().unwrap(), "PrerequisitesInstalled", reason, "10.213.0.16");
+    }
+}
+
+#[tokio::test]
+async fn code_server_that_never_answers_is_unhealthy_and_a_failed_install_says_so() {
+    let w = World::new().await;
+    w.guest(|g| g.code_server_exit = 1);
+    let mut ws = workspace("cs", "  repository: {url: 'https://git.example.test/acme/demo.git'}\n");
+    w.until(&mut ws, "CodeServerFailed", SHORT, |s| stalled_with(s, "CodeServerFailed")).await;
+    assert_terminal(&w, "cs", ws.vm_status().unwrap(), "CodeServerConfigured", "CodeServerFailed", "install failed");
+
+    // Unhealthy: configured, but /healthz never answers within the grace period.
+    let w = World::new().await;
+    w.guest(|g| g.healthy = false);
+    let mut ws = workspace("sick", "  repository: {url: 'https://git.example.test/acme/demo.git'}\n");
+    w.until(&mut ws, "configured, Healthy waiting", SHORT, |s| {
+        harness::is(s, "CodeServerConfigured", ConditionStatus::True) && harness::has_reason(s, "Healthy", "Waiting")
+    })
+    .await;
+    // Pretend code-server was configured long ago.
+    for c in &mut ws.status.as_mut().unwrap().vm.conditions {
+        if c.type_ == "CodeServerConfigured" {
+            c.last_transition_time = Some(projectvm::clock::time(chrono::Utc::now() - chrono::Duration::minutes(10)));
+        }
+    }
+    w.until(&mut ws, "Unhealthy", SHORT, |s| stalled_with(s, "Unhealthy")).await;
+    assert_terminal(&w, "sick", ws.vm_status().unwrap(), "Healthy", "Unhealthy", "/healthz");
+}
+
+#[tokio::test]
+async fn a_step_that_never_finishes_times_out_naming_the_step_and_the_limit() {
+    let w = World::new().await;
+    // The clone hangs; nothing progresses for longer than progressTimeout.
+    w.guest(|g| g.hang = Some(Duration::from_secs(3600)));
+    let mut pvm = projectvm("hang", &format!("{REPO}  progressTimeout: 1m\n"));
+    w.until(&mut pvm, "step running", SHORT, |s| harness::has_reason(s, "PrerequisitesInstalled", "InProgress")).await;
+    // Move the last progress two minutes into the past.
+    let p = pvm.status.as_mut().unwrap().progress.as_mut().unwrap();
+    p.last_progress_at = Some(projectvm::clock::time(chrono::Utc::now() - chrono::Duration::minutes(2)));
+    w.until(&mut pvm, "StepTimedOut", SHORT, |s| stalled_with(s, "StepTimedOut")).await;
+    let s = pvm.vm_status().unwrap();
+    let ready = harness::condition(s, "Ready");
+    assert!(ready.message.contains("Prerequisites") && ready.message.contains("1m"), "{}", ready.message);
+    assert_eq!(s.phase, Some(Phase::Failed));
+    assert!(w.cluster.events_of("hang").iter().any(|e| e.warning && e.reason == "StepTimedOut"));
+}
+
+#[tokio::test]
+async fn quota_refusal_on_insert_reaches_status() {
+    let w = World::new().await;
+    w.admin(Method::PUT, "faults/quota", json!({"metric": "CPUS", "limit": 8.0, "region": "us-central1"})).await;
+    let mut pvm = projectvm("quota", REPO);
+    w.until(&mut pvm, "QuotaExceeded", SHORT, |s| stalled_with(s, "QuotaExceeded")).await;
+    let s = pvm.vm_status().expect("status written although the insert was refused");
+    let c = harness::condition(s, "InstanceReady");
+    assert_eq!(c.reason, "QuotaExceeded");
+    assert!(c.message.contains("insert") && c.message.contains("CPUS"), "{}", c.message);
+    assert!(stalled_with(s, "QuotaExceeded"));
+    assert!(w.cluster.events_of("quota").iter().any(|e| e.warning && e.reason == "QuotaExceeded"));
+}
+
+#[tokio::test]
+async fn exhausted_zone_and_missing_permission_reach_status() {
+    let w = World::new().await;
+    w.admin(Method::PUT, &format!("faults/zones/{ZONE}/exhausted"), json!({})).await;
+    let mut pvm = projectvm("zone", REPO);
+    w.until(&mut pvm, "ZoneResourcesExhausted", SHORT, |s| stalled_with(s, "ZoneResourcesExhausted")).await;
+    let s = pvm.vm_status().unwrap();
+    assert_eq!(harness::condition(s, "InstanceReady").reason, "ZoneResourcesExhausted");
+    assert!(harness::condition(s, "InstanceReady").message.contains(ZONE));
+    assert!(stalled_with(s, "ZoneResourcesExhausted"));
+
+    let w = World::new().await;
+    w.admin(Method::PUT, "faults/methods/instances.insert", json!({"errorCode": 403, "errorReason": "forbidden", "errorMessage": "Required 'compute.instances.create' permission", "errorRate": 1.0})).await;
+    let mut pvm = projectvm("perm", REPO);
+    let r = w.reconcile(&mut pvm).await;
+    assert!(r.is_err(), "a synchronous refusal is backed off by the error policy");
+    let s = pvm.vm_status().expect("status written although the insert was refused");
+    assert_eq!(harness::condition(s, "InstanceReady").reason, "PermissionDenied");
+    assert!(harness::condition(s, "InstanceReady").message.contains("compute.instances.create"));
+    assert!(stalled_with(s, "PermissionDenied"));
+}
+
+#[tokio::test]
+async fn a_refused_route_is_a_condition_not_a_log_line() {
+    let w = World::new().await;
+    *w.cluster.route_refusal.lock().unwrap() = Some(422);
+    let mut ws = workspace("route", "  repository: {url: 'https://git.example.test/acme/demo.git'}\n");
+    w.until(&mut ws, "Routed refused", SHORT, |s| harness::has_reason(s, "Routed", "KubernetesError")).await;
+    let c = harness::condition(ws.vm_status().unwrap(), "Routed");
+    assert!(c.message.contains("must be no more than 63 characters"), "{}", c.message);
+}
+
+// --- transient vs terminal --------------------------------------------------------------
+
+#[tokio::test]
+async fn a_dropped_ssh_channel_is_transient_progress() {
+    let w = World::new().await;
+    w.guest(|g| g.ssh = Some(SshError::Channel("channel closed by the VM".into())));
+    let mut pvm = projectvm("flaky", REPO);
+    w.until(&mut pvm, "SSHUnavailable", SHORT, |s| harness::has_reason(s, "PrerequisitesInstalled", "SSHUnavailable"))
+        .await;
+    let s = pvm.vm_status().unwrap();
+    assert_ne!(s.phase, Some(Phase::Failed));
+    assert_eq!(harness::condition(s, "Stalled").status, ConditionStatus::False);
+    assert_eq!(harness::condition(s, "Reconciling").status, ConditionStatus::True);
+    assert!(w.cluster.events_of("flaky").iter().all(|e| !e.warning), "no Warning for transient trouble");
+    // It recovers on its own once the VM answers.
+    w.guest(|g| g.ssh = None);
+    let mut s2 = pvm.clone();
+    // Skip the step backoff: a fresh fingerprint would also do, but waiting it out is real.
+    w.until(&mut s2, "Ready after recovery", Duration::from_secs(30), |s| {
+        harness::is(s, "Ready", ConditionStatus::True)
+    })
+    .await;
+}
+
+// --- operations ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_recorded_operation_that_is_gone_is_forgotten() {
+    let w = World::new().await;
+    let mut pvm = projectvm("lost", REPO);
+    w.until_ready(&mut pvm).await;
+    // An operation the cloud no longer knows (expired, or from another project).
+    pvm.status.as_mut().unwrap().operation = Some(PendingOperation {
+        name: "operation-that-never-was".into(),
+        kind: OperationKind::Start,
+        zone: ZONE.into(),
+        started_at: Some(projectvm::clock::time(chrono::Utc::now())),
+    });
+    w.reconcile(&mut pvm).await.expect("reconcile");
+    let s = pvm.vm_status().unwrap();
+    assert!(s.operation.is_none(), "the lost operation is cleared");
+    assert!(w.cluster.events_of("lost").iter().any(|e| e.reason == "OperationLost"));
+    w.until_ready(&mut pvm).await;
+
+    // The same during deletion: the finalizer still comes off.
+    pvm.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
+    pvm.status.as_mut().unwrap().operation = Some(PendingOperation {
+        name: "operation-that-never-was".into(),
+        kind: OperationKind::Delete,
+        zone: ZONE.into(),
+        started_at: None,
+    });
+    delete_until_done(&w, &mut pvm).await;
+}
+
+async fn delete_until_done<K: VmKind + kube::Resource>(w: &World, obj: &mut K) {
+    let deadline = std::time::Instant::now() + SHORT;
+    loop {
+        match w.delete(obj).await {
+            Ok(_) => return,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "deletion never finished: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn resize_stops_sets_the_type_and_restores_power() {
+    let w = World::new().await;
+    let mut pvm = projectvm("grow", REPO);
+    w.until_ready(&mut pvm).await;
+    pvm.spec.machine.size = Some(projectvm::api::MachineSize::Large);
+    pvm.metadata.generation = Some(2);
+    let mut saw_resizing = false;
+    let deadline = std::time::Instant::now() + SHORT;
+    loop {
+        let _ = w.reconcile(&mut pvm).await;
+        let s = pvm.vm_status().unwrap();
+        saw_resizing |= s.phase == Some(Phase::Resizing);
+        if s.phase == Some(Phase::Ready)
+            && s.instance.as_ref().unwrap().machine_type.as_deref() == Some("e2-standard-4")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "resize never finished: {s:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(saw_resizing, "phase Resizing was never shown");
+    assert!(w.cluster.events_of("grow").iter().any(|e| e.reason == "Resized"));
+}
+
+// --- power and idle --------------------------------------------------------------------
+
+#[tokio::test]
+async fn halted_stops_manual_starts_on_request_always_restarts() {
+    let w = World::new().await;
+    let mut pvm = projectvm("power", &format!("{REPO}  runStrategy: Manual\n"));
+    w.until_ready(&mut pvm).await;
+    pvm.spec.machine.run_strategy = projectvm::api::RunStrategy::Halted;
+    w.until(&mut pvm, "Stopped", SHORT, |s| s.phase == Some(Phase::Stopped)).await;
+    let s = pvm.vm_status().unwrap();
+    assert_eq!(harness::condition(s, "Ready").reason, "Stopped");
+    assert_eq!(harness::condition(s, "Reconciling").status, ConditionStatus::False);
+    assert!(s.power.as_ref().unwrap().running_hours_closed > 0.0, "the running period was closed");
+
+    // Manual leaves it stopped until someone asks.
+    pvm.spec.machine.run_strategy = projectvm::api::RunStrategy::Manual;
+    for _ in 0..3 {
+        w.reconcile(&mut pvm).await.unwrap();
+    }
+    assert_eq!(pvm.vm_status().unwrap().phase, Some(Phase::Stopped));
+    pvm.metadata.annotations = Some([("projectvm.dev/start-requested".to_string(), "now".to_string())].into());
+    w.until_ready(&mut pvm).await;
+    assert!(w.cluster.events_of("power").iter().any(|e| e.reason == "StartRequested"));
+
+    // Always starts a VM someone stopped behind the operator's back.
+    pvm.spec.machine.run_strategy = projectvm::api::RunStrategy::Always;
+    let name = pvm.vm_status().unwrap().instance.as_ref().unwrap().name.clone().unwrap();
+    let op = projectvm::cloud::Compute::stop_instance(&*w.compute, ZONE, &name).await.unwrap();
+    while !matches!(
+        projectvm::cloud::Compute::operation(&*w.compute, &op).await.unwrap(),
+        projectvm::cloud::OperationState::Done
+    ) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.ctx.instances.invalidate(ZONE);
+    w.until(&mut pvm, "restarted", SHORT, |s| {
+        s.operation.as_ref().is_some_and(|o| o.kind == OperationKind::Start) || s.phase == Some(Phase::Ready)
+    })
+    .await;
+    w.until_ready(&mut pvm).await;
+}
+
+#[tokio::test]
+async fn idle_vm_stops_and_a_busy_one_keeps_running() {
+    let w = World::new().await;
+    let spec = format!("{REPO}  runStrategy: Manual\n  idleTimeout: 1h\n");
+    let mut idle = projectvm("idle", &spec);
+    let mut busy = projectvm("busy", &spec);
+    w.until_ready(&mut idle).await;
+    w.until_ready(&mut busy).await;
+    // Two hours pass without activity (the power history says it has run that long).
+    let two_hours_ago = chrono::Utc::now() - chrono::Duration::hours(2);
+    for o in [&mut idle, &mut busy] {
+        let s = o.status.as_mut().unwrap();
+        s.power.as_mut().unwrap().running_since = Some(projectvm::clock::micro_time(two_hours_ago));
+        s.last_activity_at = Some(projectvm::clock::time(two_hours_ago));
+    }
+    w.until(&mut idle, "idle stop", SHORT, |s| s.phase == Some(Phase::Stopped)).await;
+    let s = idle.vm_status().unwrap();
+    assert_eq!(harness::condition(s, "Ready").reason, "IdleTimeout");
+    assert!(harness::condition(s, "InstanceReady").message.contains("idleTimeout 1h"));
+    assert!(w.cluster.events_of("idle").iter().any(|e| e.reason == "IdleTimeout"));
+
+    // Someone is at work on the other one: activity is seen, so it keeps running.
+    w.guest(|g| g.active = true);
+    for _ in 0..5 {
+        w.reconcile(&mut busy).await.unwrap();
+    }
+    let s = busy.vm_status().unwrap();
+    assert_eq!(s.phase, Some(Phase::Ready));
+    let seen = projectvm::clock::from_time(s.last_activity_at.as_ref().unwrap());
+    assert!(seen > two_hours_ago + chrono::Duration::minutes(100), "activity recorded");
+}
+
+// --- deletion ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn deletion_removes_the_instance_orphan_keeps_it_gone_is_fine() {
+    let w = World::new().await;
+    let now = || Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
+
+    let mut doomed = projectvm("doomed", REPO);
+    w.until_ready(&mut doomed).await;
+    let name = doomed.vm_status().unwrap().instance.as_ref().unwrap().name.clone().unwrap();
+    doomed.metadata.deletion_timestamp = now();
+    delete_until_done(&w, &mut doomed).await;
+    assert!(w.instance(&name).await.is_none(), "instance deleted");
+    assert!(w.cluster.events_of("doomed").iter().any(|e| e.reason == "Deleted"));
+
+    let mut kept = projectvm("kept", &format!("{REPO}  deletionPolicy: Orphan\n"));
+    w.until_ready(&mut kept).await;
+    let name = kept.vm_status().unwrap().instance.as_ref().unwrap().name.clone().unwrap();
+    kept.metadata.deletion_timestamp = now();
+    w.delete(&mut kept).await.expect("orphaning finishes at once");
+    assert!(w.instance(&name).await.is_some(), "instance kept");
+
+    // Never created (or already gone): the finalizer comes off at once.
+    let mut ghost = projectvm("ghost", REPO);
+    ghost.metadata = ObjectMeta { deletion_timestamp: now(), ..ghost.metadata };
+    w.delete(&mut ghost).await.expect("nothing to delete");
+
+    // A refused delete is reported and retried, the finalizer stays.
+    let mut stuck = projectvm("stuck", REPO);
+    w.until_ready(&mut stuck).await;
+    w.admin(Method::PUT, "faults/methods/instances.delete", json!({"errorCode": 403, "errorReason": "forbidden", "errorMessage": "Required 'compute.instances.delete' permission", "errorRate": 1.0})).await;
+    stuck.metadata.deletion_timestamp = now();
+    assert!(w.delete(&mut stuck).await.is_err(), "finalizer kept");
+    let s = stuck.vm_status().unwrap();
+    assert_eq!(harness::condition(s, "InstanceReady").reason, "PermissionDenied");
+    assert_eq!(s.phase, Some(Phase::Deleting));
+    w.admin(Method::DELETE, "faults/methods/instances.delete", json!({})).await;
+    delete_until_done(&w, &mut stuck).await;
+}
+
+// --- contained panics ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_panic_is_the_objects_internal_error_not_the_process_end() {
+    let w = World::new().await;
+    let mut pvm = projectvm("buggy", REPO);
+    w.until_ready(&mut pvm).await;
+    *w.cluster.panic_on_ssh_key.lock().unwrap() = true;
+    let r = w.reconcile(&mut pvm).await;
+    assert!(matches!(r, Err(projectvm::controller::Error::Internal(_))), "{r:?}");
+    let s = pvm.vm_status().unwrap();
+    let ready = harness::condition(s, "Ready");
+    assert_eq!(ready.reason, "InternalError");
+    assert!(ready.message.contains("injected bug"), "{}", ready.message);
+    assert!(w.cluster.events_of("buggy").iter().any(|e| e.warning && e.reason == "InternalError"));
+    // Other objects are unaffected, and the object recovers once the bug is gone.
+    *w.cluster.panic_on_ssh_key.lock().unwrap() = false;
+    w.until_ready(&mut pvm).await;
+
+    // A panic inside a step task is that step's failure.
+    let w = World::new().await;
+    w.guest(|g| g.panic_in_step = true);
+    let mut pvm = projectvm("buggystep", REPO);
+    w.until(&mut pvm, "InternalError", SHORT, |s| harness::has_reason(s, "PrerequisitesInstalled", "InternalError"))
+        .await;
+}
