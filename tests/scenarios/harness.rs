@@ -41,11 +41,14 @@ pub struct Published {
     pub note: String,
 }
 
+/// A Secret's data and resourceVersion, by (namespace, name).
+type Secrets = HashMap<(String, String), (BTreeMap<String, String>, u64)>;
+
 /// The cluster, in memory: Secrets, the operator's SSH keys, statuses written, events.
 #[derive(Default)]
 pub struct FakeCluster {
     /// (namespace, name) → (data, resourceVersion).
-    pub secrets: Mutex<HashMap<(String, String), (BTreeMap<String, String>, u64)>>,
+    pub secrets: Mutex<Secrets>,
     ssh_keys: Mutex<HashMap<String, SshKey>>,
     passwords: Mutex<HashMap<String, Token>>,
     pub statuses: Mutex<HashMap<String, Value>>,
