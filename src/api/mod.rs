@@ -14,6 +14,16 @@ pub use workspace::{CodeServerAuth, CodeServerSpec, IngressSpec, Workspace, Work
 
 use kube::CustomResourceExt;
 
+/// Field manager for everything the operator applies.
+pub const FIELD_MANAGER: &str = "projectvm-operator";
+/// Finalizer that makes deletion remove the VM first.
+pub const FINALIZER: &str = "projectvm.dev/cleanup";
+/// Annotation that pauses reconciling one resource.
+pub const PAUSED_ANNOTATION: &str = "projectvm.dev/paused";
+/// Annotation a person sets (to any new value, e.g. a timestamp) to start a stopped
+/// `Manual` VM without editing its spec.
+pub const START_ANNOTATION: &str = "projectvm.dev/start-requested";
+
 /// The CRDs as YAML documents, in a stable order.
 pub fn crd_yaml() -> Vec<(&'static str, String)> {
     vec![

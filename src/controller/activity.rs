@@ -4,11 +4,8 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-
 use super::kind::VmKind;
 use super::status::Report;
-use super::vm::HealthAnswer;
 use super::{Context, Error, instance, observe::Observed};
 use crate::clock;
 use crate::conditions::{self, types};
@@ -40,22 +37,6 @@ async fn probe_over_ssh<K: VmKind>(ctx: &Context, report: &mut Report, obj: &K, 
     }
 }
 
-/// code-server's heartbeat as activity. It is written at most once a minute; "alive" means a
-/// client was active within that minute, so it counts as activity now (never stop someone
-/// working).
-pub fn record_heartbeat(report: &mut Report, answer: &HealthAnswer) {
-    if answer.alive {
-        report.status.last_activity_at = Some(clock::time(report.now));
-    } else if answer.last_heartbeat_ms > 0
-        && let Some(t) = DateTime::<Utc>::from_timestamp_millis(answer.last_heartbeat_ms)
-    {
-        let t = clock::time(t);
-        if report.status.last_activity_at.as_ref().is_none_or(|prev| prev.0 < t.0) {
-            report.status.last_activity_at = Some(t);
-        }
-    }
-}
-
 /// Before an idle stop, looks once more: the recorded activity may be old only because the
 /// operator was not looking (it was down, or busy). Reachable VMs are asked directly.
 pub async fn recheck_before_idle_stop<K: VmKind>(
@@ -75,7 +56,7 @@ pub async fn recheck_before_idle_stop<K: VmKind>(
     } else if let Some(ws) = obj.as_workspace() {
         let url = format!("http://{}:{}/healthz", access.address, ws.spec.code_server.port);
         let answer = ctx.vm.probe_health(&url).await;
-        record_heartbeat(report, &answer);
+        super::steps::health::record_heartbeat(report, &answer);
     }
     Ok(())
 }

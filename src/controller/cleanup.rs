@@ -9,9 +9,9 @@ use chrono::Utc;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
-use super::cluster::Owner;
 use super::kind::VmKind;
 use super::observe::{cloud_key, placement};
+use super::owner::Owner;
 use super::status::Report;
 use super::{Context, Error};
 use crate::api::{DeletionPolicy, OperationKind, PendingOperation, Phase};
@@ -30,7 +30,7 @@ enum Deletion {
 }
 
 pub async fn cleanup<K: VmKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let owner = Owner::of(&*obj);
+    let owner = obj.owner();
     ctx.tasks.forget(&owner.key());
     let status = obj.vm_status().cloned().unwrap_or_default();
     if let Some(addr) = status.instance.as_ref().and_then(|i| i.external_ip.clone().or(i.internal_ip.clone())) {
@@ -68,7 +68,7 @@ pub async fn cleanup<K: VmKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action
         Deletion::Pending(retry_in) => {
             // Not finished: write the status and return an error, because the finalizer
             // helper removes the finalizer whenever cleanup returns Ok.
-            super::reconcile::write(&ctx, &owner, &*obj, &report).await?;
+            super::writer::write(&ctx, &*obj, &report).await?;
             Err(Error::CleanupPending { what: format!("deleting instance {name}"), retry_in })
         }
     }

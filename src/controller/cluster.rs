@@ -3,49 +3,15 @@
 //! runs unchanged against the API server and against the in-memory cluster of the scenario
 //! tests.
 
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DynamicObject, Patch, PatchParams};
-use kube::core::ApiResource;
 use kube::runtime::events::{Event, Recorder, Reporter};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 
-use super::kind::VmKind;
+use super::Error;
+use super::owner::Owner;
 use super::secrets::{self, SecretProblem, SshKey, Token};
-use super::{Error, FIELD_MANAGER};
+use crate::api::FIELD_MANAGER;
 use crate::api::{SecretKeyRef, Workspace};
-
-/// The resource a reconcile works for, as the Kubernetes edge needs to know it.
-#[derive(Clone, Debug)]
-pub struct Owner {
-    /// The kind's short label (`projectvm`, `workspace`).
-    pub label: &'static str,
-    pub namespace: String,
-    pub name: String,
-    /// Owner reference for the objects the operator creates for this resource.
-    pub owner_ref: Option<OwnerReference>,
-    /// Reference for events.
-    pub reference: ObjectReference,
-    pub api_resource: ApiResource,
-}
-
-impl Owner {
-    pub fn of<K: VmKind>(obj: &K) -> Self {
-        Self {
-            label: K::LABEL,
-            namespace: obj.namespace().unwrap_or_default(),
-            name: obj.name_any(),
-            owner_ref: obj.controller_owner_ref(&()),
-            reference: obj.object_ref(&()),
-            api_resource: ApiResource::erase::<K>(&()),
-        }
-    }
-
-    /// `kind/namespace/name`, the key for tasks, backoff and logs.
-    pub fn key(&self) -> String {
-        format!("{}/{}/{}", self.label, self.namespace, self.name)
-    }
-}
 
 /// What a reconcile reads from and writes to the cluster.
 #[async_trait::async_trait]

@@ -11,10 +11,43 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::UnboundedSender;
 
+use std::sync::Arc;
+
 use super::Context;
+use super::owner::Owner;
 use super::steps::{self, Prepared, StepEnv};
 use crate::api::{MachineSpec, ProjectVM, SecretKeyRef, VmStatus, Workspace, WorkspaceStatus};
+use crate::engine::tasks::Wake;
 use crate::engine::{PROJECTVM_GRAPH, StepId, StepNode, WORKSPACE_GRAPH};
+
+/// `kind/namespace/name`, the key for tasks and backoff.
+pub fn object_key<K: VmKind>(o: &K) -> String {
+    format!("{}/{}/{}", K::LABEL, o.namespace().unwrap_or_default(), o.name_any())
+}
+
+/// A closure that re-queues the object's reconcile (for tasks that finish in the background).
+pub fn waker<K: VmKind>(ctx: &Arc<Context>, obj: &K) -> Wake {
+    let target = ObjectRef::from_obj(obj);
+    let ctx = Arc::downgrade(ctx);
+    Arc::new(move || {
+        if let Some(ctx) = ctx.upgrade() {
+            let _ = K::wakeups(&ctx).send(target.clone());
+        }
+    })
+}
+
+/// What the steps need of `obj`, with every step prepared from its spec and `env`.
+pub fn step_subject<'a, K: VmKind>(ctx: &Arc<Context>, obj: &'a K, env: &StepEnv) -> steps::Subject<'a> {
+    steps::Subject {
+        key: object_key(obj),
+        graph: K::GRAPH,
+        prepared: K::GRAPH.iter().map(|n| (n.id, obj.prepare(n.id, env))).collect(),
+        credentials: obj.credentials_ref(),
+        workspace: obj.as_workspace(),
+        limit: obj.machine().progress_limit(),
+        wake: waker(ctx, obj),
+    }
+}
 
 /// A kind the operator manages a VM for.
 pub trait VmKind:
@@ -54,6 +87,10 @@ pub trait VmKind:
     }
     /// A step's inputs, fingerprint and work, from the spec and what was read this pass.
     fn prepare(&self, step: StepId, env: &StepEnv) -> Prepared;
+    /// The resource as the Kubernetes edge knows it.
+    fn owner(&self) -> Owner {
+        Owner::new(Self::LABEL, self)
+    }
     /// The channel that re-queues this kind's reconciles.
     fn wakeups(ctx: &Context) -> &UnboundedSender<ObjectRef<Self>>;
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 
-use super::cluster::Owner;
 use super::kind::VmKind;
 use super::secrets::SshKey;
 use super::status::Report;
@@ -56,7 +55,7 @@ pub fn operation_poll_interval(age: Duration) -> Duration {
 }
 
 pub async fn observe<K: VmKind>(ctx: &Arc<Context>, report: &mut Report, obj: &K) -> Result<Observed, Error> {
-    let owner = Owner::of(obj);
+    let owner = obj.owner();
     let ssh_key = ctx.cluster.ssh_key(&owner).await?;
     let user = &obj.machine().user;
     let desired_metadata = BTreeMap::from([
@@ -303,7 +302,7 @@ pub async fn step_env<K: VmKind>(
                 Ok(t) => env.password = Some(t),
                 Err(p) => env.password_problem = Some(p.message),
             },
-            None => env.password = Some(ctx.cluster.generated_password(&Owner::of(obj)).await?),
+            None => env.password = Some(ctx.cluster.generated_password(&obj.owner()).await?),
         }
     }
     Ok(env)

@@ -3,10 +3,10 @@
 
 use kube::ResourceExt;
 
-use super::START_ANNOTATION;
 use super::kind::VmKind;
 use super::observe::{Observed, idle_expired};
 use super::status::Report;
+use crate::api::START_ANNOTATION;
 use crate::cloud::naming;
 use crate::engine::instance::{InstanceAction, InstanceInputs, plan_instance};
 

@@ -12,11 +12,11 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, ResourceExt};
 
-use super::cluster::Owner;
 use super::kind::VmKind;
 use super::status::Report;
-use super::{Context, Error, FINALIZER, PAUSED_ANNOTATION, activity, cleanup, instance, observe, plan, steps};
+use super::{Context, Error, activity, cleanup, instance, kind, observe, plan, steps, writer};
 use crate::api::StopReason;
+use crate::api::{FINALIZER, PAUSED_ANNOTATION};
 use crate::conditions;
 use crate::conditions::types;
 use crate::engine::instance::InstanceAction;
@@ -78,7 +78,7 @@ pub async fn apply<K: VmKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, 
     if !matches!(outcome, Ok(Flow::Paused)) {
         report.summarize(K::GRAPH, obj.machine());
     }
-    write(&ctx, &Owner::of(&*obj), &*obj, &report).await?;
+    writer::write(&ctx, &*obj, &report).await?;
     match outcome {
         Ok(Flow::Continue) => Ok(Action::requeue(report.requeue)),
         Ok(Flow::Paused) => Ok(Action::await_change()),
@@ -108,7 +108,7 @@ async fn pipeline<K: VmKind>(ctx: &Arc<Context>, report: &mut Report, obj: &K) -
                 return Ok(Flow::Continue);
             };
             let env = observe::step_env(ctx, obj, inst, &access.address).await?;
-            steps::run(ctx, report, obj, &access.target, &env).await?;
+            steps::run(ctx, report, kind::step_subject(ctx, obj, &env), &access.target, &env).await;
             activity::probe(ctx, report, obj, &access.target).await;
         }
         InstanceAction::Stopped => instance::stopped(report, obj),
@@ -158,25 +158,6 @@ fn record_error(report: &mut Report, e: &Error) {
     }
 }
 
-/// Writes the status when it changed, publishes the collected events, updates metrics.
-pub async fn write<K: VmKind>(ctx: &Context, owner: &Owner, obj: &K, report: &Report) -> Result<(), Error> {
-    let new = K::status_json(&report.status, report.url.as_deref());
-    let old = obj.vm_status().map(|s| K::status_json(s, obj.current_url()));
-    if old.as_ref() != Some(&new) {
-        ctx.cluster.write_status(owner, new).await?;
-        ctx.metrics.status_written(K::LABEL);
-    }
-    for e in &report.events {
-        ctx.cluster.publish(owner, e).await;
-    }
-    if let Some(cost) = &report.status.cost {
-        ctx.metrics.set_cost(K::LABEL, &owner.namespace, &owner.name, cost.accrued, cost.hourly_rate);
-    }
-    let ready = conditions::is_true(&report.status.conditions, types::READY);
-    ctx.metrics.set_ready(K::LABEL, &owner.namespace, &owner.name, ready);
-    Ok(())
-}
-
 /// Records an operator bug met while reconciling this object: `Ready=False` with reason
 /// `InternalError` and a Warning event, written over the status the object already has.
 async fn report_internal_error<K: VmKind>(obj: &K, ctx: &Context, message: &str) {
@@ -187,7 +168,7 @@ async fn report_internal_error<K: VmKind>(obj: &K, ctx: &Context, message: &str)
         format!("the operator failed while reconciling this resource and will retry with backoff: {message}"),
     );
     report.summarize(K::GRAPH, obj.machine());
-    if let Err(e) = write(ctx, &Owner::of(obj), obj, &report).await {
+    if let Err(e) = writer::write(ctx, obj, &report).await {
         tracing::warn!(error = %e, "recording the internal error failed");
     }
 }

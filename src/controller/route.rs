@@ -13,7 +13,8 @@ use k8s_openapi::api::networking::v1::{
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use super::{Error, FIELD_MANAGER};
+use super::Error;
+use crate::api::FIELD_MANAGER;
 use crate::api::{IngressSpec, Workspace};
 
 /// Name of the Service (and prefix of the EndpointSlice) for a Workspace.

@@ -9,8 +9,9 @@ use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use rand::distr::{Alphanumeric, SampleString};
 
-use super::cluster::Owner;
-use super::{Error, FIELD_MANAGER};
+use super::Error;
+use super::owner::Owner;
+use crate::api::FIELD_MANAGER;
 use crate::api::SecretKeyRef;
 use crate::ssh;
 

@@ -255,7 +255,7 @@ pub fn stopped_message(machine: &MachineSpec, last_stop: Option<StopReason>, las
         Some(StopReason::Halted) => "stopped: runStrategy is Halted".to_string(),
         _ if machine.run_strategy == RunStrategy::Manual => format!(
             "stopped; runStrategy Manual leaves it so. Set annotation {} to a new value to start it",
-            super::START_ANNOTATION
+            crate::api::START_ANNOTATION
         ),
         _ => "stopped".to_string(),
     }

@@ -18,8 +18,9 @@ use projectvm::api::{ConditionStatus, ProjectVM, VmStatus, Workspace};
 use projectvm::cloud::Compute;
 use projectvm::cloud::gce::{CredentialsMode, GceCompute};
 use projectvm::config::Config;
-use projectvm::controller::cluster::{Cluster, Owner};
+use projectvm::controller::cluster::Cluster;
 use projectvm::controller::kind::VmKind;
+use projectvm::controller::owner::Owner;
 use projectvm::controller::secrets::{SecretProblem, SshKey, Token};
 use projectvm::controller::vm::{HealthAnswer, OnOutput, VmAccess, parse_health};
 use projectvm::controller::{Context, Edges, Error, reconcile};
@@ -333,7 +334,7 @@ impl World {
         if self.cluster.status_writes.load(Ordering::SeqCst) == writes_before {
             return;
         }
-        let key = Owner::of(&*obj).key();
+        let key = obj.owner().key();
         if let Some(status) = self.cluster.statuses.lock().unwrap().get(&key) {
             let mut v = serde_json::to_value(&*obj).unwrap();
             v["status"] = status.clone();

@@ -4,11 +4,14 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use super::{Prepared, StepEnv};
 use crate::clock::{self, humanize};
 use crate::conditions::{self, Reason, Update, types};
 use crate::controller::Context;
 use crate::controller::status::Report;
+use crate::controller::vm::HealthAnswer;
 use crate::engine::fingerprint;
 
 /// The URL to probe.
@@ -22,7 +25,7 @@ pub const GRACE: Duration = Duration::from_secs(180);
 
 pub async fn check(ctx: &Context, report: &mut Report, condition: &'static str, url: &str, fp: &str) {
     let answer = ctx.vm.probe_health(url).await;
-    crate::controller::activity::record_heartbeat(report, &answer);
+    record_heartbeat(report, &answer);
     if answer.healthy {
         report.set(
             Update::truthy(condition, Reason::Healthy, format!("GET {url}: {}", answer.summary))
@@ -49,5 +52,21 @@ pub async fn check(ctx: &Context, report: &mut Report, condition: &'static str, 
             format!("code-server did not answer GET {url} within {}; last answer: {}", humanize(GRACE), answer.summary),
         ));
         report.soon(Duration::from_secs(15));
+    }
+}
+
+/// code-server's heartbeat as activity. It is written at most once a minute; "alive" means a
+/// client was active within that minute, so it counts as activity now (never stop someone
+/// working).
+pub fn record_heartbeat(report: &mut Report, answer: &HealthAnswer) {
+    if answer.alive {
+        report.status.last_activity_at = Some(clock::time(report.now));
+    } else if answer.last_heartbeat_ms > 0
+        && let Some(t) = DateTime::<Utc>::from_timestamp_millis(answer.last_heartbeat_ms)
+    {
+        let t = clock::time(t);
+        if report.status.last_activity_at.as_ref().is_none_or(|prev| prev.0 < t.0) {
+            report.status.last_activity_at = Some(t);
+        }
     }
 }

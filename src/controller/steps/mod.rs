@@ -12,16 +12,15 @@ pub mod route;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::kind::VmKind;
+use super::Context;
 use super::secrets::Token;
 use super::status::Report;
 use super::vm::VmAccess;
-use super::{Context, Error};
-use crate::api::{ConditionStatus, RepositoryStatus};
+use crate::api::{ConditionStatus, RepositoryStatus, SecretKeyRef, Workspace};
 use crate::clock;
 use crate::conditions::{self, Reason, Update, types};
-use crate::engine::tasks::{ProgressReporter, TaskOutcome};
-use crate::engine::{StepDecision, StepId, StepObservation, due, plan_steps};
+use crate::engine::tasks::{ProgressReporter, TaskOutcome, Wake};
+use crate::engine::{StepDecision, StepId, StepNode, StepObservation, due, plan_steps};
 use crate::ssh::{SshError, SshTarget};
 
 /// Inputs resolved while observing that steps may need.
@@ -67,21 +66,30 @@ pub fn not_in_graph(kind: &str, step: StepId) -> StepBlocked {
     StepBlocked { reason: Reason::InternalError, message: format!("{kind} has no step {}", step.name()) }
 }
 
-/// Plans the kind's steps against their conditions and tasks, and runs what is due.
-pub async fn run<K: VmKind>(
-    ctx: &Arc<Context>,
-    report: &mut Report,
-    obj: &K,
-    target: &SshTarget,
-    env: &StepEnv,
-) -> Result<(), Error> {
-    let key = super::object_key(obj);
-    let limit = obj.machine().progress_limit();
-    let prepared: Vec<(StepId, Prepared)> = K::GRAPH.iter().map(|n| (n.id, obj.prepare(n.id, env))).collect();
+/// What the steps need to know of the resource they run for; the kind fills it in.
+pub struct Subject<'a> {
+    /// `kind/namespace/name`, the key of its tasks.
+    pub key: String,
+    pub graph: &'static [StepNode],
+    /// Each step of the graph, prepared from the spec.
+    pub prepared: Vec<(StepId, Prepared)>,
+    /// The repository's credentials Secret, if any.
+    pub credentials: Option<&'a SecretKeyRef>,
+    /// The Workspace, for its route.
+    pub workspace: Option<&'a Workspace>,
+    /// `progressTimeout`: the bound of each step's task.
+    pub limit: Duration,
+    /// Re-queues the resource when a task finishes or reports progress.
+    pub wake: Wake,
+}
+
+/// Plans the steps against their conditions and tasks, and runs what is due.
+pub async fn run(ctx: &Arc<Context>, report: &mut Report, subject: Subject<'_>, target: &SshTarget, env: &StepEnv) {
+    let Subject { key, graph, prepared, credentials, workspace, limit, wake } = subject;
     let find = |id: StepId| prepared.iter().find(|(s, _)| *s == id).map(|(_, p)| p.clone());
     let conds = report.status.conditions.clone();
-    let plan = plan_steps(K::GRAPH, |id| {
-        let condition = K::GRAPH.iter().find(|n| n.id == id).map(|n| n.condition).unwrap_or_default();
+    let plan = plan_steps(graph, |id| {
+        let condition = graph.iter().find(|n| n.id == id).map(|n| n.condition).unwrap_or_default();
         let c = conditions::get(&conds, condition);
         StepObservation {
             desired_fingerprint: match find(id) {
@@ -93,15 +101,15 @@ pub async fn run<K: VmKind>(
             task: ctx.tasks.view(&key, id),
         }
     });
-    let run_now = due(K::GRAPH, &plan);
+    let run_now = due(graph, &plan);
 
-    for node in K::GRAPH {
+    for node in graph {
         let decision = plan.iter().find(|(id, _)| *id == node.id).map(|(_, d)| *d).unwrap_or(StepDecision::Blocked);
         let (fp, work) = match find(node.id) {
             Some(Ok(p)) => p,
             Some(Err(blocked)) => {
                 report.set(Update::falsy(node.condition, blocked.reason, blocked.message.clone()));
-                if node.id == StepId::Repository && obj.credentials_ref().is_some() {
+                if node.id == StepId::Repository && credentials.is_some() {
                     report.set(Update::falsy(types::CREDENTIALS_CURRENT, blocked.reason, blocked.message));
                 }
                 report.soon(Duration::from_secs(30));
@@ -112,7 +120,7 @@ pub async fn run<K: VmKind>(
         match decision {
             StepDecision::Collect => {
                 if let Some((task_fp, outcome)) = ctx.tasks.take_finished(&key, node.id) {
-                    collect(report, obj, node.id, node.condition, &task_fp, &fp, outcome, env.token.as_ref());
+                    collect(report, credentials, node.id, node.condition, &task_fp, &fp, outcome, env.token.as_ref());
                 }
                 report.soon(Duration::from_millis(200));
             }
@@ -153,7 +161,7 @@ pub async fn run<K: VmKind>(
         }
         match work {
             Work::Health { url } => health::check(ctx, report, node.condition, &url, &fp).await,
-            Work::Route { address } => match obj.as_workspace() {
+            Work::Route { address } => match workspace {
                 Some(ws) => route::apply(ctx, report, ws, node.condition, &address, &fp).await,
                 None => {
                     report.set(Update::falsy(node.condition, Reason::InternalError, "only Workspaces have a route"))
@@ -166,21 +174,20 @@ pub async fn run<K: VmKind>(
                 let target = target.clone();
                 let step = node.id;
                 let task_fp = fp.clone();
-                ctx.tasks.spawn(&key, node.id, &fp, limit, ctx.waker(obj), move |progress| {
+                ctx.tasks.spawn(&key, node.id, &fp, limit, wake.clone(), move |progress| {
                     run_remote(vm, target, step, remote, task_fp, limit, progress)
                 });
                 report.soon(Duration::from_secs(10));
             }
         }
     }
-    Ok(())
 }
 
 /// Records a finished task's result in its condition.
 #[allow(clippy::too_many_arguments)]
-fn collect<K: VmKind>(
+fn collect(
     report: &mut Report,
-    obj: &K,
+    credentials: Option<&SecretKeyRef>,
     step: StepId,
     condition: &'static str,
     task_fp: &str,
@@ -213,7 +220,7 @@ fn collect<K: VmKind>(
             commit: outcome.outputs.get("commit").cloned(),
             synced_at: Some(clock::time(report.now)),
         });
-        if let (Some(t), Some(r)) = (token, obj.credentials_ref()) {
+        if let (Some(t), Some(r)) = (token, credentials) {
             report.set(Update::truthy(
                 types::CREDENTIALS_CURRENT,
                 Reason::TokenApplied,

@@ -1,0 +1,84 @@
+//! The state both controllers share: the three edges (Kubernetes, Compute Engine, the
+//! VMs), the instance cache, the step tasks, metrics and configuration.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::mpsc;
+
+use super::cluster::Cluster;
+use super::vm::VmAccess;
+use crate::api::{ProjectVM, Workspace};
+use crate::cloud::{Compute, InstanceCache};
+use crate::config::Config;
+use crate::cost::Rates;
+use crate::engine::tasks::TaskRegistry;
+use crate::metrics::Metrics;
+
+/// Shared state of both controllers.
+pub struct Context {
+    /// For the finalizer and the watches; everything else goes through the edges below.
+    pub client: Client,
+    pub cluster: Arc<dyn Cluster>,
+    pub compute: Arc<dyn Compute>,
+    pub vm: Arc<dyn VmAccess>,
+    pub instances: InstanceCache,
+    pub tasks: TaskRegistry,
+    pub metrics: Arc<Metrics>,
+    pub config: Config,
+    pub rates: Rates,
+    /// Consecutive reconcile errors per object, for the error policy's backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    pub(crate) wake_projectvm: mpsc::UnboundedSender<ObjectRef<ProjectVM>>,
+    pub(crate) wake_workspace: mpsc::UnboundedSender<ObjectRef<Workspace>>,
+}
+
+/// The edges a [`Context`] is built from.
+pub struct Edges {
+    pub client: Client,
+    pub cluster: Arc<dyn Cluster>,
+    pub compute: Arc<dyn Compute>,
+    pub vm: Arc<dyn VmAccess>,
+}
+
+/// Trigger streams for the controllers, fed by finishing tasks.
+pub struct Wakeups {
+    pub(crate) projectvm: mpsc::UnboundedReceiver<ObjectRef<ProjectVM>>,
+    pub(crate) workspace: mpsc::UnboundedReceiver<ObjectRef<Workspace>>,
+}
+
+impl Context {
+    pub fn new(edges: Edges, config: Config, rates: Rates, metrics: Arc<Metrics>) -> (Arc<Self>, Wakeups) {
+        let (tp, rp) = mpsc::unbounded_channel();
+        let (tw, rw) = mpsc::unbounded_channel();
+        let ctx = Context {
+            client: edges.client,
+            cluster: edges.cluster,
+            compute: edges.compute,
+            vm: edges.vm,
+            instances: InstanceCache::new(Duration::from_secs(15)),
+            tasks: TaskRegistry::new(config.max_concurrent_tasks),
+            metrics,
+            config,
+            rates,
+            failures: Mutex::new(HashMap::new()),
+            wake_projectvm: tp,
+            wake_workspace: tw,
+        };
+        (Arc::new(ctx), Wakeups { projectvm: rp, workspace: rw })
+    }
+
+    pub(crate) fn record_failure(&self, key: &str) -> u32 {
+        let mut f = self.failures.lock().expect("failures lock");
+        let n = f.entry(key.to_string()).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    pub(crate) fn reset_failures(&self, key: &str) {
+        self.failures.lock().expect("failures lock").remove(key);
+    }
+}
