@@ -11,9 +11,12 @@
 #   bed.sh operator-start STATE_DIR     (re)start the operator process
 #   bed.sh operator-kill STATE_DIR      SIGKILL the operator (crash test)
 #
+# PROJECTVM_OPERATOR_BIN=PATH runs that operator binary instead of target/debug's (and `up`
+# then builds only the emulator), e.g. an older commit's build for a before/after benchmark.
+#
 # After `up`, STATE_DIR/env is a shell file with KUBECONFIG (admin), PATH, EMULATOR_URL,
-# GIT_STATE, METRICS_URL and OPERATOR_LOG; GIT_STATE/{public,private}-demo.refs hold the
-# demo repositories' commit SHAs (NAME=SHA lines).
+# GIT_STATE, METRICS_URL, OPERATOR_LOG and KSTATUS (the kstatus judge binary);
+# GIT_STATE/{public,private}-demo.refs hold the demo repositories' commit SHAs (NAME=SHA lines).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -46,7 +49,7 @@ wait_for() { # seconds description command...
 
 build_binaries() {
   log "building the operator and the emulator"
-  (cd "$ROOT" && cargo build --quiet --locked --bin projectvm-operator -p projectvm && cargo build --quiet --locked -p projectvm-testbed --bin gce-emulator)
+  (cd "$ROOT" && { [[ -n ${PROJECTVM_OPERATOR_BIN:-} ]] || cargo build --quiet --locked --bin projectvm-operator -p projectvm; } && cargo build --quiet --locked -p projectvm-testbed --bin gce-emulator)
 }
 
 start_emulator() {
@@ -96,14 +99,15 @@ operator_start() {
   POD_NAMESPACE=$OP_NS \
   PROJECTVM_LOG_FORMAT=json \
   RUST_LOG=${RUST_LOG:-info,projectvm=debug,kube=warn} \
-    setsid "$ROOT/target/debug/projectvm-operator" >>"$STATE/operator.log" 2>&1 </dev/null &
+    setsid "${PROJECTVM_OPERATOR_BIN:-$ROOT/target/debug/projectvm-operator}" >>"$STATE/operator.log" 2>&1 </dev/null &
   echo $! >"$STATE/operator.pid"
   wait_for 30 "the operator's /readyz" curl -fsS "$METRICS_URL/readyz"
 }
 
 up() {
-  local bin rootfs
+  local bin rootfs kstatus
   bin=$("$S/k8s-binaries.sh")
+  kstatus=$("$S/kstatus.sh")
   export PATH=$bin:$PATH
   rootfs=$("$S/build-rootfs.sh")
   build_binaries
@@ -131,6 +135,7 @@ up() {
     echo "export METRICS_URL=http://127.0.0.1:$metrics_port"
     echo "export OPERATOR_LOG=$STATE/operator.log"
     echo "export PROJECTVM_ROOTFS=$rootfs"
+    echo "export KSTATUS=$kstatus"
   } >"$ENV"
   log "installing the chart"
   helm upgrade --install "$RELEASE" "$ROOT/charts/projectvm-operator" -n "$OP_NS" --create-namespace \

@@ -10,6 +10,8 @@
 mod bed;
 #[path = "e2e/errors.rs"]
 mod errors;
+#[path = "e2e/kstatus.rs"]
+mod kstatus;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "e2e/projectvm.rs"]

@@ -16,6 +16,8 @@ PKGS=(
   chromium chromium-driver
   # clients used by the tests; sshd for the SSH edge's own test (never started as a service)
   openssh-client openssh-server sudo curl jq ca-certificates
+  # runs docs/argocd-health.lua in tests/gitops_health.rs
+  lua5.4
 )
 # shellcheck disable=SC2206
 [ -n "${PVM_EXTRA_PKGS:-}" ] && PKGS+=(${PVM_EXTRA_PKGS})

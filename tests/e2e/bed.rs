@@ -361,3 +361,30 @@ pub fn base64_decode(s: &str) -> Vec<u8> {
 }
 
 pub const READY_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Bed {
+    /// The real kstatus library's verdict (`status.Compute` from sigs.k8s.io/cli-utils, built by
+    /// testbed/scripts/kstatus.sh as `$KSTATUS`) on a live object: `kubectl get -o json` piped
+    /// to it. Returns (status, message); status is one of InProgress, Current, Failed,
+    /// Terminating, NotFound, Unknown.
+    pub fn kstatus(&self, ns: &str, kind: &str, name: &str) -> (String, String) {
+        self.kstatus_of(&self.get(ns, kind, name))
+    }
+
+    /// The kstatus verdict on an object already read (so a test can look at the same snapshot).
+    pub fn kstatus_of(&self, obj: &Value) -> (String, String) {
+        let json = serde_json::to_string(obj).unwrap();
+        let mut child = Command::new(self.var("KSTATUS"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} does not run: {e}", self.var("KSTATUS")));
+        child.stdin.take().unwrap().write_all(json.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "kstatus refused the object: {}\n{json}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("kstatus prints JSON");
+        let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        (field("status"), field("message"))
+    }
+}
