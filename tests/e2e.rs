@@ -14,6 +14,8 @@ mod errors;
 mod kstatus;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
+#[path = "e2e/names.rs"]
+mod names;
 #[path = "e2e/projectvm.rs"]
 mod projectvm;
 #[path = "e2e/workspace.rs"]

@@ -45,11 +45,11 @@ impl MachineSize {
 pub struct ImageSpec {
     /// Image family; the newest image of the family is used when the VM is created.
     #[serde(default = "default_image_family")]
-    #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"), length(max = 63))]
     pub family: String,
     /// Project that publishes the image family.
     #[serde(default = "default_image_project")]
-    #[schemars(regex(pattern = r"^[a-z]([-a-z0-9.:]{0,61}[a-z0-9])?$"))]
+    #[schemars(regex(pattern = r"^[a-z]([-a-z0-9.:]{0,61}[a-z0-9])?$"), length(max = 63))]
     pub project: String,
 }
 
@@ -385,6 +385,32 @@ pub struct VmStatus {
     /// Power history used for cost and idle shutdown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power: Option<PowerStatus>,
+    /// The objects the operator made for this resource, by name. Their names follow the
+    /// resource's name where they can, and are shortened with a hash where Kubernetes'
+    /// rules for them are stricter than for the resource's own name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<OwnedObjects>,
+}
+
+/// Names of the objects the operator made for a resource.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnedObjects {
+    /// The Secret with the operator's SSH key for the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_key_secret: Option<String>,
+    /// The Secret with the generated code-server password (Workspace, password auth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<String>,
+    /// The Service that routes to the VM (Workspace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The EndpointSlice behind that Service (Workspace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_slice: Option<String>,
+    /// The Ingress, when `ingress` is set (Workspace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<String>,
 }
 
 /// The repository as synced on the VM.

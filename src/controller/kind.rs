@@ -16,7 +16,9 @@ use std::sync::Arc;
 use super::Context;
 use super::owner::Owner;
 use super::steps::{self, Prepared, StepEnv};
-use crate::api::{MachineSpec, ProjectVM, SecretKeyRef, VmStatus, Workspace, WorkspaceStatus};
+use crate::api::{
+    CodeServerAuth, MachineSpec, OwnedObjects, ProjectVM, SecretKeyRef, VmStatus, Workspace, WorkspaceStatus,
+};
 use crate::engine::tasks::Wake;
 use crate::engine::{PROJECTVM_GRAPH, StepId, StepNode, WORKSPACE_GRAPH};
 
@@ -91,6 +93,13 @@ pub trait VmKind:
     fn owner(&self) -> Owner {
         Owner::new(Self::LABEL, self)
     }
+    /// The objects the operator makes for this resource, by name.
+    fn owned_objects(&self) -> OwnedObjects {
+        OwnedObjects {
+            ssh_key_secret: Some(super::names::ssh_key_secret(Self::LABEL, &self.name_any())),
+            ..Default::default()
+        }
+    }
     /// The channel that re-queues this kind's reconciles.
     fn wakeups(ctx: &Context) -> &UnboundedSender<ObjectRef<Self>>;
 }
@@ -162,6 +171,18 @@ impl VmKind for Workspace {
         self.credentials_ref().is_some_and(|r| r.name == name)
             || self.spec.code_server.password_secret_ref.as_ref().is_some_and(|r| r.name == name)
             || name == super::secrets::password_secret_name(&self.name_any())
+    }
+    fn owned_objects(&self) -> OwnedObjects {
+        let name = self.name_any();
+        let generated_password = self.spec.code_server.auth == CodeServerAuth::Password
+            && self.spec.code_server.password_secret_ref.is_none();
+        OwnedObjects {
+            ssh_key_secret: Some(super::names::ssh_key_secret(Self::LABEL, &name)),
+            password_secret: generated_password.then(|| super::names::password_secret(&name)),
+            service: Some(super::names::service(&name)),
+            endpoint_slice: Some(super::names::endpoint_slice(&name)),
+            ingress: self.spec.ingress.as_ref().map(|_| super::names::service(&name)),
+        }
     }
     fn prepare(&self, step: StepId, env: &StepEnv) -> Prepared {
         let r = &self.spec.repository;

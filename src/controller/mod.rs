@@ -16,6 +16,7 @@ pub mod context;
 pub mod error;
 pub mod instance;
 pub mod kind;
+pub mod names;
 pub mod observe;
 pub mod owner;
 pub mod plan;

@@ -56,6 +56,7 @@ pub fn operation_poll_interval(age: Duration) -> Duration {
 
 pub async fn observe<K: VmKind>(ctx: &Arc<Context>, report: &mut Report, obj: &K) -> Result<Observed, Error> {
     let owner = obj.owner();
+    report.status.objects = Some(obj.owned_objects());
     let ssh_key = ctx.cluster.ssh_key(&owner).await?;
     let user = &obj.machine().user;
     let desired_metadata = BTreeMap::from([

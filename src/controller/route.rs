@@ -17,9 +17,9 @@ use super::Error;
 use crate::api::FIELD_MANAGER;
 use crate::api::{IngressSpec, Workspace};
 
-/// Name of the Service (and prefix of the EndpointSlice) for a Workspace.
+/// Name of the Service (and of the Ingress) for a Workspace.
 pub fn service_name(ws: &str) -> String {
-    format!("{ws}-workspace")
+    super::names::service(ws)
 }
 
 /// Where users open the workspace: the Ingress URL when there is one, else the VM's
@@ -38,7 +38,7 @@ pub fn url(ingress: Option<&IngressSpec>, vm_address: &str, port: i32) -> String
 fn meta(ws: &Workspace, name: &str, extra_labels: &[(&str, &str)]) -> ObjectMeta {
     let mut labels = BTreeMap::from([
         ("app.kubernetes.io/managed-by".to_string(), "projectvm".to_string()),
-        ("projectvm.dev/workspace".to_string(), ws.name_any()),
+        ("projectvm.dev/workspace".to_string(), super::names::label_value(&ws.name_any())),
     ]);
     for (k, v) in extra_labels {
         labels.insert(k.to_string(), v.to_string());
@@ -74,7 +74,7 @@ pub fn desired(ws: &Workspace, address: &str) -> (Service, EndpointSlice, Option
     let slice = EndpointSlice {
         metadata: meta(
             ws,
-            &format!("{svc_name}-vm"),
+            &super::names::endpoint_slice(&ws.name_any()),
             &[("kubernetes.io/service-name", &svc_name), ("endpointslice.kubernetes.io/managed-by", "projectvm.dev")],
         ),
         address_type: address_type.into(),
@@ -129,7 +129,7 @@ pub async fn apply(client: &Client, ws: &Workspace, address: &str) -> Result<(),
     let svc_name = service_name(&ws.name_any());
     Api::<Service>::namespaced(client.clone(), &ns).patch(&svc_name, &pp, &Patch::Apply(&service)).await?;
     Api::<EndpointSlice>::namespaced(client.clone(), &ns)
-        .patch(&format!("{svc_name}-vm"), &pp, &Patch::Apply(&slice))
+        .patch(&super::names::endpoint_slice(&ws.name_any()), &pp, &Patch::Apply(&slice))
         .await?;
     let ingresses = Api::<Ingress>::namespaced(client.clone(), &ns);
     match ingress {

@@ -83,12 +83,12 @@ impl std::fmt::Debug for SshKey {
 
 /// Name of the Secret holding the operator's SSH key for a resource.
 pub fn ssh_secret_name(owner: &Owner) -> String {
-    format!("{}-{}-ssh", owner.name, owner.label)
+    super::names::ssh_key_secret(owner.label, &owner.name)
 }
 
 /// Name of the generated code-server password Secret.
 pub fn password_secret_name(name: &str) -> String {
-    format!("{name}-code-server")
+    super::names::password_secret(name)
 }
 
 fn owned_meta(owner: &Owner, name: &str) -> ObjectMeta {
@@ -98,7 +98,7 @@ fn owned_meta(owner: &Owner, name: &str) -> ObjectMeta {
         owner_references: owner.owner_ref.clone().map(|o| vec![o]),
         labels: Some(BTreeMap::from([
             ("app.kubernetes.io/managed-by".to_string(), "projectvm".to_string()),
-            (format!("projectvm.dev/{}", owner.label), owner.name.clone()),
+            (format!("projectvm.dev/{}", owner.label), super::names::label_value(&owner.name)),
         ])),
         ..Default::default()
     }

@@ -60,14 +60,19 @@ echo "=== done"
     )
 }
 
+/// At most this much of the prerequisites log goes into a failure message.
+pub const LOG_TAIL_BYTES: usize = 4096;
+
 /// Prints the last lines of the prerequisites log (for the failure message).
 pub fn prerequisites_log_tail(lines: u32) -> String {
-    format!("sudo -n tail -n {lines} {PREREQUISITES_LOG} 2>/dev/null || true")
+    // Lines can be of any length: the byte bound keeps the answer small.
+    format!("sudo -n tail -n {lines} {PREREQUISITES_LOG} 2>/dev/null | tail -c {LOG_TAIL_BYTES} || true")
 }
 
 /// Cheap check: prints the fingerprint a step last completed with, or nothing.
 pub fn read_marker(step: &str) -> String {
-    format!("cat {} 2>/dev/null || true", marker_path(step))
+    // A fingerprint is 24 hex digits; a marker pointed at something huge is read no further.
+    format!("head -c 256 {} 2>/dev/null || true", marker_path(step))
 }
 
 /// What the repository step needs to know.

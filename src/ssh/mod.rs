@@ -17,7 +17,7 @@ mod pool;
 mod quote;
 
 pub use keys::{generate_keypair, host_key_fingerprint};
-pub use pool::SshPool;
+pub use pool::{MAX_OUTPUT_BYTES, SshPool};
 pub use quote::write_file_command;
 
 /// An SSH key pair in OpenSSH formats.
@@ -63,8 +63,12 @@ impl std::fmt::Debug for SshTarget {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExecOutput {
     pub exit_status: u32,
+    /// The last [`pool::MAX_OUTPUT_BYTES`] of standard output.
     pub stdout: Vec<u8>,
+    /// The last [`pool::MAX_OUTPUT_BYTES`] of standard error.
     pub stderr: Vec<u8>,
+    /// Bytes of output dropped from the front of either stream to keep those bounds.
+    pub dropped: u64,
 }
 
 impl ExecOutput {

@@ -333,6 +333,36 @@ async fn run(
     }
 }
 
+/// Output kept per stream: the last this many bytes. A command on a VM can print without
+/// end; what matters for a message is its end, and the operator's memory must not grow with
+/// a tenant's output.
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// Appends `data` to `buf`, keeping at most the last [`MAX_OUTPUT_BYTES`] (trimmed in steps,
+/// so appending stays linear); counts what was dropped.
+fn keep_tail(buf: &mut Vec<u8>, data: &[u8], dropped: &mut u64) {
+    if data.len() >= MAX_OUTPUT_BYTES {
+        *dropped += (buf.len() + data.len() - MAX_OUTPUT_BYTES) as u64;
+        buf.clear();
+        buf.extend_from_slice(&data[data.len() - MAX_OUTPUT_BYTES..]);
+        return;
+    }
+    buf.extend_from_slice(data);
+    if buf.len() > 2 * MAX_OUTPUT_BYTES {
+        let cut = buf.len() - MAX_OUTPUT_BYTES;
+        *dropped += cut as u64;
+        buf.drain(..cut);
+    }
+}
+
+fn trim_tail(buf: &mut Vec<u8>, dropped: &mut u64) {
+    if buf.len() > MAX_OUTPUT_BYTES {
+        let cut = buf.len() - MAX_OUTPUT_BYTES;
+        *dropped += cut as u64;
+        buf.drain(..cut);
+    }
+}
+
 async fn collect(
     reader: &mut ChannelReadHalf,
     on_output: Option<&(dyn Fn(OutputChunk<'_>) + Send + Sync)>,
@@ -343,13 +373,13 @@ async fn collect(
     while let Some(msg) = reader.wait().await {
         match msg {
             ChannelMsg::Data { data } => {
-                out.stdout.extend_from_slice(&data);
+                keep_tail(&mut out.stdout, &data, &mut out.dropped);
                 if let Some(cb) = on_output {
                     cb(OutputChunk::Stdout(&data));
                 }
             }
             ChannelMsg::ExtendedData { data, ext: 1 } => {
-                out.stderr.extend_from_slice(&data);
+                keep_tail(&mut out.stderr, &data, &mut out.dropped);
                 if let Some(cb) = on_output {
                     cb(OutputChunk::Stderr(&data));
                 }
@@ -363,6 +393,8 @@ async fn collect(
             _ => {}
         }
     }
+    trim_tail(&mut out.stdout, &mut out.dropped);
+    trim_tail(&mut out.stderr, &mut out.dropped);
     match (exit_status, signal) {
         (Some(s), _) => {
             out.exit_status = s;
@@ -370,8 +402,35 @@ async fn collect(
         }
         (None, Some(sig)) => Err(SshError::Channel(format!(
             "the remote command was killed by signal {sig}; stderr: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            crate::text::tail(String::from_utf8_lossy(&out.stderr).trim(), 1024)
         ))),
         (None, None) => Err(SshError::Channel("the connection closed before the command exited".into())),
+    }
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::*;
+
+    #[test]
+    fn output_keeps_a_bounded_tail() {
+        let mut buf = Vec::new();
+        let mut dropped = 0;
+        let chunk = vec![b'x'; 10_000];
+        for _ in 0..100 {
+            keep_tail(&mut buf, &chunk, &mut dropped);
+            assert!(buf.len() <= 2 * MAX_OUTPUT_BYTES);
+        }
+        keep_tail(&mut buf, b"END", &mut dropped);
+        trim_tail(&mut buf, &mut dropped);
+        assert_eq!(buf.len(), MAX_OUTPUT_BYTES);
+        assert!(buf.ends_with(b"END"));
+        assert_eq!(dropped as usize + buf.len(), 100 * 10_000 + 3);
+        // One huge chunk at once.
+        let mut buf = Vec::new();
+        let mut dropped = 0;
+        keep_tail(&mut buf, &vec![b'y'; 5 * MAX_OUTPUT_BYTES], &mut dropped);
+        assert_eq!(buf.len(), MAX_OUTPUT_BYTES);
+        assert_eq!(dropped as usize, 4 * MAX_OUTPUT_BYTES);
     }
 }

@@ -228,16 +228,13 @@ impl Bed {
         let host_key =
             obj.pointer("/status/instance/hostKey").and_then(|v| v.as_str()).expect("pinned host key").to_string();
         let label = if kind.starts_with("pvm") || kind.starts_with("projectvm") { "projectvm" } else { "workspace" };
-        let key_b64 = self.kubectl(&[
-            "-n",
-            ns,
-            "get",
-            "secret",
-            &format!("{name}-{label}-ssh"),
-            "-o",
-            "jsonpath={.data.ssh-privatekey}",
-        ]);
-        let dir = tempdir(&format!("ssh-{ns}-{name}"));
+        let secret = obj
+            .pointer("/status/objects/sshKeySecret")
+            .and_then(|v| v.as_str())
+            .map(String::from)
+            .unwrap_or_else(|| format!("{name}-{label}-ssh"));
+        let key_b64 = self.kubectl(&["-n", ns, "get", "secret", &secret, "-o", "jsonpath={.data.ssh-privatekey}"]);
+        let dir = tempdir(&format!("ssh-{ns}-{}", crate::bed::short(name)));
         let key_path = dir.join("id");
         let key = base64_decode(key_b64.trim());
         std::fs::write(&key_path, key).unwrap();
@@ -387,4 +384,9 @@ impl Bed {
         let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
         (field("status"), field("message"))
     }
+}
+
+/// A name cut to a length that fits in a file name, for temporary directories.
+pub fn short(name: &str) -> &str {
+    &name[..name.len().min(40)]
 }

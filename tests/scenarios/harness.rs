@@ -205,8 +205,8 @@ impl VmAccess for FakeVms {
         if let Some(e) = g.ssh {
             return Err(e);
         }
-        let ok = |stdout: &str| ExecOutput { exit_status: 0, stdout: stdout.as_bytes().to_vec(), stderr: vec![] };
-        if command == "true" || command.starts_with("cat ") {
+        let ok = |stdout: &str| ExecOutput { stdout: stdout.as_bytes().to_vec(), ..Default::default() };
+        if command == "true" || command.starts_with("head -c ") {
             return Ok(ok(""));
         }
         if command.contains("tail -n") {
@@ -225,10 +225,15 @@ impl VmAccess for FakeVms {
         if input.contains("PROJECTVM_COMMIT=") {
             let (exit, stderr) = g.git;
             let stdout = format!("PROJECTVM_COMMIT={COMMIT}\nPROJECTVM_BRANCH=main\n");
-            return Ok(ExecOutput { exit_status: exit, stdout: stdout.into_bytes(), stderr: stderr.into_bytes() });
+            return Ok(ExecOutput {
+                exit_status: exit,
+                stdout: stdout.into_bytes(),
+                stderr: stderr.into_bytes(),
+                dropped: 0,
+            });
         }
         if input.contains("=== $(date") {
-            return Ok(ExecOutput { exit_status: g.prerequisites.0, stdout: vec![], stderr: vec![] });
+            return Ok(ExecOutput { exit_status: g.prerequisites.0, ..Default::default() });
         }
         if input.contains("PROJECTVM_ACTIVE") {
             return Ok(ok(if g.active { "PROJECTVM_ACTIVE=1\n" } else { "PROJECTVM_ACTIVE=0\n" }));
@@ -236,8 +241,8 @@ impl VmAccess for FakeVms {
         if input.contains("code-server") {
             return Ok(ExecOutput {
                 exit_status: g.code_server_exit,
-                stdout: vec![],
                 stderr: b"install failed".to_vec(),
+                ..Default::default()
             });
         }
         Ok(ok(""))
