@@ -88,6 +88,7 @@ reasons! {
     Paused => Progress,
     // Retried by the operator.
     SSHUnavailable => Transient,
+    VMBooting => Transient,
     NoAddress => Transient,
     RepositoryUnreachable => Transient,
     SyncFailed => Transient,

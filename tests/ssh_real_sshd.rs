@@ -137,11 +137,14 @@ async fn exec_returns_output_exit_status_and_takes_stdin() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "from stdin\nout\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
 
-    // Binary stdin, larger than the SSH window, echoed back while it is still being sent.
+    // Binary stdin, larger than the SSH window, echoed back while it is still being sent; of
+    // the output, only a bounded tail is kept (a VM can print without end).
     let big: Vec<u8> = (0..6_000_000u32).map(|i| (i % 251) as u8).collect();
     let out = pool.exec(&t, "cat; cat /dev/null >&2", Some(&big), T, None).await.unwrap();
     assert_eq!(out.exit_status, 0);
-    assert!(out.stdout == big, "echoed {} of {} bytes", out.stdout.len(), big.len());
+    let tail = &big[big.len() - projectvm::ssh::MAX_OUTPUT_BYTES..];
+    assert!(out.stdout == tail, "kept {} bytes", out.stdout.len());
+    assert_eq!(out.dropped as usize, big.len() - projectvm::ssh::MAX_OUTPUT_BYTES);
 
     // A command that ignores its input still completes.
     let out = pool.exec(&t, "echo ignored", Some(&big), T, None).await.unwrap();
@@ -414,4 +417,26 @@ async fn a_pooled_connection_that_stopped_answering_is_replaced() {
     assert_eq!(out.stdout, b"fresh\n");
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
     assert_eq!(pool.connects(), 2);
+}
+
+/// A step's command is bounded on the server too: at its limit the whole process group is
+/// stopped, background children included, so nothing of a timed-out attempt runs on.
+#[tokio::test]
+async fn a_bounded_command_leaves_nothing_running_after_its_limit() {
+    let s = Sshd::start("bounded");
+    let pool = SshPool::new();
+    let t = s.target();
+    let command = projectvm::shell::bounded(projectvm::shell::RUN_AS_USER, Duration::from_secs(2));
+    // Quiet processes: nothing they write could fail and end them by itself.
+    let script = "sleep 3141 & sleep 3142; echo never";
+    let started = Instant::now();
+    let out = pool.exec(&t, &command, Some(script.as_bytes()), Duration::from_secs(30), None).await.unwrap();
+    assert!(projectvm::shell::timed_out(out.exit_status), "exit {}", out.exit_status);
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("never"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running("sleep 3141") || running("sleep 3142") {
+        assert!(Instant::now() < deadline, "a process of the timed-out attempt still runs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -61,6 +61,10 @@ struct Entry {
 
 type Key = (String, StepId);
 
+/// How long past its limit a task may run before it is dropped (at most; half the limit
+/// for short limits).
+const BACKSTOP_GRACE: Duration = Duration::from_secs(30);
+
 /// Wakes the owning object's reconcile.
 pub type Wake = Arc<dyn Fn() + Send + Sync>;
 
@@ -166,7 +170,9 @@ impl TaskRegistry {
                     reporter.report(None, "started");
                     // A panic in a step is that step's failure, never a task stuck "running".
                     let guarded = std::panic::AssertUnwindSafe(action(reporter)).catch_unwind();
-                    match tokio::time::timeout(limit, guarded).await {
+                    // A backstop only: the step bounds its commands on the VM by `limit`
+                    // and reports that itself, a little before this fires.
+                    match tokio::time::timeout(limit + (limit / 2).min(BACKSTOP_GRACE), guarded).await {
                         Ok(Ok(outcome)) => outcome,
                         Ok(Err(panic)) => TaskOutcome::failed(
                             Reason::InternalError,

@@ -93,6 +93,9 @@ pub enum SshError {
     HostKeyMismatch { host: String, expected: String, presented: String },
     #[error("SSH authentication as {user} at {host} failed")]
     AuthFailed { host: String, user: String },
+    /// The VM refused the login because it has not finished booting; `said` is its words.
+    #[error("the VM at {host} is still booting: it said {said:?}")]
+    Booting { host: String, said: String },
     /// A command ran past its time limit.
     #[error("{what} did not finish within {limit:?}")]
     Timeout { what: String, limit: Duration },
@@ -110,6 +113,12 @@ impl SshError {
     /// holding the operator's key): worth retrying soon. A host key mismatch, a bad key or a
     /// command that failed is not.
     pub fn is_not_ready(&self) -> bool {
-        matches!(self, SshError::Connect(_) | SshError::Unreachable { .. } | SshError::AuthFailed { .. })
+        matches!(
+            self,
+            SshError::Connect(_)
+                | SshError::Unreachable { .. }
+                | SshError::AuthFailed { .. }
+                | SshError::Booting { .. }
+        )
     }
 }

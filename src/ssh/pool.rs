@@ -30,10 +30,29 @@ struct PinnedHostKey {
     expected: PublicKey,
     /// The fingerprint of a refused key, for the error.
     refused: Arc<Mutex<Option<String>>>,
+    /// What the server said before authentication ended (sshd sends PAM's messages, such as
+    /// pam_nologin's "System is booting up", as a banner before it closes the connection).
+    banner: Arc<Mutex<Option<String>>>,
+}
+
+/// At most this much of a server's banner is kept.
+const MAX_BANNER_BYTES: usize = 1024;
+
+/// Whether a banner says the VM has not finished booting (pam_nologin's answer while
+/// `/run/nologin` exists).
+fn says_booting(banner: &str) -> bool {
+    let b = banner.to_ascii_lowercase();
+    b.contains("system is booting up") || b.contains("not permitted to log in yet")
 }
 
 impl client::Handler for PinnedHostKey {
     type Error = russh::Error;
+
+    async fn auth_banner(&mut self, banner: &str, _session: &mut client::Session) -> Result<(), Self::Error> {
+        *self.banner.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(crate::text::head(banner.trim(), MAX_BANNER_BYTES).to_string());
+        Ok(())
+    }
 
     async fn check_server_key(&mut self, presented: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let refused = match presented {
@@ -254,7 +273,8 @@ impl SshPool {
             ..Default::default()
         });
         let refused = Arc::new(Mutex::new(None));
-        let verifier = PinnedHostKey { expected: expected.clone(), refused: refused.clone() };
+        let banner = Arc::new(Mutex::new(None));
+        let verifier = PinnedHostKey { expected: expected.clone(), refused: refused.clone(), banner: banner.clone() };
         let addr = format!("{}:{}", t.host, t.port);
         tracing::debug!(%addr, user = %t.user, "ssh connect");
         let handshake = client::connect(config, (t.host.as_str(), t.port), verifier);
@@ -290,6 +310,11 @@ impl SshPool {
         };
         if let Err(e) = result {
             let _ = handle.disconnect(Disconnect::ByApplication, "", "en").await;
+            // A refusal that says why (the VM is still booting) is not an authentication failure.
+            let said = banner.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(said) = said.filter(|b| says_booting(b)) {
+                return Err(SshError::Booting { host: t.host.clone(), said });
+            }
             return Err(e);
         }
         Ok(handle)
@@ -411,6 +436,14 @@ async fn collect(
 #[cfg(test)]
 mod output_tests {
     use super::*;
+
+    #[test]
+    fn pam_nologin_banner_means_booting() {
+        assert!(says_booting(
+            "System is booting up. Unprivileged users are not permitted to log in yet. Please come back later."
+        ));
+        assert!(!says_booting("Welcome to Ubuntu 22.04"));
+    }
 
     #[test]
     fn output_keeps_a_bounded_tail() {

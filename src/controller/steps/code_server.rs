@@ -2,9 +2,7 @@
 //! systemd drop-in that opens the repository folder, and restart it. Runs in parallel with
 //! the clone. Cheap check: the VM records the fingerprint it last completed with.
 
-use std::time::Duration;
-
-use super::{Prepared, SHORT, StepBlocked, StepEnv};
+use super::{Deadline, Prepared, SHORT, StepBlocked, StepEnv};
 use crate::api::{CodeServerAuth, Workspace};
 use crate::conditions::Reason;
 use crate::controller::vm::VmAccess;
@@ -63,7 +61,7 @@ pub async fn run(
     t: &SshTarget,
     w: &Work,
     fp: &str,
-    limit: Duration,
+    deadline: Deadline,
     progress: &ProgressReporter,
 ) -> Result<TaskOutcome, SshError> {
     let cfg = &w.cfg;
@@ -81,7 +79,11 @@ pub async fn run(
     vm.write_file(t, &guest::code_server_dropin_path(&cfg.user), dropin.as_bytes(), 0o644, Some("root"), SHORT).await?;
     progress.report(None, "restarting code-server");
     let script = guest::code_server_apply(cfg, &w.install_url, fp);
-    let out = vm.exec(t, guest::RUN_AS_ROOT, Some(script.as_bytes()), limit, None).await?;
+    let (command, wait) = deadline.command(guest::RUN_AS_ROOT);
+    let out = vm.exec(t, &command, Some(script.as_bytes()), wait, None).await?;
+    if crate::shell::timed_out(out.exit_status) {
+        return Ok(deadline.exceeded(crate::engine::StepId::CodeServer));
+    }
     if out.exit_status != 0 {
         return Ok(TaskOutcome::failed(
             Reason::CodeServerFailed,

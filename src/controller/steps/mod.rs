@@ -250,6 +250,10 @@ pub fn ssh_failure(step: StepId, e: &SshError) -> TaskOutcome {
                 "SSH login as {user} to the VM at {host} was refused; the operator's key may not be in the instance's ssh-keys metadata yet"
             ),
         ),
+        SshError::Booting { host, said } => TaskOutcome::failed(
+            Reason::VMBooting,
+            format!("the VM at {host} has not finished booting; it answers logins with: {said}"),
+        ),
         SshError::Timeout { what, limit } => TaskOutcome::failed(
             Reason::StepTimedOut,
             format!("step {} timed out after {}: {what}", step.name(), clock::humanize(*limit)),
@@ -295,6 +299,46 @@ async fn wait_for_ssh(
     }
 }
 
+/// A step's time limit, passed down to the commands it runs so that the VM stops a command
+/// at the limit itself (see [`crate::shell::bounded`]) before the operator gives up on it.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub at: tokio::time::Instant,
+    pub limit: Duration,
+}
+
+/// How much longer than the remote bound the operator waits for a command's answer.
+const ANSWER_GRACE: Duration = Duration::from_secs(10);
+
+impl Deadline {
+    pub fn starting_now(limit: Duration) -> Self {
+        Self { at: tokio::time::Instant::now() + limit, limit }
+    }
+
+    /// What is left of the limit (at least a second, so a late command still gets a try).
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(1))
+    }
+
+    /// `run_as` bounded on the VM by what is left, and how long to wait for its answer.
+    pub fn command(&self, run_as: &str) -> (String, Duration) {
+        let left = self.remaining();
+        (crate::shell::bounded(run_as, left), left + crate::shell::KILL_GRACE + ANSWER_GRACE)
+    }
+
+    /// The outcome when the VM stopped a command at the limit.
+    pub fn exceeded(&self, step: StepId) -> TaskOutcome {
+        TaskOutcome::failed(
+            Reason::StepTimedOut,
+            format!(
+                "step {} did not finish within {} (progressTimeout); the VM stopped it",
+                step.name(),
+                clock::humanize(self.limit)
+            ),
+        )
+    }
+}
+
 /// Runs a step's SSH work on the VM. Never puts a secret on a command line or in the
 /// outcome: tokens and passwords travel only as file contents.
 pub async fn run_remote(
@@ -306,13 +350,14 @@ pub async fn run_remote(
     limit: Duration,
     progress: ProgressReporter,
 ) -> TaskOutcome {
+    let deadline = Deadline::starting_now(limit);
     if let Err(e) = wait_for_ssh(&*vm, &target, SSH_READY_BUDGET.min(limit), &progress).await {
         return ssh_failure(step, &e);
     }
     let result = match work {
-        Work::Prerequisites(w) => prerequisites::run(&*vm, &target, &w, &fp, limit, &progress).await,
-        Work::Repository(w) => repository::run(&*vm, &target, &w, limit, &progress).await,
-        Work::CodeServer(w) => code_server::run(&*vm, &target, &w, &fp, limit, &progress).await,
+        Work::Prerequisites(w) => prerequisites::run(&*vm, &target, &w, &fp, deadline, &progress).await,
+        Work::Repository(w) => repository::run(&*vm, &target, &w, deadline, &progress).await,
+        Work::CodeServer(w) => code_server::run(&*vm, &target, &w, &fp, deadline, &progress).await,
         Work::Health { .. } | Work::Route { .. } => {
             Ok(TaskOutcome::failed(Reason::InternalError, "inline step run as a task"))
         }

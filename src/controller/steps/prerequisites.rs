@@ -1,9 +1,7 @@
 //! ProjectVM step: install the declared packages (only the missing ones) and run the script,
 //! as root. Cheap check: the VM records the fingerprint it last completed with.
 
-use std::time::Duration;
-
-use super::{Prepared, SHORT, StepEnv};
+use super::{Deadline, Prepared, SHORT, StepEnv};
 use crate::api::Prerequisites;
 use crate::conditions::Reason;
 use crate::controller::vm::VmAccess;
@@ -35,7 +33,7 @@ pub async fn run(
     t: &SshTarget,
     w: &Work,
     fp: &str,
-    limit: Duration,
+    deadline: Deadline,
     progress: &ProgressReporter,
 ) -> Result<TaskOutcome, SshError> {
     let marker = vm.exec(t, &guest::read_marker("prerequisites"), None, SHORT, None).await?;
@@ -47,7 +45,11 @@ pub async fn run(
         vm.write_file(t, guest::PREREQUISITES_SCRIPT, s.as_bytes(), 0o700, Some("root"), SHORT).await?;
     }
     let body = guest::prerequisites(&w.packages, w.script.is_some(), fp);
-    let out = vm.exec(t, guest::RUN_AS_ROOT, Some(body.as_bytes()), limit, None).await?;
+    let (command, wait) = deadline.command(guest::RUN_AS_ROOT);
+    let out = vm.exec(t, &command, Some(body.as_bytes()), wait, None).await?;
+    if crate::shell::timed_out(out.exit_status) {
+        return Ok(deadline.exceeded(crate::engine::StepId::Prerequisites));
+    }
     if out.exit_status == 0 {
         let installed = if w.packages.is_empty() { "no packages".to_string() } else { w.packages.join(", ") };
         return Ok(TaskOutcome::ok(Reason::Installed, format!("installed: {installed}")));

@@ -1,9 +1,7 @@
 //! Both kinds: clone the repository, or fetch and check out when the revision changes, as the
 //! VM user. A token reaches git only through a credential helper file written over stdin.
 
-use std::time::Duration;
-
-use super::{Prepared, SHORT, StepBlocked, StepEnv, redact};
+use super::{Deadline, Prepared, SHORT, StepBlocked, StepEnv, redact};
 use crate::conditions::Reason;
 use crate::controller::secrets::Token;
 use crate::controller::vm::VmAccess;
@@ -81,7 +79,7 @@ pub async fn run(
     vm: &dyn VmAccess,
     t: &SshTarget,
     w: &Work,
-    limit: Duration,
+    deadline: Deadline,
     progress: &ProgressReporter,
 ) -> Result<TaskOutcome, SshError> {
     let sync = &w.sync;
@@ -107,7 +105,11 @@ pub async fn run(
         }
     };
     let script = guest::repository_sync(sync);
-    let out = vm.exec(t, guest::RUN_AS_USER, Some(script.as_bytes()), limit, Some(&on_output)).await?;
+    let (command, wait) = deadline.command(guest::RUN_AS_USER);
+    let out = vm.exec(t, &command, Some(script.as_bytes()), wait, Some(&on_output)).await?;
+    if crate::shell::timed_out(out.exit_status) {
+        return Ok(deadline.exceeded(crate::engine::StepId::Repository));
+    }
     let stdout = crate::text::lossy(&out.stdout);
     let stderr = crate::text::lossy(&out.stderr);
     if out.exit_status != 0 {
