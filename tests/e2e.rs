@@ -14,9 +14,13 @@ mod errors;
 mod kstatus;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
+#[path = "e2e/limits.rs"]
+mod limits;
 #[path = "e2e/names.rs"]
 mod names;
 #[path = "e2e/projectvm.rs"]
 mod projectvm;
+#[path = "e2e/scale.rs"]
+mod scale;
 #[path = "e2e/workspace.rs"]
 mod workspace;
