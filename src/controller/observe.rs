@@ -193,7 +193,7 @@ fn operation_done(report: &mut Report, instance: &str, op: &PendingOperation) {
 }
 
 /// How often clock-derived cost figures are refreshed when nothing else changes.
-pub const COST_REFRESH: Duration = Duration::from_secs(600);
+pub const COST_REFRESH: Duration = Duration::from_secs(900);
 
 /// Power history, cost and the instance's identity, from what Compute Engine reports.
 fn record_instance<K: VmKind>(ctx: &Context, report: &mut Report, obj: &K, inst: &CloudInstance) {
