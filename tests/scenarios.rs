@@ -488,3 +488,19 @@ async fn a_panic_is_the_objects_internal_error_not_the_process_end() {
     w.until(&mut pvm, "InternalError", SHORT, |s| harness::has_reason(s, "PrerequisitesInstalled", "InternalError"))
         .await;
 }
+
+#[tokio::test]
+async fn a_vm_that_never_finishes_booting_ends_in_step_timed_out_quoting_it() {
+    let w = World::new().await;
+    let said = "System is booting up. Unprivileged users are not permitted to log in yet.";
+    w.guest(|g| g.ssh = Some(SshError::Booting { host: "10.213.0.16".into(), said: said.into() }));
+    // A short progressTimeout (below what admission allows, as only a scenario can).
+    let mut pvm = projectvm("booting", &format!("{REPO}  progressTimeout: 5s\n"));
+    w.until(&mut pvm, "StepTimedOut", SHORT, |s| stalled_with(s, "StepTimedOut")).await;
+    let s = pvm.vm_status().unwrap();
+    let ready = harness::condition(s, "Ready");
+    assert!(ready.message.contains("Prerequisites") && ready.message.contains("5s"), "{}", ready.message);
+    assert!(ready.message.contains("System is booting up"), "quotes the VM: {}", ready.message);
+    // Booting is not an authentication failure.
+    assert!(w.cluster.events_of("booting").iter().all(|e| e.reason != "SSHAuthFailed"));
+}

@@ -290,7 +290,11 @@ async fn wait_for_ssh(
             Ok(_) => return Ok(()),
             Err(e) if e.is_not_ready() && remaining > pause => {
                 tracing::debug!(host = %t.host, error = %e, "VM not accepting SSH yet");
-                progress.report(None, "waiting for the VM to accept SSH");
+                // What the VM said goes into the condition, and so into a timeout's message.
+                progress.report(
+                    None,
+                    format!("waiting for the VM to accept SSH: {}", crate::text::head(&e.to_string(), 300)),
+                );
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
