@@ -23,10 +23,10 @@ pub struct MachineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z]+-[a-z]+[0-9]+-[a-z]$"), length(max = 63))]
     pub zone: Option<String>,
-    /// Boot image; defaults to Ubuntu 22.04 LTS.
+    /// Boot image; defaults to Ubuntu 22.04 LTS. Cannot be changed after creation.
     #[serde(default)]
     pub image: ImageSpec,
-    /// Boot disk size in GB.
+    /// Boot disk size in GB. Cannot be changed after creation.
     #[serde(default = "default_disk_size")]
     #[schemars(range(min = 10, max = 65536))]
     pub disk_size_gb: i32,
@@ -49,7 +49,7 @@ pub struct MachineSpec {
     pub deletion_policy: DeletionPolicy,
     /// Linux user the operator creates on the VM; project work runs as this user.
     #[serde(default = "default_user")]
-    #[schemars(regex(pattern = r"^[a-z_][a-z0-9_-]{0,31}$"))]
+    #[schemars(regex(pattern = r"^[a-z_][a-z0-9_-]{0,31}$"), length(max = 32))]
     pub user: String,
 }
 
@@ -102,12 +102,25 @@ pub(crate) const MACHINE_RULES: &[(&str, &str)] = &[
         "has(oldSelf.zone) ? (has(self.zone) && self.zone == oldSelf.zone) : !has(self.zone)",
         "zone cannot be changed after creation; create a new resource in the other zone",
     ),
+    (
+        "!has(oldSelf.image) || (has(self.image) && self.image == oldSelf.image)",
+        "image cannot be changed after creation: the boot disk was made from it; create a new resource with the other image",
+    ),
+    (
+        "!has(oldSelf.diskSizeGb) || (has(self.diskSizeGb) && self.diskSizeGb == oldSelf.diskSizeGb)",
+        "diskSizeGb cannot be changed after creation; create a new resource with the disk size you need",
+    ),
 ];
 
 /// Appends CEL rules to a schema's `x-kubernetes-validations`.
 pub(crate) fn push_rules(schema: &mut schemars::Schema, rules: &[(&str, &str)]) {
     let list: Vec<serde_json::Value> =
         rules.iter().map(|(rule, message)| serde_json::json!({ "rule": rule, "message": message })).collect();
+    push_validations(schema, list);
+}
+
+/// Appends CEL rules given in full (with `messageExpression`, `fieldPath` and so on).
+pub(crate) fn push_validations(schema: &mut schemars::Schema, list: Vec<serde_json::Value>) {
     let obj = schema.ensure_object();
     let entry = obj.entry("x-kubernetes-validations").or_insert_with(|| serde_json::Value::Array(vec![]));
     if let serde_json::Value::Array(existing) = entry {

@@ -5,8 +5,8 @@ use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
 use super::common::VmStatus;
-use super::machine::{MACHINE_RULES, MachineSpec, push_rules};
-use super::repository::ProjectRepository;
+use super::machine::{MACHINE_RULES, MachineSpec, push_rules, push_validations};
+use super::repository::{ProjectRepository, below_home_validation};
 
 /// A persistent Compute Engine VM for one project, kept ready to work in: running at the
 /// declared size, prerequisites installed, repository synced.
@@ -42,6 +42,7 @@ pub struct ProjectVMSpec {
 
 fn projectvm_rules(schema: &mut Schema) {
     push_rules(schema, MACHINE_RULES);
+    push_validations(schema, vec![below_home_validation("repository.path", false, "repo")]);
 }
 
 /// Packages and an optional script, installed idempotently; the log stays on the VM at

@@ -16,21 +16,36 @@ pub const REVISION_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9._/+-]*$";
 /// An absolute path of plain segments.
 pub const PATH_PATTERN: &str = r"^(/[A-Za-z0-9._+-]+)+/?$";
 
+/// Admission rules for a repository URL (both kinds).
+pub(crate) const URL_RULES: &[(&str, &str)] = &[
+    ("!self.matches('(^|/)[.][.]?(/|$)')", "repository URL must not contain '.' or '..' path segments"),
+    // The repository's name is the last segment without `.git`; it names the default folder.
+    (
+        "!self.matches('(^|/)[.]{1,3}git/?$')",
+        "the repository URL's last path segment must name the repository: without its .git suffix it must not be empty, '.' or '..'",
+    ),
+];
+
 pub(crate) fn url_rules(schema: &mut Schema) {
-    push_rules(
-        schema,
-        &[("!self.matches('(^|/)[.][.]?(/|$)')", "repository URL must not contain '.' or '..' path segments")],
-    );
+    push_rules(schema, URL_RULES);
 }
 
+/// Admission rules for a revision (both kinds).
+pub(crate) const REVISION_RULES: &[(&str, &str)] = &[
+    (
+        "!self.contains('..') && !self.contains('//') && !self.endsWith('/') && !self.endsWith('.lock')",
+        "revision must be a valid git branch, tag or commit name (no '..', '//', trailing '/' or '.lock')",
+    ),
+    // The repository script treats 7-40 hex characters as a commit, and only a full commit id
+    // can be fetched by id.
+    (
+        "!self.matches('^[0-9a-fA-F]{7,39}$')",
+        "a revision of 7 to 39 hex characters looks like an abbreviated commit, which cannot be fetched: give the full 40-character commit SHA, or refs/heads/NAME or refs/tags/NAME for a branch or tag so named",
+    ),
+];
+
 pub(crate) fn revision_rules(schema: &mut Schema) {
-    push_rules(
-        schema,
-        &[(
-            "!self.contains('..') && !self.contains('//') && !self.endsWith('/') && !self.endsWith('.lock')",
-            "revision must be a valid git branch, tag or commit name (no '..', '//', trailing '/' or '.lock')",
-        )],
-    );
+    push_rules(schema, REVISION_RULES);
 }
 
 pub(crate) fn path_rules(schema: &mut Schema) {
@@ -45,12 +60,19 @@ pub struct ProjectRepository {
     /// never go in the URL: use `credentialsSecretRef`.
     #[schemars(regex(pattern = URL_PATTERN), length(max = 2048), transform = url_rules)]
     pub url: String,
-    /// Branch, tag or commit to check out; the remote's default branch when unset.
-    /// Changing it fetches and checks out the new revision without re-provisioning.
+    /// Branch, tag or commit to check out; the remote's default branch when unset. A commit
+    /// is given as its full 40-character SHA; a branch or tag may also be written as
+    /// `refs/heads/NAME` or `refs/tags/NAME`, which is how to name one whose name looks like
+    /// an abbreviated commit. Changing it fetches and checks out the new revision without
+    /// re-provisioning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = REVISION_PATTERN), length(max = 255), transform = revision_rules)]
     pub revision: Option<String>,
-    /// Where the repository is checked out on the VM.
+    /// Where the repository is checked out on the VM: an absolute path below the VM user's
+    /// home directory `/home/<user>/`, written without `.` or `..` segments. The default,
+    /// `/home/project/repo`, suits the default user; with another `user`, set a path in that
+    /// user's home. The operator creates missing directories on the way there for the user,
+    /// and never creates, re-owns or changes the permissions of a directory outside that home.
     #[serde(default = "default_project_path")]
     #[schemars(regex(pattern = PATH_PATTERN), length(max = 1024), transform = path_rules)]
     pub path: String,
@@ -76,7 +98,10 @@ pub struct WorkspaceRepository {
     /// HTTPS URL of the repository, or `owner/repo` for GitHub.
     #[schemars(regex(pattern = URL_OR_SHORTHAND_PATTERN), length(max = 2048), transform = url_rules)]
     pub url: String,
-    /// Branch, tag or commit to check out; the remote's default branch when unset.
+    /// Branch, tag or commit to check out; the remote's default branch when unset. A commit
+    /// is given as its full 40-character SHA; a branch or tag may also be written as
+    /// `refs/heads/NAME` or `refs/tags/NAME`, which is how to name one whose name looks like
+    /// an abbreviated commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = REVISION_PATTERN), length(max = 255), transform = revision_rules)]
     pub revision: Option<String>,
@@ -101,9 +126,94 @@ impl WorkspaceRepository {
     }
 }
 
-/// The repository's name from its URL: last path segment without a `.git` suffix.
+/// The repository's name from its URL: last path segment without a `.git` suffix. Admission
+/// refuses URLs where that is empty, `.` or `..`; should one get through anyway, the name is
+/// `repo`, never a segment that leaves the parent directory.
 pub fn repo_name(url: &str) -> String {
     let last = url.trim_end_matches('/').rsplit('/').next().unwrap_or("repo");
     let name = last.strip_suffix(".git").unwrap_or(last);
-    if name.is_empty() { "repo".into() } else { name.into() }
+    if matches!(name, "" | "." | "..") { "repo".into() } else { name.into() }
+}
+
+/// What admission says, in every refusal of a checkout folder outside the user's home.
+pub const OUTSIDE_HOME: &str = "must be below the VM user's home directory";
+
+/// The admission rule for a checkout folder below the VM user's home, for the spec that
+/// holds both the folder (at `field`, e.g. `repository.path`) and `user`. It goes on the
+/// spec, since CEL rules see one object level at a time, and points at the field.
+/// `/home/<user>/` is 7 characters plus the user; the folder must go deeper than that.
+pub(crate) fn below_home_validation(field: &str, optional: bool, example: &str) -> serde_json::Value {
+    let below =
+        format!("self.{field}.startsWith('/home/' + self.user + '/') && size(self.{field}) > size(self.user) + 7");
+    let rule = if optional { format!("!has(self.{field}) || ({below})") } else { below };
+    let tail = "the operator never creates, re-owns or re-modes directories outside it";
+    serde_json::json!({
+        "rule": rule,
+        "message": format!("{field} {OUTSIDE_HOME}, /home/<user>/ (for example /home/project/{example}): {tail}"),
+        "messageExpression": format!(
+            "\"{field} \" + self.{field} + \" {OUTSIDE_HOME}, /home/\" + self.user + \"/ (for example /home/\" + self.user + \"/{example}): {tail}\""
+        ),
+        "fieldPath": format!(".{field}"),
+        "reason": "FieldValueInvalid",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ProjectVM, Workspace};
+    use kube::CustomResourceExt;
+    use serde_json::Value;
+
+    #[test]
+    fn repository_name_never_leaves_the_parent_directory() {
+        assert_eq!(repo_name("https://github.com/acme/api.git"), "api");
+        assert_eq!(repo_name("https://github.com/acme/api/"), "api");
+        assert_eq!(repo_name("acme/.github"), ".github");
+        for url in
+            ["https://h.example/o/...git", "https://h.example/o/..git", "https://h.example/o/.git/", "acme/...git"]
+        {
+            assert_eq!(repo_name(url), "repo", "{url}");
+        }
+    }
+
+    /// The `x-kubernetes-validations` at a JSON pointer below `spec` of the first version.
+    fn rules(crd: &Value, below_spec: &str) -> Vec<Value> {
+        let ptr =
+            format!("/spec/versions/0/schema/openAPIV3Schema/properties/spec{below_spec}/x-kubernetes-validations");
+        crd.pointer(&ptr).and_then(Value::as_array).cloned().unwrap_or_else(|| panic!("no rules at {ptr}"))
+    }
+
+    fn has_rule(list: &[Value], fragment: &str) -> bool {
+        list.iter().any(|r| r["rule"].as_str().is_some_and(|s| s.contains(fragment)))
+    }
+
+    #[test]
+    fn both_kinds_carry_the_admission_rules() {
+        let pvm = serde_json::to_value(ProjectVM::crd()).unwrap();
+        let ws = serde_json::to_value(Workspace::crd()).unwrap();
+        for (crd, repo) in [(&pvm, "/properties/repository"), (&ws, "/properties/repository")] {
+            assert!(has_rule(&rules(crd, &format!("{repo}/properties/url")), "[.]{1,3}git"));
+            assert!(has_rule(&rules(crd, &format!("{repo}/properties/revision")), "{7,39}"));
+            let spec = rules(crd, "");
+            for transition in ["self.image == oldSelf.image", "self.diskSizeGb == oldSelf.diskSizeGb"] {
+                assert!(has_rule(&spec, transition), "{transition}");
+            }
+            // CEL cost estimates need bounded strings wherever a rule concatenates or compares.
+            let props = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties";
+            for field in ["/user", "/image/properties/family", "/image/properties/project"] {
+                assert!(crd.pointer(&format!("{props}{field}/maxLength")).is_some(), "{field} has no maxLength");
+            }
+        }
+        let path = rules(&pvm, "");
+        let path = path.iter().find(|r| r["fieldPath"] == ".repository.path").expect("path rule");
+        assert!(
+            path["rule"].as_str().unwrap().starts_with("self.repository.path.startsWith('/home/' + self.user + '/')")
+        );
+        assert!(path["messageExpression"].as_str().unwrap().contains(OUTSIDE_HOME));
+        let folder = rules(&ws, "");
+        let folder = folder.iter().find(|r| r["fieldPath"] == ".folder").expect("folder rule");
+        assert!(folder["rule"].as_str().unwrap().starts_with("!has(self.folder) || (self.folder.startsWith("));
+        assert!(folder["message"].as_str().unwrap().contains(OUTSIDE_HOME));
+    }
 }

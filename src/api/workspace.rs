@@ -5,8 +5,8 @@ use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
 use super::common::{SecretKeyRef, VmStatus};
-use super::machine::{MACHINE_RULES, MachineSpec, push_rules};
-use super::repository::{PATH_PATTERN, WorkspaceRepository, path_rules};
+use super::machine::{MACHINE_RULES, MachineSpec, push_rules, push_validations};
+use super::repository::{PATH_PATTERN, WorkspaceRepository, below_home_validation, path_rules};
 
 /// A VM running code-server with a repository checked out: open `status.url` and land in
 /// the code.
@@ -37,8 +37,12 @@ pub struct WorkspaceSpec {
     /// code-server settings.
     #[serde(default)]
     pub code_server: CodeServerSpec,
-    /// Folder on the VM the repository is cloned into and code-server opens;
-    /// `/home/<user>/<repository name>` when unset.
+    /// Folder on the VM that the repository is cloned into and code-server opens. It must be
+    /// an absolute path below the VM user's home directory `/home/<user>/`, written without
+    /// `.` or `..` segments, for example `/home/project/api`; when unset it is
+    /// `/home/<user>/<repository name>`. The operator creates the folder for the user when it
+    /// is missing, and never creates, re-owns or changes the permissions of a directory
+    /// outside that home.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = PATH_PATTERN), length(max = 1024), transform = path_rules)]
     pub folder: Option<String>,
@@ -49,6 +53,7 @@ pub struct WorkspaceSpec {
 
 fn workspace_rules(schema: &mut Schema) {
     push_rules(schema, MACHINE_RULES);
+    push_validations(schema, vec![below_home_validation("folder", true, "api")]);
 }
 
 impl WorkspaceSpec {

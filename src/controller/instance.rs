@@ -163,8 +163,11 @@ pub async fn act<K: VmKind>(
             (OperationKind::SetMachineType, ctx.compute.set_machine_type(zone, name, mt).await)
         }
         InstanceAction::SetMetadata => {
-            let mut items = inst.map(|i| i.metadata.clone()).unwrap_or_default();
-            items.extend(observed.desired_metadata.clone());
+            // Other items and other people's ssh-keys lines stay; only the operator's own change.
+            let items = crate::engine::instance::merge_metadata(
+                &inst.map(|i| i.metadata.clone()).unwrap_or_default(),
+                &observed.desired_metadata,
+            );
             let fp = inst.and_then(|i| i.metadata_fingerprint.clone());
             report.progress("Instance", "updating instance metadata (SSH key, guest attributes)", None);
             (OperationKind::SetMetadata, ctx.compute.set_metadata(zone, name, fp.as_deref(), &items).await)

@@ -87,8 +87,7 @@ pub fn plan_instance(i: &InstanceInputs<'_>) -> InstanceAction {
         return InstanceAction::Start(StartReason::AfterResize);
     }
 
-    let metadata_current = i.desired_metadata.iter().all(|(k, v)| inst.metadata.get(k) == Some(v));
-    if !metadata_current {
+    if !metadata_current(i.desired_metadata, &inst.metadata) {
         return InstanceAction::SetMetadata;
     }
 
@@ -103,6 +102,86 @@ pub fn plan_instance(i: &InstanceInputs<'_>) -> InstanceAction {
         (_, true) => InstanceAction::Running,
         (_, false) => InstanceAction::Stopped,
     }
+}
+
+/// The metadata item holding SSH public keys, one `user:key` line each. People add their own
+/// lines too (`gcloud compute ssh` does), so the operator manages only its own line in it.
+pub const SSH_KEYS: &str = "ssh-keys";
+
+/// Whether the instance's metadata has what the operator manages: every desired item as
+/// desired, except `ssh-keys`, where only the operator's own line counts.
+pub fn metadata_current(desired: &BTreeMap<String, String>, actual: &BTreeMap<String, String>) -> bool {
+    desired.iter().all(|(k, v)| match k.as_str() {
+        SSH_KEYS => ssh_keys_current(actual.get(k).map(String::as_str), v),
+        _ => actual.get(k) == Some(v),
+    })
+}
+
+/// The metadata to set: the instance's items, with the operator's items applied on top and
+/// its line merged into `ssh-keys` (see [`merge_ssh_keys`]).
+pub fn merge_metadata(
+    actual: &BTreeMap<String, String>,
+    desired: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut items = actual.clone();
+    for (k, v) in desired {
+        let value = match k.as_str() {
+            SSH_KEYS => merge_ssh_keys(actual.get(k).map(String::as_str), v),
+            _ => v.clone(),
+        };
+        items.insert(k.clone(), value);
+    }
+    items
+}
+
+/// The comment of an `ssh-keys` line `user:type base64 comment…`: what follows the key.
+/// The operator's key for a resource carries `projectvm:<namespace>/<name>`.
+fn key_comment(line: &str) -> Option<&str> {
+    let (_, key) = line.split_once(':')?;
+    let key = key.trim();
+    let after_type = key.split_once(char::is_whitespace)?.1.trim_start();
+    let comment = after_type.split_once(char::is_whitespace)?.1.trim();
+    (!comment.is_empty()).then_some(comment)
+}
+
+/// Whether `line` is the operator's, given its current line `ours`: the same line, or one with
+/// the same key comment (an earlier key or user of the same resource).
+fn is_ours(line: &str, ours: &str) -> bool {
+    let line = line.trim();
+    line == ours.trim() || key_comment(ours).is_some_and(|c| key_comment(line) == Some(c))
+}
+
+/// Whether an `ssh-keys` value holds the operator's line `ours` and no stale line of the
+/// operator for the same resource. Everybody else's lines do not matter.
+pub fn ssh_keys_current(existing: Option<&str>, ours: &str) -> bool {
+    let lines: Vec<&str> = existing.unwrap_or("").lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    lines.contains(&ours.trim()) && lines.iter().all(|l| *l == ours.trim() || !is_ours(l, ours))
+}
+
+/// The `ssh-keys` value with the operator's line in it: every other line kept as it is and
+/// where it is, the operator's line replacing its earlier one (or added at the end), once.
+/// Blank lines are dropped. Idempotent.
+pub fn merge_ssh_keys(existing: Option<&str>, ours: &str) -> String {
+    let ours = ours.trim();
+    let mut out: Vec<&str> = vec![];
+    let mut placed = false;
+    for line in existing.unwrap_or("").lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if is_ours(line, ours) {
+            if !placed {
+                out.push(ours);
+                placed = true;
+            }
+            continue;
+        }
+        out.push(line.trim_end_matches('\r'));
+    }
+    if !placed {
+        out.push(ours);
+    }
+    out.join("\n")
 }
 
 #[cfg(test)]
@@ -267,5 +346,103 @@ mod tests {
         c.rs = RunStrategy::Halted;
         c.start_request = Some("x");
         assert_eq!(c.plan(), InstanceAction::AcknowledgeStartRequest);
+    }
+
+    const OURS: &str = "project:ssh-ed25519 AAAAC3NzaOURS projectvm:team-a/api";
+    const OLD_OURS: &str = "project:ssh-ed25519 AAAAC3NzaOLD projectvm:team-a/api";
+    const PERSON: &str = "alice:ssh-rsa AAAAB3NzaALICE alice@laptop";
+    const GCLOUD: &str = r#"alice:ecdsa-sha2-nistp256 AAAAE2VjZHNh google-ssh {"userName":"alice@example.com","expireOn":"2026-12-01T10:00:00+0000"}"#;
+    const OTHER_RESOURCE: &str = "project:ssh-ed25519 AAAAC3NzaB projectvm:team-a/web";
+
+    fn with_ssh_keys(value: &str) -> CloudInstance {
+        let mut i = inst(Running, "e2-medium");
+        i.metadata =
+            [(SSH_KEYS.to_string(), value.to_string()), ("enable-guest-attributes".to_string(), "TRUE".to_string())]
+                .into();
+        i
+    }
+
+    fn desired() -> BTreeMap<String, String> {
+        [(SSH_KEYS.to_string(), OURS.to_string()), ("enable-guest-attributes".to_string(), "TRUE".to_string())].into()
+    }
+
+    #[test]
+    fn other_peoples_ssh_keys_do_not_make_metadata_stale() {
+        let mut c = Case::new(Some(with_ssh_keys(&format!("{PERSON}\n{OURS}\n{GCLOUD}"))));
+        c.metadata = desired();
+        assert_eq!(c.plan(), InstanceAction::Running, "a person's keys are theirs: no fight");
+        c.instance = Some(with_ssh_keys(&format!("{PERSON}\n{GCLOUD}")));
+        assert_eq!(c.plan(), InstanceAction::SetMetadata, "our line is missing");
+        c.instance = Some(with_ssh_keys(&format!("{OURS}\n{OLD_OURS}")));
+        assert_eq!(c.plan(), InstanceAction::SetMetadata, "a stale key of ours remains");
+        c.instance = Some(with_ssh_keys(&format!("{OURS}\n{OTHER_RESOURCE}")));
+        assert_eq!(c.plan(), InstanceAction::Running, "another resource's line is not ours");
+    }
+
+    #[test]
+    fn ssh_keys_current_looks_at_our_line_only() {
+        assert!(ssh_keys_current(Some(OURS), OURS));
+        assert!(ssh_keys_current(Some(&format!("{PERSON}\r\n{OURS}\r\n")), OURS));
+        assert!(!ssh_keys_current(None, OURS));
+        assert!(!ssh_keys_current(Some(""), OURS));
+        assert!(!ssh_keys_current(Some(OLD_OURS), OURS));
+        assert!(!ssh_keys_current(Some(&format!("{OURS}\n{OLD_OURS}")), OURS));
+        // Our key under another user (spec.user changed) is stale too.
+        assert!(!ssh_keys_current(
+            Some(&format!("{OURS}\nolduser:ssh-ed25519 AAAAC3NzaOURS projectvm:team-a/api")),
+            OURS
+        ));
+    }
+
+    #[test]
+    fn merge_keeps_other_lines_and_adds_ours_once() {
+        let existing = format!("{PERSON}\n{GCLOUD}");
+        let merged = merge_ssh_keys(Some(&existing), OURS);
+        assert_eq!(merged, format!("{PERSON}\n{GCLOUD}\n{OURS}"));
+        assert!(ssh_keys_current(Some(&merged), OURS));
+        assert_eq!(merge_ssh_keys(None, OURS), OURS);
+        assert_eq!(merge_ssh_keys(Some(""), OURS), OURS);
+        assert_eq!(merge_ssh_keys(Some(&format!("{OURS}\n{OURS}")), OURS), OURS, "duplicates collapse");
+    }
+
+    #[test]
+    fn merge_replaces_our_line_when_our_key_changed() {
+        let existing = format!("{PERSON}\n{OLD_OURS}\n{GCLOUD}\n{OTHER_RESOURCE}");
+        let merged = merge_ssh_keys(Some(&existing), OURS);
+        assert_eq!(merged, format!("{PERSON}\n{OURS}\n{GCLOUD}\n{OTHER_RESOURCE}"), "replaced in place");
+        assert!(!merged.contains("AAAAC3NzaOLD"));
+    }
+
+    #[test]
+    fn merge_is_idempotent() {
+        for existing in [
+            None,
+            Some(String::new()),
+            Some(format!("{PERSON}\n\n{OLD_OURS}\r\n{GCLOUD}\n")),
+            Some(format!("{OURS}\n{PERSON}")),
+        ] {
+            let once = merge_ssh_keys(existing.as_deref(), OURS);
+            assert_eq!(merge_ssh_keys(Some(&once), OURS), once, "from {existing:?}");
+            assert!(ssh_keys_current(Some(&once), OURS), "{once}");
+            let items = merge_metadata(&with_ssh_keys(&once).metadata, &desired());
+            assert!(metadata_current(&desired(), &items));
+            assert_eq!(merge_metadata(&items, &desired()), items);
+        }
+    }
+
+    #[test]
+    fn merge_metadata_keeps_other_items_and_applies_ours() {
+        let actual: BTreeMap<String, String> = [
+            (SSH_KEYS.to_string(), PERSON.to_string()),
+            ("startup-script".to_string(), "echo hi".to_string()),
+            ("enable-guest-attributes".to_string(), "FALSE".to_string()),
+        ]
+        .into();
+        let merged = merge_metadata(&actual, &desired());
+        assert_eq!(merged["startup-script"], "echo hi");
+        assert_eq!(merged["enable-guest-attributes"], "TRUE");
+        assert_eq!(merged[SSH_KEYS], format!("{PERSON}\n{OURS}"));
+        assert!(!metadata_current(&desired(), &actual));
+        assert!(metadata_current(&desired(), &merged));
     }
 }

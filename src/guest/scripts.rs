@@ -88,13 +88,69 @@ pub struct RepoSync {
     pub user: String,
 }
 
-/// Creates the checkout's parent directory owned by the user (run as root).
+/// The VM user's home directory: the only tree the operator creates or re-owns folders in.
+pub fn user_home(user: &str) -> String {
+    format!("/home/{user}")
+}
+
+/// Shell functions for the root scripts that prepare a checkout folder; they expect `user`
+/// and `home` to be set. A path counts as below the home only after symlinks and `..` are
+/// resolved, so a link from the home to `/etc` leads nowhere. Below the home, a missing
+/// directory is made by the user itself (so every directory on the way is theirs) and an
+/// existing one of somebody else's is given to the user; modes are never changed. Outside
+/// the home nothing is created, re-owned or re-moded (admission refuses such folders; an
+/// object stored before that rule is told so).
+const FOLDER_FUNCTIONS: &str = r#"below_home() {
+  local real realhome
+  real="$(realpath -m -- "$1")"
+  realhome="$(realpath -m -- "$home")"
+  case "$real/" in "$realhome"/?*/) return 0 ;; esac
+  return 1
+}
+as_user() {
+  if [ "$(id -un)" = "$user" ]; then "$@"; else runuser -u "$user" -- "$@"; fi
+}
+# A checkout's parent: made for the user when missing and below the home; else left alone.
+parent_folder() {
+  if [ ! -e "$1" ] && [ ! -L "$1" ] && below_home "$1"; then
+    as_user mkdir -p -- "$(realpath -m -- "$1")"
+  fi
+}
+# The folder itself.
+user_folder() {
+  local real
+  if ! below_home "$1"; then
+    if [ -d "$1" ]; then
+      echo "projectvm: $1 is not below $home; leaving its owner and permissions as they are" >&2
+      return 0
+    fi
+    echo "projectvm: $1 does not exist and is not below $home, the only place the operator creates folders in" >&2
+    return 3
+  fi
+  real="$(realpath -m -- "$1")"
+  if [ ! -e "$real" ]; then
+    as_user mkdir -p -- "$real"
+  elif [ ! -d "$real" ]; then
+    echo "projectvm: $1 exists and is not a directory" >&2
+    return 3
+  elif [ "$(stat -c %U -- "$real")" != "$user" ]; then
+    chown -- "$user:" "$real"
+  fi
+}
+"#;
+
+/// Creates the checkout's parent directory for the user when it is missing and below the
+/// user's home (run as root). Never touches anything outside the home.
 pub fn prepare_repo_parent(sync: &RepoSync) -> String {
-    let parent = parent_dir(&sync.path);
+    prepare_repo_parent_in(sync, &user_home(&sync.user))
+}
+
+fn prepare_repo_parent_in(sync: &RepoSync, home: &str) -> String {
     format!(
-        "set -eu\nif [ ! -d {p} ]; then install -d -o {u} -g {u} -m 0755 {p}; fi\n",
-        p = shell_quote(&parent),
-        u = shell_quote(&sync.user)
+        "set -eu\nuser={u}\nhome={h}\n{FOLDER_FUNCTIONS}parent_folder {p}\n",
+        u = shell_quote(&sync.user),
+        h = shell_quote(home),
+        p = shell_quote(&parent_dir(&sync.path)),
     )
 }
 
@@ -127,8 +183,16 @@ g() {{
 }}
 depth_args=()
 if [ -n "$depth" ]; then depth_args=(--depth "$depth"); fi
-is_commit=no
-if [[ "$rev" =~ ^[0-9a-f]{{7,40}}$ ]]; then is_commit=yes; fi
+# What the revision names: refs/heads/NAME a branch and refs/tags/NAME a tag exactly (also
+# one whose name looks like a commit); 7-40 hex digits a commit (admission lets only full
+# 40-digit ones through); anything else a branch or tag, as git clone --branch takes it.
+kind=auto
+name="$rev"
+case "$rev" in
+  refs/heads/?*) kind=branch; name="${{rev#refs/heads/}}" ;;
+  refs/tags/?*) kind=tag; name="${{rev#refs/tags/}}" ;;
+  *) if [[ "$rev" =~ ^[0-9a-f]{{7,40}}$ ]]; then kind=commit; fi ;;
+esac
 if [ ! -d "$dir/.git" ]; then
   if [ -e "$dir" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then
     echo "fatal: $dir exists, is not empty and is not a git checkout" >&2
@@ -136,8 +200,8 @@ if [ ! -d "$dir/.git" ]; then
   fi
   if [ -z "$rev" ]; then
     g clone --progress "${{depth_args[@]}}" --single-branch -- "$url" "$dir"
-  elif [ "$is_commit" = no ]; then
-    g clone --progress "${{depth_args[@]}}" --single-branch --branch "$rev" -- "$url" "$dir"
+  elif [ "$kind" = auto ] || [ "$kind" = branch ]; then
+    g clone --progress "${{depth_args[@]}}" --single-branch --branch "$name" -- "$url" "$dir"
   else
     mkdir -p "$dir"
     git -C "$dir" init -q
@@ -155,8 +219,8 @@ else
     git -C "$dir" merge -q --ff-only '@{{upstream}}' 2>/dev/null || true
   else
     g -C "$dir" fetch --progress "${{depth_args[@]}}" origin "$rev"
-    if [ "$is_commit" = no ] && g -C "$dir" ls-remote --exit-code --heads origin "$rev" >/dev/null 2>&1; then
-      git -C "$dir" checkout -q -B "$rev" FETCH_HEAD
+    if [ "$kind" = branch ] || {{ [ "$kind" = auto ] && g -C "$dir" ls-remote --exit-code --heads origin "$rev" >/dev/null 2>&1; }}; then
+      git -C "$dir" checkout -q -B "$name" FETCH_HEAD
     else
       git -C "$dir" checkout -q --detach FETCH_HEAD
     fi
@@ -261,28 +325,43 @@ pub fn code_server_dropin(cfg: &CodeServerConfig) -> String {
     )
 }
 
-/// Makes sure code-server is installed, creates the folder, reloads systemd and restarts
-/// code-server (run as root, after the config and drop-in were written).
+/// Makes sure code-server is installed, prepares the folder (created for the user below
+/// their home; nothing outside the home is re-owned or re-moded), reloads systemd and
+/// restarts code-server (run as root, after the config and drop-in were written).
 pub fn code_server_apply(cfg: &CodeServerConfig, install_url: &str, fingerprint: &str) -> String {
+    code_server_apply_in(cfg, install_url, fingerprint, &user_home(&cfg.user), STATE_DIR)
+}
+
+fn code_server_apply_in(
+    cfg: &CodeServerConfig,
+    install_url: &str,
+    fingerprint: &str,
+    home: &str,
+    state: &str,
+) -> String {
     format!(
         r#"set -euo pipefail
-if ! command -v code-server >/dev/null 2>&1; then
+user={u}
+home={home}
+{functions}if ! command -v code-server >/dev/null 2>&1; then
   curl -fsSL {install_url} | sh -s -- --method standalone --prefix /usr/local
   ln -sf /usr/local/bin/code-server /usr/bin/code-server
 fi
-install -d -o {u} -g {u} -m 0755 {folder}
+user_folder {folder}
 systemctl daemon-reload
 systemctl enable -q code-server@{u}
 systemctl restart code-server@{u}
 install -d -m 0755 {state}
 printf '%s\n' {fp} > {marker}
 "#,
+        functions = FOLDER_FUNCTIONS,
         install_url = shell_quote(install_url),
         u = shell_quote(&cfg.user),
+        home = shell_quote(home),
         folder = shell_quote(&cfg.folder),
-        state = STATE_DIR,
+        state = shell_quote(state),
         fp = shell_quote(fingerprint),
-        marker = marker_path("code-server"),
+        marker = shell_quote(&format!("{state}/code-server.done")),
     )
 }
 
@@ -413,7 +492,7 @@ mod tests {
     #[test]
     fn repository_script_uses_single_branch_and_depth() {
         let script = repository_sync(&sync("https://example.com/a.git", Some("main"), "/home/project/repo"));
-        assert!(script.contains("--single-branch --branch \"$rev\""));
+        assert!(script.contains("--single-branch --branch \"$name\""));
         assert!(script.contains("depth='1'"));
         assert!(script.contains("fetch --progress"));
         assert!(script.contains(COMMIT_MARKER));
@@ -502,5 +581,298 @@ mod tests {
     #[test]
     fn activity_probe_parses() {
         assert_parses(&activity_probe("project"));
+    }
+
+    // --- Folders: nothing outside the user's home is ever re-owned or re-moded. ---
+
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::{Path, PathBuf};
+
+    /// A scratch tree standing in for a VM's root: `home/<user>` (0750), a sticky
+    /// world-writable `tmp`, an `etc`, and in the home a private `.ssh`, a directory of the
+    /// user's own, and a link to `etc`. As root, the user is `nobody`, so the `runuser` and
+    /// `chown` paths run for real and a root-owned directory in the home can be set up.
+    struct Root {
+        dir: PathBuf,
+        user: String,
+        uid: u32,
+        as_root: bool,
+    }
+
+    impl Root {
+        fn new(tag: &str) -> Root {
+            let whoami = |args: &[&str]| {
+                let out = Command::new("id").args(args).output().unwrap();
+                String::from_utf8(out.stdout).unwrap().trim().to_string()
+            };
+            let as_root = whoami(&["-u"]) == "0";
+            let user = if as_root { "nobody".to_string() } else { whoami(&["-un"]) };
+            let uid: u32 = whoami(&["-u", &user]).parse().unwrap();
+            let gid: u32 = whoami(&["-g", &user]).parse().unwrap();
+            let dir = std::env::temp_dir().join(format!("pvm-folders-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let r = Root { dir, user, uid, as_root };
+            r.mkdir("home", 0o755);
+            r.mkdir(&format!("home/{}", r.user), 0o750);
+            r.mkdir("tmp", 0o1777);
+            r.mkdir("etc", 0o755);
+            std::fs::write(r.path("etc/passwd"), "root:x:0:0::/root:/bin/bash\n").unwrap();
+            r.mkdir(&format!("home/{}/.ssh", r.user), 0o700);
+            r.mkdir(&format!("home/{}/own", r.user), 0o700);
+            std::os::unix::fs::symlink(r.path("etc"), r.home().join("link")).unwrap();
+            if as_root {
+                for d in [format!("home/{}", r.user), format!("home/{}/.ssh", r.user), format!("home/{}/own", r.user)] {
+                    std::os::unix::fs::chown(r.path(&d), Some(uid), Some(gid)).unwrap();
+                }
+                r.mkdir(&format!("home/{}/rootowned", r.user), 0o700);
+            }
+            r.mkdir("bin", 0o755);
+            for stub in ["code-server", "systemctl"] {
+                let p = r.path(&format!("bin/{stub}"));
+                std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            r
+        }
+        fn path(&self, rel: &str) -> PathBuf {
+            self.dir.join(rel)
+        }
+        fn home(&self) -> PathBuf {
+            self.path(&format!("home/{}", self.user))
+        }
+        fn mkdir(&self, rel: &str, mode: u32) {
+            let p = self.path(rel);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        /// Mode (with the sticky bit), owner and group of every directory that must never change.
+        fn untouchable(&self) -> Vec<(PathBuf, u32, u32, u32)> {
+            let mut dirs = vec![self.path("tmp"), self.path("etc"), self.path("home"), self.home()];
+            dirs.push(self.home().join(".ssh"));
+            dirs.push(self.home().join("own"));
+            dirs.into_iter()
+                .map(|d| {
+                    let m = std::fs::metadata(&d).unwrap();
+                    (d, m.permissions().mode() & 0o7777, m.uid(), m.gid())
+                })
+                .collect()
+        }
+        fn run(&self, script: &str) -> (bool, String) {
+            let path = format!("{}:{}", self.path("bin").display(), std::env::var("PATH").unwrap_or_default());
+            let out = Command::new("bash").args(["-c", script]).env("PATH", path).output().expect("bash runs");
+            (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+        fn code_server(&self, folder: &Path) -> (bool, String) {
+            let cfg = CodeServerConfig {
+                user: self.user.clone(),
+                port: 8080,
+                folder: folder.display().to_string(),
+                password: None,
+            };
+            let state = self.path("state").display().to_string();
+            let script = code_server_apply_in(
+                &cfg,
+                "https://code-server.dev/install.sh",
+                "fp",
+                &self.home().display().to_string(),
+                &state,
+            );
+            self.run(&script)
+        }
+        fn repo_parent(&self, path: &Path) -> (bool, String) {
+            let mut s = sync("https://example.com/a.git", None, &path.display().to_string());
+            s.user = self.user.clone();
+            self.run(&prepare_repo_parent_in(&s, &self.home().display().to_string()))
+        }
+    }
+
+    impl Drop for Root {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn owner(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().uid()
+    }
+
+    #[test]
+    fn code_server_never_remodes_or_reowns_a_directory_outside_the_home() {
+        let r = Root::new("cs");
+        let before = r.untouchable();
+        let home = r.home();
+        // Existing directories outside the home, the home itself, and ways back out of it.
+        for folder in [
+            r.path("tmp"),
+            r.path("etc"),
+            r.path("home"),
+            home.clone(),
+            home.join(".."),
+            home.join("link"),
+            home.join("own/../.."),
+        ] {
+            let (ok, err) = r.code_server(&folder);
+            assert!(ok, "{}: {err}", folder.display());
+            assert!(err.contains("leaving its owner and permissions as they are"), "{}: {err}", folder.display());
+            assert_eq!(r.untouchable(), before, "{} changed something", folder.display());
+        }
+        assert_eq!(
+            std::fs::metadata(r.path("tmp")).unwrap().permissions().mode() & 0o7777,
+            0o1777,
+            "tmp keeps its sticky bit"
+        );
+        // A missing folder outside the home is not created: the step says why.
+        for folder in [r.path("srv/app"), home.join("link/new"), home.join("../elsewhere")] {
+            let (ok, err) = r.code_server(&folder);
+            assert!(!ok, "{} was accepted", folder.display());
+            assert!(err.contains("is not below"), "{err}");
+            assert!(!folder.exists(), "{} was created", folder.display());
+        }
+        assert!(!r.path("etc/new").exists());
+        assert_eq!(r.untouchable(), before);
+    }
+
+    #[test]
+    fn code_server_folder_below_the_home_is_the_users() {
+        let r = Root::new("own");
+        let before = r.untouchable();
+        let home = r.home();
+        // Missing: made by the user, every directory on the way too.
+        let (ok, err) = r.code_server(&home.join("src/api"));
+        assert!(ok, "{err}");
+        assert_eq!(owner(&home.join("src")), r.uid);
+        assert_eq!(owner(&home.join("src/api")), r.uid);
+        assert!(r.path("state/code-server.done").exists(), "the marker is written");
+        // Existing ones of the user's own keep their modes, .ssh included.
+        for folder in [home.join("own"), home.join(".ssh"), home.join("src/api")] {
+            let (ok, err) = r.code_server(&folder);
+            assert!(ok, "{}: {err}", folder.display());
+        }
+        assert_eq!(r.untouchable(), before);
+        // One that is somebody else's is given to the user, its mode left as it was.
+        if r.as_root {
+            let d = home.join("rootowned");
+            let (ok, err) = r.code_server(&d);
+            assert!(ok, "{err}");
+            assert_eq!(owner(&d), r.uid);
+            assert_eq!(std::fs::metadata(&d).unwrap().permissions().mode() & 0o7777, 0o700);
+        }
+        // A file is not a folder.
+        std::fs::write(home.join("file"), "x").unwrap();
+        let (ok, err) = r.code_server(&home.join("file"));
+        assert!(!ok && err.contains("is not a directory"), "{err}");
+    }
+
+    #[test]
+    fn repo_parent_is_made_only_below_the_home() {
+        let r = Root::new("parent");
+        let before = r.untouchable();
+        let home = r.home();
+        let (ok, err) = r.repo_parent(&home.join("a/b/repo"));
+        assert!(ok, "{err}");
+        assert_eq!(owner(&home.join("a")), r.uid);
+        assert_eq!(owner(&home.join("a/b")), r.uid);
+        for path in [
+            home.join("repo"),
+            r.path("tmp/repo"),
+            r.path("etc/repo"),
+            r.path("srv/x/repo"),
+            home.join("link/x/repo"),
+            home.join("../../srv/repo"),
+        ] {
+            let (ok, err) = r.repo_parent(&path);
+            assert!(ok, "{}: {err}", path.display());
+        }
+        assert!(!r.path("srv").exists(), "nothing is created outside the home");
+        assert!(!r.path("etc/x").exists(), "not through a link either");
+        assert_eq!(r.untouchable(), before);
+    }
+
+    // --- Revisions: full commits, and branches and tags named exactly. ---
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// Runs the rendered repository script; returns (exit, commit marker, branch marker, stderr).
+    fn run_sync(s: &RepoSync) -> (i32, String, String, String) {
+        let out = Command::new("bash")
+            .args(["-c", &repository_sync(s)])
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let marker = |m: &str| stdout.lines().find_map(|l| l.strip_prefix(m)).unwrap_or("").trim().to_string();
+        (
+            out.status.code().unwrap_or(-1),
+            marker(COMMIT_MARKER),
+            marker(BRANCH_MARKER),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn repository_script_takes_full_commits_and_exact_refs() {
+        let dir = std::env::temp_dir().join(format!("pvm-revisions-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let origin = dir.join("origin");
+        std::fs::create_dir_all(&origin).unwrap();
+        git(&origin, &["init", "-q"]);
+        git(&origin, &["commit", "-q", "--allow-empty", "-m", "one"]);
+        let first = git(&origin, &["rev-parse", "HEAD"]);
+        git(&origin, &["tag", "v1"]);
+        git(&origin, &["commit", "-q", "--allow-empty", "-m", "two"]);
+        let main = git(&origin, &["rev-parse", "HEAD"]);
+        // A branch whose name looks like an abbreviated commit.
+        git(&origin, &["checkout", "-q", "-b", "deadbeef", &first]);
+        git(&origin, &["commit", "-q", "--allow-empty", "-m", "hex branch"]);
+        let hex_branch = git(&origin, &["rev-parse", "HEAD"]);
+        git(&origin, &["checkout", "-q", "main"]);
+        let url = format!("file://{}", origin.display());
+        let at = |rev: Option<&str>, n: &str| {
+            let mut s = sync(&url, rev, &dir.join(n).display().to_string());
+            s.depth = None;
+            s
+        };
+
+        // Fresh clones.
+        let (code, commit, _, err) = run_sync(&at(Some(&first), "by-commit"));
+        assert_eq!((code, commit.as_str()), (0, first.as_str()), "{err}");
+        let (code, commit, branch, err) = run_sync(&at(Some("refs/heads/deadbeef"), "by-head"));
+        assert_eq!((code, commit.as_str(), branch.as_str()), (0, hex_branch.as_str(), "deadbeef"), "{err}");
+        let (code, commit, _, err) = run_sync(&at(Some("refs/tags/v1"), "by-tag"));
+        assert_eq!((code, commit.as_str()), (0, first.as_str()), "{err}");
+        let (code, commit, branch, err) = run_sync(&at(Some("main"), "by-name"));
+        assert_eq!((code, commit.as_str(), branch.as_str()), (0, main.as_str(), "main"), "{err}");
+        // An abbreviated commit cannot be fetched (admission refuses it for that reason).
+        let (code, _, _, err) = run_sync(&at(Some(&first[..12]), "by-short"));
+        assert_ne!(code, 0);
+        assert_eq!(crate::guest::git::classify(&err, false), crate::guest::git::GitFailure::RevisionNotFound, "{err}");
+
+        // An existing checkout moves to each of them.
+        let mut s = at(Some("main"), "moving");
+        assert_eq!(run_sync(&s).0, 0);
+        for (rev, want, want_branch) in [
+            ("refs/heads/deadbeef", &hex_branch, "deadbeef"),
+            ("refs/tags/v1", &first, ""),
+            (main.as_str(), &main, ""),
+            ("main", &main, "main"),
+        ] {
+            s.revision = Some(rev.to_string());
+            let (code, commit, branch, err) = run_sync(&s);
+            assert_eq!((code, &commit, branch.as_str()), (0, want, want_branch), "{rev}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
