@@ -42,7 +42,7 @@ pub struct ProjectVMSpec {
 
 fn projectvm_rules(schema: &mut Schema) {
     push_rules(schema, MACHINE_RULES);
-    push_validations(schema, vec![below_home_validation("repository.path", false, "repo")]);
+    push_validations(schema, vec![below_home_validation("repository.path", true, "repo")]);
 }
 
 /// Packages and an optional script, installed idempotently; the log stays on the VM at

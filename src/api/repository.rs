@@ -69,13 +69,13 @@ pub struct ProjectRepository {
     #[schemars(regex(pattern = REVISION_PATTERN), length(max = 255), transform = revision_rules)]
     pub revision: Option<String>,
     /// Where the repository is checked out on the VM: an absolute path below the VM user's
-    /// home directory `/home/<user>/`, written without `.` or `..` segments. The default,
-    /// `/home/project/repo`, suits the default user; with another `user`, set a path in that
-    /// user's home. The operator creates missing directories on the way there for the user,
-    /// and never creates, re-owns or changes the permissions of a directory outside that home.
-    #[serde(default = "default_project_path")]
+    /// home directory `/home/<user>/`, written without `.` or `..` segments; by default
+    /// `/home/<user>/repo`. The operator creates missing directories on the way there for the
+    /// user, and never creates, re-owns or changes the permissions of a directory outside
+    /// that home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = PATH_PATTERN), length(max = 1024), transform = path_rules)]
-    pub path: String,
+    pub path: Option<String>,
     /// Clone only this many commits of history; full history when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
@@ -87,8 +87,14 @@ pub struct ProjectRepository {
     pub credentials_secret_ref: Option<SecretKeyRef>,
 }
 
-fn default_project_path() -> String {
-    "/home/project/repo".into()
+impl ProjectRepository {
+    /// The checkout path: `path`, or `/home/<user>/repo`.
+    pub fn effective_path(&self, user: &str) -> String {
+        match &self.path {
+            Some(p) => p.trim_end_matches('/').to_string(),
+            None => format!("/home/{user}/repo"),
+        }
+    }
 }
 
 /// The git repository a Workspace opens in code-server.
@@ -208,7 +214,7 @@ mod tests {
         let path = rules(&pvm, "");
         let path = path.iter().find(|r| r["fieldPath"] == ".repository.path").expect("path rule");
         assert!(
-            path["rule"].as_str().unwrap().starts_with("self.repository.path.startsWith('/home/' + self.user + '/')")
+            path["rule"].as_str().unwrap().starts_with("!has(self.repository.path) || (self.repository.path.startsWith(")
         );
         assert!(path["messageExpression"].as_str().unwrap().contains(OUTSIDE_HOME));
         let folder = rules(&ws, "");

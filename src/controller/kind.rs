@@ -130,7 +130,7 @@ impl VmKind for ProjectVM {
                 steps::repository::Source {
                     url: r.url.clone(),
                     revision: r.revision.clone(),
-                    path: r.path.trim_end_matches('/').to_string(),
+                    path: r.effective_path(&self.spec.machine.user),
                     depth: r.depth,
                     user: self.spec.machine.user.clone(),
                     wants_token: r.credentials_secret_ref.is_some(),
@@ -236,6 +236,16 @@ mod tests {
         let e = env();
         assert_eq!(fp(a.prepare(StepId::Prerequisites, &e)), fp(b.prepare(StepId::Prerequisites, &e)));
         assert_ne!(fp(a.prepare(StepId::Repository, &e)), fp(b.prepare(StepId::Repository, &e)));
+    }
+
+    #[test]
+    fn the_default_checkout_is_in_the_users_home() {
+        let e = env();
+        let Work::Repository(r) = pvm(BASE).prepare(StepId::Repository, &e).unwrap().1 else { panic!() };
+        assert_eq!(r.sync.path, "/home/project/repo");
+        let dev = pvm(&BASE.replace("spec:\n", "spec:\n  user: dev\n"));
+        let Work::Repository(r) = dev.prepare(StepId::Repository, &e).unwrap().1 else { panic!() };
+        assert_eq!(r.sync.path, "/home/dev/repo");
     }
 
     #[test]
