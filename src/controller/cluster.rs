@@ -30,6 +30,9 @@ pub trait Cluster: Send + Sync + 'static {
     async fn publish(&self, owner: &Owner, event: &Event);
 }
 
+/// The longest Kubernetes object name.
+const MAX_OBJECT_NAME: usize = 253;
+
 /// [`Cluster`] on the API server.
 pub struct KubeCluster {
     client: Client,
@@ -40,6 +43,34 @@ impl KubeCluster {
     pub fn new(client: Client) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         Self { recorder: Recorder::new(client.clone(), reporter), client }
+    }
+}
+
+impl KubeCluster {
+    async fn publish_for_long_name(&self, owner: &Owner, event: &Event) -> Result<(), kube::Error> {
+        use k8s_openapi::api::events::v1::Event as K8sEvent;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        let prefix = format!("{}.", super::names::label_value(&owner.name));
+        let k8s = K8sEvent {
+            metadata: kube::api::ObjectMeta {
+                namespace: Some(owner.namespace.clone()),
+                generate_name: Some(prefix),
+                ..Default::default()
+            },
+            action: Some(event.action.clone()),
+            reason: Some(event.reason.clone()),
+            note: event.note.clone(),
+            event_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            regarding: Some(owner.reference.clone()),
+            reporting_controller: Some(FIELD_MANAGER.into()),
+            reporting_instance: Some(std::env::var("POD_NAME").unwrap_or_else(|_| FIELD_MANAGER.into())),
+            type_: Some(
+                if event.type_ == kube::runtime::events::EventType::Warning { "Warning" } else { "Normal" }.into(),
+            ),
+            ..Default::default()
+        };
+        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &owner.namespace);
+        api.create(&kube::api::PostParams::default(), &k8s).await.map(|_| ())
     }
 }
 
@@ -73,7 +104,15 @@ impl Cluster for KubeCluster {
     }
 
     async fn publish(&self, owner: &Owner, event: &Event) {
-        if let Err(err) = self.recorder.publish(event, &owner.reference).await {
+        // The recorder names an event `<object name>.<16 hex digits>`, which is too long for
+        // an object whose own name is near the 253-character limit; such events are created
+        // here under a name the API server generates.
+        let result = if owner.name.len() + 17 > MAX_OBJECT_NAME {
+            self.publish_for_long_name(owner, event).await
+        } else {
+            self.recorder.publish(event, &owner.reference).await
+        };
+        if let Err(err) = result {
             tracing::warn!(object = %owner.key(), error = %err, "publishing event failed");
         }
     }

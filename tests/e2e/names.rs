@@ -12,6 +12,8 @@ fn long_and_dotted_names_reach_ready() {
     let long63 = format!("w{}", "x".repeat(62));
     let dotted = "1st.dotted".to_string();
     let long202 = format!("p{}", "y".repeat(201));
+    // At the limit of 253, events need names the API server generates.
+    let long250 = format!("q{}", "z".repeat(249));
     for name in [&long63, &dotted] {
         b.apply(
             &ns,
@@ -24,6 +26,12 @@ fn long_and_dotted_names_reach_ready() {
         &ns,
         &format!(
             "apiVersion: projectvm.dev/v1alpha1\nkind: ProjectVM\nmetadata:\n  name: {long202}\nspec:\n  size: small\n  repository:\n    url: https://git.pvm.test/public/demo.git\n"
+        ),
+    );
+    b.apply(
+        &ns,
+        &format!(
+            "apiVersion: projectvm.dev/v1alpha1\nkind: ProjectVM\nmetadata:\n  name: {long250}\nspec:\n  size: small\n  runStrategy: Halted\n  repository:\n    url: https://git.pvm.test/public/demo.git\n"
         ),
     );
     for name in [&long63, &dotted] {
@@ -45,5 +53,17 @@ fn long_and_dotted_names_reach_ready() {
     let secret = o["status"]["objects"]["sshKeySecret"].as_str().expect("ssh key secret in status");
     let labels = b.kubectl(&["-n", &ns, "get", "secret", secret, "-o", "jsonpath={.metadata.labels}"]);
     assert!(labels.contains("projectvm.dev/projectvm"), "{labels}");
+    // Events about a resource whose name is 250 characters long reach it too.
+    b.eventually("an event about the 250-character ProjectVM", READY_TIMEOUT, || {
+        let names = b.kubectl(&[
+            "-n",
+            &ns,
+            "get",
+            "events",
+            "-o",
+            "jsonpath={range .items[*]}{.involvedObject.name}{\"\\n\"}{end}",
+        ]);
+        names.lines().any(|n| n == long250).then_some(())
+    });
     b.delete_namespace(&ns);
 }
