@@ -214,7 +214,10 @@ mod tests {
         let path = rules(&pvm, "");
         let path = path.iter().find(|r| r["fieldPath"] == ".repository.path").expect("path rule");
         assert!(
-            path["rule"].as_str().unwrap().starts_with("!has(self.repository.path) || (self.repository.path.startsWith(")
+            path["rule"]
+                .as_str()
+                .unwrap()
+                .starts_with("!has(self.repository.path) || (self.repository.path.startsWith(")
         );
         assert!(path["messageExpression"].as_str().unwrap().contains(OUTSIDE_HOME));
         let folder = rules(&ws, "");

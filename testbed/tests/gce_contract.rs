@@ -556,3 +556,90 @@ async fn invalid_requests_get_google_errors() {
     assert_eq!(e.http_status_code(), Some(404));
     bed.emu.stop(true).await;
 }
+
+#[tokio::test]
+async fn request_counters_per_method_and_instance() {
+    let bed = bed().await;
+    let (code, v) = admin(&bed, "GET", "/emulator/v1/requests", "").await;
+    assert_eq!(code, 200);
+    assert_eq!(v, serde_json::json!({}));
+
+    let op =
+        bed.instances.insert().set_project(P).set_zone(Z).set_body(instance("pvm-count", "c")).send().await.unwrap();
+    poll_done(&bed, &op).await;
+    get(&bed, "pvm-count").await.unwrap();
+    get(&bed, "pvm-count").await.unwrap();
+    get(&bed, "missing").await.unwrap_err();
+    bed.instances.list().set_project(P).set_zone(Z).send().await.unwrap();
+
+    let (_, v) = admin(&bed, "GET", "/emulator/v1/requests", "").await;
+    assert_eq!(v["instances.insert"], 1);
+    assert_eq!(v["instances.get"], 3, "failed calls count too: {v}");
+    assert_eq!(v["instances.list"], 1);
+    let polls = v["zoneOperations.get"].as_u64().unwrap();
+    assert!(polls >= 1, "{v}");
+
+    let (code, per) = admin(&bed, "GET", "/emulator/v1/requests/instances", "").await;
+    assert_eq!(code, 200);
+    let mine = &per[format!("{P}/{Z}/pvm-count")];
+    assert_eq!(mine["instances.insert"], 1);
+    assert_eq!(mine["instances.get"], 2);
+    assert_eq!(mine["zoneOperations.get"], polls, "operation polls count for their target: {per}");
+    assert_eq!(per[format!("{P}/{Z}/missing")]["instances.get"], 1);
+
+    let (code, _) = admin(&bed, "DELETE", "/emulator/v1/requests", "").await;
+    assert_eq!(code, 200);
+    let (_, v) = admin(&bed, "GET", "/emulator/v1/requests", "").await;
+    assert_eq!(v, serde_json::json!({}));
+    bed.emu.stop(true).await;
+}
+
+#[tokio::test]
+async fn booting_knob_holds_matching_machines_until_cleared() {
+    let bed = bed().await;
+    for n in ["ws-held-1", "ws-held-2", "other"] {
+        let op = bed.instances.insert().set_project(P).set_zone(Z).set_body(instance(n, "b")).send().await.unwrap();
+        poll_done(&bed, &op).await;
+    }
+    let held = |v: &serde_json::Value| -> Vec<String> {
+        let mut h: Vec<String> = v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["machine"]["bootingHeld"] == true)
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .collect();
+        h.sort();
+        h
+    };
+    let (code, f) = admin(&bed, "PUT", "/emulator/v1/faults/booting", r#"{"instances":["ws-held-"]}"#).await;
+    assert_eq!(code, 200);
+    assert_eq!(f["booting"], serde_json::json!({"instances": ["ws-held-"]}));
+    let (_, v) = admin(&bed, "GET", "/emulator/v1/instances", "").await;
+    assert_eq!(held(&v), ["ws-held-1", "ws-held-2"], "a prefix matches, others are not held");
+    // still RUNNING as far as the Compute API goes
+    assert_eq!(get(&bed, "ws-held-1").await.unwrap().status, Some(model::instance::Status::Running));
+
+    // a boot while the knob is set is held too
+    let op = bed.instances.stop().set_project(P).set_zone(Z).set_instance("ws-held-1").send().await.unwrap();
+    poll_done(&bed, &op).await;
+    let op = bed.instances.start().set_project(P).set_zone(Z).set_instance("ws-held-1").send().await.unwrap();
+    poll_done(&bed, &op).await;
+    let (_, v) = admin(&bed, "GET", "/emulator/v1/instances", "").await;
+    assert_eq!(held(&v), ["ws-held-1", "ws-held-2"]);
+
+    let (code, f) = admin(&bed, "DELETE", "/emulator/v1/faults/booting", "").await;
+    assert_eq!(code, 200);
+    assert!(f["booting"].is_null(), "{f}");
+    let (_, v) = admin(&bed, "GET", "/emulator/v1/instances", "").await;
+    assert!(held(&v).is_empty(), "{v}");
+
+    // empty list = all; the reset clears it like every knob
+    admin(&bed, "PUT", "/emulator/v1/faults/booting", "").await;
+    let (_, v) = admin(&bed, "GET", "/emulator/v1/instances", "").await;
+    assert_eq!(held(&v).len(), 3);
+    admin(&bed, "POST", "/emulator/v1/reset", "").await;
+    let (_, v) = admin(&bed, "GET", "/emulator/v1/instances", "").await;
+    assert!(held(&v).is_empty(), "{v}");
+    bed.emu.stop(true).await;
+}

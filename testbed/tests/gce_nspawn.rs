@@ -1,6 +1,7 @@
 //! Real machines: the `gce-emulator` binary with the nspawn backend, driven through the
 //! official client; SSH in with a host key pinned from guest attributes; stop, start
-//! (same disk), guest poweroff, delete (nothing left behind).
+//! (same disk), guest poweroff, delete (nothing left behind); the "booting" fault knob
+//! refusing non-root logins the way a machine still booting does.
 //!
 //! Needs root and `PROJECTVM_ROOTFS` (testbed/scripts/build-rootfs.sh prints the path);
 //! without them it prints why and passes without doing anything.
@@ -55,8 +56,15 @@ fn skip_reason() -> Option<String> {
 }
 
 async fn admin(addr: &str, method: &str, path: &str) -> serde_json::Value {
+    admin_with(addr, method, path, "").await
+}
+
+async fn admin_with(addr: &str, method: &str, path: &str, body: &str) -> serde_json::Value {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
@@ -82,6 +90,12 @@ async fn poll_done(ops: &ZoneOperations, op: &Operation, limit: Duration) -> Ope
 }
 
 fn ssh(key: &Path, known_hosts: &Path, ip: &str, user: &str, cmd: &str) -> (bool, String) {
+    ssh_logging(key, known_hosts, ip, user, cmd, "ERROR")
+}
+
+/// As [`ssh`], with the client's LogLevel: at INFO and above it prints the server's
+/// authentication banners (where sshd puts PAM's account messages, e.g. pam_nologin's).
+fn ssh_logging(key: &Path, known_hosts: &Path, ip: &str, user: &str, cmd: &str, level: &str) -> (bool, String) {
     let out = Command::new("ssh")
         .arg("-i")
         .arg(key)
@@ -96,9 +110,9 @@ fn ssh(key: &Path, known_hosts: &Path, ip: &str, user: &str, cmd: &str) -> (bool
             "BatchMode=yes",
             "-o",
             "ConnectTimeout=10",
-            "-o",
-            "LogLevel=ERROR",
         ])
+        .arg("-o")
+        .arg(format!("LogLevel={level}"))
         .arg(format!("{user}@{ip}"))
         .arg(cmd)
         .stdin(Stdio::null())
@@ -119,14 +133,10 @@ async fn get(c: &Instances) -> Result<Instance, google_cloud_gax::error::Error> 
     c.get().set_project(P).set_zone(Z).set_instance(NAME).send().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_machine_lifecycle() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED gce_nspawn::real_machine_lifecycle: {why}");
-        return;
-    }
+/// The emulator process with the nspawn backend, and clients for it.
+async fn start_emulator(test: &str) -> (Emulator, Instances, ZoneOperations) {
     let rootfs = std::env::var("PROJECTVM_ROOTFS").unwrap();
-    let dir = std::env::temp_dir().join(format!("pvm-nspawn-test-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("pvm-nspawn-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let ready = dir.join("ready");
     let child = Command::new(env!("CARGO_BIN_EXE_gce-emulator"))
@@ -152,6 +162,37 @@ async fn real_machine_lifecycle() {
     let creds = || google_cloud_auth::credentials::anonymous::Builder::new().build();
     let c = Instances::builder().with_endpoint(&endpoint).with_credentials(creds()).build().await.unwrap();
     let ops = ZoneOperations::builder().with_endpoint(&endpoint).with_credentials(creds()).build().await.unwrap();
+    (emu, c, ops)
+}
+
+/// Its ed25519 host key from guest attributes, pinned in a known_hosts file.
+async fn pin_host_key(c: &Instances, name: &str, ip: &str, kh: &Path) {
+    let ga = c
+        .get_guest_attributes()
+        .set_project(P)
+        .set_zone(Z)
+        .set_instance(name)
+        .set_query_path("hostkeys/")
+        .send()
+        .await
+        .unwrap();
+    let items = ga.query_value.unwrap().items;
+    let host_key = items
+        .iter()
+        .find(|e| e.key.as_deref() == Some("ssh-ed25519"))
+        .and_then(|e| e.value.clone())
+        .expect("ed25519 host key published");
+    std::fs::write(kh, format!("{ip} ssh-ed25519 {host_key}\n")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_machine_lifecycle() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED gce_nspawn::real_machine_lifecycle: {why}");
+        return;
+    }
+    let (emu, c, ops) = start_emulator("lifecycle").await;
+    let dir = emu.dir.clone();
 
     let key = dir.join("id_ed25519");
     let pubkey = keygen(&key);
@@ -174,23 +215,8 @@ async fn real_machine_lifecycle() {
     let ip = inst.network_interfaces[0].access_configs[0].nat_ip.clone().unwrap();
 
     // pin the host key from guest attributes
-    let ga = c
-        .get_guest_attributes()
-        .set_project(P)
-        .set_zone(Z)
-        .set_instance(NAME)
-        .set_query_path("hostkeys/")
-        .send()
-        .await
-        .unwrap();
-    let items = ga.query_value.unwrap().items;
-    let host_key = items
-        .iter()
-        .find(|e| e.key.as_deref() == Some("ssh-ed25519"))
-        .and_then(|e| e.value.clone())
-        .expect("ed25519 host key published");
     let kh = dir.join("known_hosts");
-    std::fs::write(&kh, format!("{ip} ssh-ed25519 {host_key}\n")).unwrap();
+    pin_host_key(&c, NAME, &ip, &kh).await;
 
     // a wrong pin is refused: the pin is what lets us in
     let wrong = dir.join("wrong_known_hosts");
@@ -267,4 +293,107 @@ async fn real_machine_lifecycle() {
     assert!(!link.success(), "veth {veth} left");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&disk), "overlay still mounted");
+}
+
+/// The machine's init (systemd), as the host sees it: the child of the instance's nspawn.
+async fn machine_init(addr: &str, name: &str) -> u32 {
+    let view = admin(addr, "GET", "/emulator/v1/instances").await;
+    let m = view["instances"].as_array().unwrap().iter().find(|i| i["name"] == name).unwrap()["machine"].clone();
+    let pid = m["pid"].as_u64().expect("machine pid");
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    children.split_whitespace().next().expect("nspawn has a child").parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn booting_knob_refuses_non_root_logins_until_cleared() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED gce_nspawn::booting_knob_refuses_non_root_logins_until_cleared: {why}");
+        return;
+    }
+    const BOOTING: &str = "pvm-nspawn-booting";
+    const REFUSED: &str = "System is booting up. Unprivileged users are not permitted to log in yet";
+    let (emu, c, ops) = start_emulator("booting").await;
+    let dir = emu.dir.clone();
+    let key = dir.join("id_ed25519");
+    let pubkey = keygen(&key);
+
+    // set before the machine exists: its first boot is held
+    let f =
+        admin_with(&emu.addr, "PUT", "/emulator/v1/faults/booting", &format!(r#"{{"instances":["{BOOTING}"]}}"#)).await;
+    assert_eq!(f["booting"]["instances"][0], BOOTING, "{f}");
+    let body = Instance::new()
+        .set_name(BOOTING)
+        .set_machine_type(format!("zones/{Z}/machineTypes/e2-small"))
+        .set_metadata(Metadata::new().set_items([
+            model::metadata::Items::new().set_key("enable-guest-attributes").set_value("TRUE"),
+            model::metadata::Items::new().set_key("ssh-keys").set_value(format!("tester:{pubkey}")),
+        ]));
+    let op = c.insert().set_project(P).set_zone(Z).set_body(body).send().await.unwrap();
+    poll_done(&ops, &op, Duration::from_secs(120)).await;
+    let inst = c.get().set_project(P).set_zone(Z).set_instance(BOOTING).send().await.unwrap();
+    assert_eq!(inst.status, Some(model::instance::Status::Running), "held machines are RUNNING");
+    let ip = inst.network_interfaces[0].access_configs[0].nat_ip.clone().unwrap();
+    let kh = dir.join("known_hosts");
+    pin_host_key(&c, BOOTING, &ip, &kh).await;
+
+    // however long one waits: the boot never lets users in
+    let init = machine_init(&emu.addr, BOOTING).await;
+    let run = |args: &[&str]| {
+        let out = Command::new("nsenter").arg("-t").arg(init.to_string()).arg("-a").args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(run(&["systemctl", "is-system-running", "--wait"]), "running", "the boot itself is not degraded");
+    let nologin = format!("/proc/{init}/root/run/nologin");
+    assert!(Path::new(&nologin).exists(), "/run/nologin left in place");
+    for _ in 0..2 {
+        let (ok, out) = ssh_logging(&key, &kh, &ip, "tester", "true", "INFO");
+        assert!(!ok, "a non-root login must be refused while held: {out}");
+        assert!(out.contains(REFUSED), "pam_nologin's answer: {out}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let view = admin(&emu.addr, "GET", "/emulator/v1/instances").await;
+    assert_eq!(view["instances"][0]["machine"]["bootingHeld"], true, "{view}");
+
+    // cleared: logins work at once
+    let f = admin(&emu.addr, "DELETE", "/emulator/v1/faults/booting").await;
+    assert!(f["booting"].is_null(), "{f}");
+    assert!(!Path::new(&nologin).exists(), "/run/nologin removed as a finished boot does");
+    let (ok, out) = ssh(&key, &kh, &ip, "tester", "id -un");
+    assert!(ok, "login after clearing: {out}");
+    assert_eq!(out, "tester");
+
+    // set on a running machine: refused again; cleared again: in again
+    admin_with(&emu.addr, "PUT", "/emulator/v1/faults/booting", r#"{"instances":["pvm-nspawn-boot"]}"#).await;
+    let (ok, out) = ssh_logging(&key, &kh, &ip, "tester", "true", "INFO");
+    assert!(!ok && out.contains(REFUSED), "held at run time: {out}");
+    admin(&emu.addr, "DELETE", "/emulator/v1/faults/booting").await;
+    let (ok, out) = ssh(&key, &kh, &ip, "tester", "true");
+    assert!(ok, "{out}");
+
+    // a later boot without the knob is a normal one (nothing of the fault left on the disk)
+    let op = c.stop().set_project(P).set_zone(Z).set_instance(BOOTING).send().await.unwrap();
+    poll_done(&ops, &op, Duration::from_secs(60)).await;
+    let op = c.start().set_project(P).set_zone(Z).set_instance(BOOTING).send().await.unwrap();
+    poll_done(&ops, &op, Duration::from_secs(120)).await;
+    // (sshd may answer a moment before this real boot lets users in)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (ok, out) = loop {
+        let (ok, out) = ssh_logging(
+            &key,
+            &kh,
+            &ip,
+            "tester",
+            "systemctl is-system-running --wait; test ! -e /run/nologin && echo open",
+            "INFO",
+        );
+        if ok || !out.contains(REFUSED) || Instant::now() > deadline {
+            break (ok, out);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(ok, "{out}");
+    assert_eq!(out, "running\nopen");
+
+    let op = c.delete().set_project(P).set_zone(Z).set_instance(BOOTING).send().await.unwrap();
+    poll_done(&ops, &op, Duration::from_secs(60)).await;
 }

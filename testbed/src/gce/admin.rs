@@ -1,15 +1,29 @@
 //! The emulator's own API under `/emulator/v1/`: fault knobs and inspection.
 //!
 //! - `GET  /emulator/v1/healthz`
-//! - `GET  /emulator/v1/instances` — every instance with its machine (pid, address, state…)
+//! - `GET  /emulator/v1/instances` — every instance with its machine (pid, address, state,
+//!   `boot`: how the boot went by the machine's own account, `bootingHeld`…)
 //! - `GET  /emulator/v1/operations`
 //! - `GET|PUT|DELETE /emulator/v1/faults` — the whole knob set ([`Faults`] as JSON)
 //! - `PUT|DELETE /emulator/v1/faults/methods/{method}` — [`MethodFault`] for one method or `*`
 //! - `PUT|DELETE /emulator/v1/faults/quota` — [`QuotaFault`]: next inserts fail QUOTA_EXCEEDED
 //! - `PUT|DELETE /emulator/v1/faults/zones/{zone}/exhausted` — ZONE_RESOURCE_POOL_EXHAUSTED
 //! - `PUT|DELETE /emulator/v1/faults/stuck` — [`StuckFault`]: operations stay RUNNING
+//! - `PUT|DELETE /emulator/v1/faults/booting` — [`BootingFault`] `{"instances": ["ws-", …]}`
+//!   (names or name prefixes; empty = all): those machines keep `/run/nologin`, so every
+//!   non-root SSH login is refused with "System is booting up. Unprivileged users are not
+//!   permitted to log in yet…" (pam_nologin), now and at every boot, until DELETE (which
+//!   removes `/run/nologin` as a finished boot does). The instances stay RUNNING.
+//!   `GET /emulator/v1/instances` shows `machine.bootingHeld`.
 //! - `POST /emulator/v1/operations/unstick` — let stuck operations finish
 //! - `POST /emulator/v1/reset` — body `{"instances": true}` also deletes every instance
+//!   (it leaves the request counters alone)
+//! - `GET  /emulator/v1/requests` — Compute API calls served so far, per method:
+//!   `{"instances.get": 12, "zoneOperations.get": 3, …}` (every call that reached its method,
+//!   failed ones included; see [`super::requests`])
+//! - `GET  /emulator/v1/requests/instances` — the calls that named an instance (operations
+//!   count for the instance they target), `{"P/ZONE/NAME": {"instances.get": 4, …}, …}`
+//! - `DELETE /emulator/v1/requests` — zero the counters
 
 use axum::Router;
 use axum::body::Bytes;
@@ -20,7 +34,7 @@ use serde_json::{Value, json};
 
 use super::Emulator;
 use super::errors::ApiError;
-use super::faults::{Faults, METHODS, MethodFault, QuotaFault, StuckFault};
+use super::faults::{BootingFault, Faults, METHODS, MethodFault, QuotaFault, StuckFault};
 
 type Res = Result<axum::Json<Value>, ApiError>;
 
@@ -35,7 +49,10 @@ pub fn router(e: Emulator) -> Router {
         .route("/emulator/v1/faults/quota", put(put_quota).delete(delete_quota))
         .route("/emulator/v1/faults/zones/{zone}/exhausted", put(put_zone).delete(delete_zone))
         .route("/emulator/v1/faults/stuck", put(put_stuck).delete(delete_stuck))
+        .route("/emulator/v1/faults/booting", put(put_booting).delete(delete_booting))
         .route("/emulator/v1/reset", post(reset))
+        .route("/emulator/v1/requests", get(get_requests).delete(delete_requests))
+        .route("/emulator/v1/requests/instances", get(get_instance_requests))
         .with_state(e)
 }
 
@@ -79,11 +96,15 @@ async fn put_faults(State(e): State<Emulator>, b: Bytes) -> Res {
     for m in f.methods.keys() {
         check_method(m)?;
     }
-    faults_json(e.update_faults(|cur| *cur = f))
+    let f = e.update_faults(|cur| *cur = f);
+    e.apply_booting().await;
+    faults_json(f)
 }
 
 async fn clear_faults(State(e): State<Emulator>) -> Res {
-    faults_json(e.update_faults(|cur| *cur = Faults::default()))
+    let f = e.update_faults(|cur| *cur = Faults::default());
+    e.apply_booting().await;
+    faults_json(f)
 }
 
 fn check_method(m: &str) -> Result<(), ApiError> {
@@ -139,6 +160,32 @@ async fn put_stuck(State(e): State<Emulator>, b: Bytes) -> Res {
 
 async fn delete_stuck(State(e): State<Emulator>) -> Res {
     faults_json(e.update_faults(|cur| cur.stuck = None))
+}
+
+async fn put_booting(State(e): State<Emulator>, b: Bytes) -> Res {
+    let f: BootingFault = body(&b)?;
+    let f = e.update_faults(|cur| cur.booting = Some(f));
+    e.apply_booting().await;
+    faults_json(f)
+}
+
+async fn delete_booting(State(e): State<Emulator>) -> Res {
+    let f = e.update_faults(|cur| cur.booting = None);
+    e.apply_booting().await;
+    faults_json(f)
+}
+
+async fn get_requests(State(e): State<Emulator>) -> Res {
+    Ok(axum::Json(serde_json::to_value(e.requests().methods).expect("serialise")))
+}
+
+async fn get_instance_requests(State(e): State<Emulator>) -> Res {
+    Ok(axum::Json(serde_json::to_value(e.requests().instances).expect("serialise")))
+}
+
+async fn delete_requests(State(e): State<Emulator>) -> Res {
+    e.reset_requests();
+    Ok(axum::Json(json!({"ok": true})))
 }
 
 #[derive(serde::Deserialize, Default)]

@@ -83,6 +83,23 @@ pub struct StuckFault {
     pub remaining: Option<u64>,
 }
 
+/// Machines that stay "booting" as far as logins go: `/run/nologin` stays in place, so
+/// pam_nologin refuses every non-root SSH login with "System is booting up. Unprivileged users
+/// are not permitted to log in yet…" until the knob is cleared. Applies to running machines at
+/// once and to every boot while set; the instances themselves are RUNNING as usual.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BootingFault {
+    /// Instance names, or prefixes of names; empty = all instances.
+    pub instances: Vec<String>,
+}
+
+impl BootingFault {
+    pub fn matches(&self, instance: &str) -> bool {
+        self.instances.is_empty() || self.instances.iter().any(|p| instance.starts_with(p.as_str()))
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Faults {
@@ -90,6 +107,7 @@ pub struct Faults {
     pub quota: Option<QuotaFault>,
     pub exhausted_zones: BTreeSet<String>,
     pub stuck: Option<StuckFault>,
+    pub booting: Option<BootingFault>,
 }
 
 /// What the request path should do according to the knobs.
@@ -134,6 +152,11 @@ impl Faults {
         }
     }
 
+    /// Whether the booting fault holds this instance.
+    pub fn holds_booting(&self, instance: &str) -> bool {
+        self.booting.as_ref().is_some_and(|b| b.matches(instance))
+    }
+
     /// Whether an operation of this type gets stuck; consumes one count.
     pub fn take_stuck(&mut self, op_type: &str) -> bool {
         let Some(s) = self.stuck.as_mut() else {
@@ -170,4 +193,21 @@ fn injected_error(f: &MethodFault, method: &str, project: &str, resource: &str) 
         e.message = m.clone();
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booting_matches_names_and_prefixes() {
+        let mut f = Faults::default();
+        assert!(!f.holds_booting("ws-a"));
+        f.booting = Some(BootingFault { instances: vec!["ws-".into(), "exact".into()] });
+        assert!(f.holds_booting("ws-a"));
+        assert!(f.holds_booting("exact"));
+        assert!(!f.holds_booting("other"));
+        f.booting = Some(BootingFault::default());
+        assert!(f.holds_booting("anything"), "empty list = all");
+    }
 }

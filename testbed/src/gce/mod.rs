@@ -8,6 +8,7 @@ pub mod errors;
 pub mod faults;
 pub mod filter;
 pub mod model;
+pub mod requests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -26,6 +27,7 @@ use filter::Filter;
 use model::{
     BootDisk, GuestAttribute, InstanceRecord, InstanceStatus, MetadataItem, OpStatus, OperationRecord, timestamp,
 };
+use requests::RequestCounts;
 
 /// Which machines stand behind instances.
 pub enum BackendChoice {
@@ -91,6 +93,7 @@ struct Inner {
     backend: Arc<dyn MachineBackend>,
     state: Mutex<State>,
     faults: Mutex<Faults>,
+    requests: Mutex<RequestCounts>,
     changed: watch::Sender<u64>,
     unstick: watch::Sender<u64>,
     locks: Mutex<HashMap<MachineKey, Arc<tokio::sync::Mutex<()>>>>,
@@ -233,6 +236,7 @@ impl Emulator {
                 backend,
                 state: Mutex::default(),
                 faults: Mutex::default(),
+                requests: Mutex::default(),
                 changed: watch::channel(0).0,
                 unstick: watch::channel(0).0,
                 locks: Mutex::default(),
@@ -330,6 +334,7 @@ impl Emulator {
             address: rec.address,
             machine_type: rec.machine_type.clone(),
             metadata: rec.metadata.iter().map(|m| (m.key.clone(), m.value.clone())).collect(),
+            booting: false,
         }
     }
 
@@ -367,8 +372,9 @@ impl Emulator {
         tokio::task::spawn_blocking(move || f(&*b)).await?
     }
 
-    /// Latency and injected errors for one API call.
+    /// Count one API call (see [`requests`]), then apply its latency and injected errors.
     pub async fn fault(&self, method: &str, project: &str, resource: &str) -> Result<(), ApiError> {
+        self.count_request(method, resource);
         let d = self.inner.faults.lock().expect("lock").on_call(method, project, resource);
         if d.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(d.latency_ms)).await;
@@ -484,7 +490,8 @@ impl Emulator {
 
     /// Create the disk (first boot) and boot to RUNNING.
     async fn do_boot(&self, key: &MachineKey, first: bool) -> Result<(), OperationError> {
-        let spec = self.spec(key).ok_or_else(|| OperationError::internal("instance vanished"))?;
+        let mut spec = self.spec(key).ok_or_else(|| OperationError::internal("instance vanished"))?;
+        spec.booting = self.inner.faults.lock().expect("lock").holds_booting(&key.name);
         if first {
             let s = spec.clone();
             if let Err(e) = self.blocking(move |b| b.create_disk(&s)).await {
@@ -996,6 +1003,25 @@ impl Emulator {
 
     // ---- admin ----
 
+    fn count_request(&self, method: &str, resource: &str) {
+        let instance = requests::instance_of(resource).or_else(|| {
+            let key = requests::operation_of(resource)?;
+            let st = self.inner.state.lock().expect("lock");
+            st.operations.get(&key).map(|o| format!("{}/{}/{}", o.project, o.zone, o.target_name))
+        });
+        self.inner.requests.lock().expect("lock").record(method, instance);
+    }
+
+    /// The Compute API calls served so far, per method and per instance.
+    pub fn requests(&self) -> RequestCounts {
+        self.inner.requests.lock().expect("lock").clone()
+    }
+
+    /// Zero the request counters.
+    pub fn reset_requests(&self) {
+        *self.inner.requests.lock().expect("lock") = RequestCounts::default();
+    }
+
     pub fn faults(&self) -> Faults {
         self.inner.faults.lock().expect("lock").clone()
     }
@@ -1005,6 +1031,30 @@ impl Emulator {
         f(&mut faults);
         tracing::info!(faults = ?*faults, "faults changed");
         faults.clone()
+    }
+
+    /// Make running machines follow the booting fault (hold or release `/run/nologin`);
+    /// machines that boot later read the knob as they boot.
+    pub async fn apply_booting(&self) {
+        let keys: Vec<MachineKey> = {
+            let st = self.inner.state.lock().expect("lock");
+            st.instances.keys().cloned().collect()
+        };
+        for key in keys {
+            let lock = self.lock_for(&key);
+            let _g = lock.lock().await;
+            let Ok(rec) = self.existing(&key) else {
+                continue;
+            };
+            if !matches!(rec.status, InstanceStatus::Running | InstanceStatus::Staging) {
+                continue;
+            }
+            let on = self.inner.faults.lock().expect("lock").holds_booting(&key.name);
+            let spec = Self::spec_of(&rec);
+            if let Err(e) = self.blocking(move |b| b.set_booting(&spec, on)).await {
+                tracing::warn!(instance = %key.name, error = %e, "booting fault not applied");
+            }
+        }
     }
 
     /// Let stuck operations go on.
@@ -1047,6 +1097,7 @@ impl Emulator {
     pub async fn reset(&self, delete_instances: bool) {
         *self.inner.faults.lock().expect("lock") = Faults::default();
         self.unstick();
+        self.apply_booting().await;
         if delete_instances {
             let keys: Vec<MachineKey> = {
                 let st = self.inner.state.lock().expect("lock");

@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
+pub mod cgroup;
 pub mod none;
 pub mod nspawn;
 
@@ -18,6 +19,8 @@ pub struct MachineSpec {
     pub address: Ipv4Addr,
     pub machine_type: String,
     pub metadata: Vec<(String, String)>,
+    /// The emulator's booting fault holds this machine: its next boot keeps `/run/nologin`.
+    pub booting: bool,
 }
 
 impl MachineSpec {
@@ -55,6 +58,11 @@ pub struct MachineView {
     pub veth: Option<String>,
     pub disk_dir: Option<String>,
     pub log: Option<String>,
+    /// The booting fault holds it: `/run/nologin` stays, non-root logins are refused.
+    pub booting_held: bool,
+    /// While it runs, how its boot went by its own account: `starting` (not over yet),
+    /// `running`, or e.g. `degraded: systemd-user-sessions.service` (state: failed units).
+    pub boot: Option<String>,
 }
 
 pub trait MachineBackend: Send + Sync + 'static {
@@ -75,6 +83,11 @@ pub trait MachineBackend: Send + Sync + 'static {
     /// SSH host public keys on the disk: (type, base64 blob).
     fn host_keys(&self, spec: &MachineSpec) -> anyhow::Result<Vec<(String, String)>>;
     fn inspect(&self, spec: &MachineSpec) -> MachineView;
+    /// Hold (or let go of) a machine in boot as far as logins go: `/run/nologin` stays, so
+    /// pam_nologin refuses non-root logins. Applies now if it runs and to its next boots.
+    fn set_booting(&self, _spec: &MachineSpec, _on: bool) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Emulator shutdown without deletion: stop, and drop runtime resources (mounts,
     /// namespaces, address claims) but keep the disk.
     fn release(&self, spec: &MachineSpec) -> anyhow::Result<()>;

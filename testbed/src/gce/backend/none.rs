@@ -13,6 +13,7 @@ use super::{MachineBackend, MachineKey, MachineSpec, MachineView};
 
 pub struct NoneBackend {
     boot_delay: Duration,
+    /// Running machines → whether the booting fault holds them.
     running: Mutex<HashMap<MachineKey, bool>>,
     keys: Mutex<HashMap<(MachineKey, u64), String>>,
 }
@@ -52,7 +53,7 @@ impl MachineBackend for NoneBackend {
 
     fn boot(&self, spec: &MachineSpec) -> anyhow::Result<()> {
         std::thread::sleep(self.boot_delay);
-        self.running.lock().expect("lock").insert(spec.key(), true);
+        self.running.lock().expect("lock").insert(spec.key(), spec.booting);
         Ok(())
     }
 
@@ -78,13 +79,21 @@ impl MachineBackend for NoneBackend {
     }
 
     fn inspect(&self, spec: &MachineSpec) -> MachineView {
-        let running = self.running.lock().expect("lock").contains_key(&spec.key());
+        let held = self.running.lock().expect("lock").get(&spec.key()).copied();
         MachineView {
             backend: "none".into(),
-            state: if running { "running" } else { "stopped" }.into(),
+            state: if held.is_some() { "running" } else { "stopped" }.into(),
             address: Some(spec.address),
+            booting_held: held == Some(true),
             ..Default::default()
         }
+    }
+
+    fn set_booting(&self, spec: &MachineSpec, on: bool) -> anyhow::Result<()> {
+        if let Some(held) = self.running.lock().expect("lock").get_mut(&spec.key()) {
+            *held = on;
+        }
+        Ok(())
     }
 
     fn release(&self, spec: &MachineSpec) -> anyhow::Result<()> {

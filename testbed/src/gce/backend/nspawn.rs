@@ -6,6 +6,21 @@
 //! (the mounted disk the container boots from), `console.log` (nspawn's output).
 //! Network: netns `pvm-<name>-<hash>` with `eth0` holding the machine's address, the host
 //! end `pvm<hash>` enslaved to the bridge (default `pvmbr0`, 10.213.0.1/24).
+//! Control groups: a tree of its own per machine, `…/projectvm-machines/<netns>` (see
+//! [`super::cgroup`]: machines sharing one made concurrent boots fail with 219/CGROUP).
+//! Host limits: all machines' processes are root of the same user namespace, so they share
+//! one `fs.inotify.max_user_instances` (128 by default, ~5 per idle machine): the backend
+//! raises it (and `max_user_watches`) at start.
+//! Boot verdict: once sshd answers, a thread waits for the machine's own
+//! `systemctl is-system-running --wait` and keeps it (`machine.boot` in the admin view); a boot
+//! that ends other than `running` is a warning in the emulator log, with the failed units.
+//!
+//! The "booting" fault ([`MachineSpec::booting`], [`MachineBackend::set_booting`]) holds a
+//! machine in boot as far as logins go: a drop-in makes `systemd-user-sessions.service` skip
+//! while the flag file `/var/lib/projectvm-agent/booting` exists on the disk, so the
+//! `/run/nologin` systemd-tmpfiles made at boot stays, and pam_nologin refuses every non-root
+//! login with "System is booting up…". Set on a running machine, the emulator writes
+//! `/run/nologin` itself; cleared, it removes the flag and `/run/nologin` (what the unit does).
 
 use std::collections::HashMap;
 use std::fs;
@@ -22,7 +37,24 @@ use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::cgroup::MachineCgroups;
 use super::{MachineBackend, MachineExit, MachineKey, MachineSpec, MachineView};
+
+/// What systemd-tmpfiles writes to `/run/nologin` at boot (systemd-nologin.conf).
+const NOLOGIN: &str = "System is booting up. Unprivileged users are not permitted to log in yet. Please come back later. For technical details, see pam_nologin(8).\n";
+/// On the machine's disk while the booting fault holds it.
+const BOOTING_FLAG: &str = "var/lib/projectvm-agent/booting";
+const BOOTING_DROPIN: &str = "etc/systemd/system/systemd-user-sessions.service.d/projectvm-testbed-booting.conf";
+const BOOTING_DROPIN_TEXT: &str = "\
+# Written by the projectvm test bed's Compute Engine emulator: while its \"booting\" fault holds
+# this machine, the flag file below exists, this unit is skipped, /run/nologin stays and
+# non-root logins are refused (pam_nologin).
+[Unit]
+ConditionPathExists=!/var/lib/projectvm-agent/booting
+";
+/// Host limits raised at start (never lowered): enough for 200 machines with code-server.
+const INOTIFY_LIMITS: &[(&str, u64)] =
+    &[("/proc/sys/fs/inotify/max_user_instances", 8192), ("/proc/sys/fs/inotify/max_user_watches", 1_048_576)];
 
 #[derive(Debug, Clone)]
 pub struct NspawnConfig {
@@ -83,12 +115,66 @@ impl ExitSlot {
 struct Running {
     pid: u32,
     slot: Arc<ExitSlot>,
+    /// How the boot ended, by the machine's own account (see [`watch_boot`]).
+    boot: Arc<Mutex<Option<String>>>,
+}
+
+/// The machine's own verdict on its boot, once it is over: `systemctl is-system-running
+/// --wait` inside it, and the failed units when that is not `running` (logged as a warning:
+/// a degraded boot is how the shared-cgroup race of concurrent boots showed).
+fn watch_boot(name: String, pid: u32, t0: Instant, slot: Arc<ExitSlot>, verdict: Arc<Mutex<Option<String>>>) {
+    let in_machine = |init: &str, args: &[&str]| -> Option<String> {
+        let out = Command::new("timeout")
+            .args(["120", "nsenter", "-t", init, "-a"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let Some(init) = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()
+        .and_then(|c| c.split_whitespace().next().map(str::to_string))
+    else {
+        return;
+    };
+    let state = in_machine(&init, &["systemctl", "is-system-running", "--wait"]).unwrap_or_default();
+    if slot.has_exited() {
+        return;
+    }
+    let ms = t0.elapsed().as_millis() as u64;
+    let text = if state == "running" {
+        tracing::info!(instance = %name, ms, "boot finished: running");
+        state
+    } else {
+        let failed = in_machine(&init, &["systemctl", "--failed", "--no-legend", "--plain"]).unwrap_or_default();
+        let units: Vec<&str> = failed.lines().filter_map(|l| l.split_whitespace().next()).collect();
+        tracing::warn!(instance = %name, ms, state = %state, failed = ?units, "boot finished: not running");
+        format!("{state}: {}", units.join(" "))
+    };
+    *verdict.lock().expect("lock") = Some(text);
 }
 
 pub struct NspawnBackend {
     cfg: NspawnConfig,
     exits: UnboundedSender<MachineExit>,
     running: Mutex<HashMap<MachineKey, Running>>,
+    cgroups: MachineCgroups,
+    /// Machines the booting fault holds (see the module doc).
+    held: Mutex<std::collections::HashSet<MachineKey>>,
+}
+
+/// Raise a host limit to at least `want`; says what it did.
+fn raise_limit(path: &str, want: u64) -> Option<String> {
+    let cur: u64 = fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    if cur >= want {
+        return None;
+    }
+    Some(match fs::write(path, want.to_string()) {
+        Ok(()) => format!("{path}: {cur} -> {want}"),
+        Err(e) => format!("{path}: could not raise {cur} to {want}: {e}"),
+    })
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<String> {
@@ -201,7 +287,18 @@ impl NspawnBackend {
         }
         fs::create_dir_all(cfg.state_dir.join("machines"))?;
         fs::create_dir_all(&cfg.lock_dir)?;
-        let b = Self { cfg, exits, running: Mutex::default() };
+        for (path, want) in INOTIFY_LIMITS {
+            if let Some(what) = raise_limit(path, *want) {
+                tracing::info!(limit = %what, "host limit for many machines");
+            }
+        }
+        let cgroups = MachineCgroups::detect();
+        if cgroups.is_empty() {
+            tracing::warn!("no systemd cgroup hierarchy found: machines share nspawn's cgroup");
+        } else {
+            tracing::info!(cgroups = %cgroups.describe(), "machines get a cgroup of their own");
+        }
+        let b = Self { cfg, exits, running: Mutex::default(), cgroups, held: Mutex::default() };
         b.ensure_bridge()?;
         Ok(b)
     }
@@ -352,6 +449,34 @@ impl NspawnBackend {
         Ok(())
     }
 
+    /// The booting fault's files on the disk: the drop-in and the flag, present or not.
+    fn write_booting(&self, spec: &MachineSpec, on: bool) -> anyhow::Result<()> {
+        let root = self.merged(spec);
+        let (flag, dropin) = (root.join(BOOTING_FLAG), root.join(BOOTING_DROPIN));
+        if on {
+            for f in [&flag, &dropin] {
+                fs::create_dir_all(f.parent().expect("has a parent"))?;
+            }
+            fs::write(&dropin, BOOTING_DROPIN_TEXT)?;
+            fs::write(&flag, "held by the emulator's booting fault\n")?;
+        } else {
+            for f in [&flag, &dropin] {
+                match fs::remove_file(f) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The machine's init (systemd) while it runs: nspawn's child.
+    fn init_pid(&self, key: &MachineKey) -> Option<u32> {
+        let pid = self.running.lock().expect("lock").get(key).filter(|r| !r.slot.has_exited()).map(|r| r.pid)?;
+        let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+        children.split_whitespace().next()?.parse().ok()
+    }
+
     fn addr_lock(&self, addr: Ipv4Addr) -> PathBuf {
         self.cfg.lock_dir.join(addr.to_string())
     }
@@ -436,6 +561,13 @@ impl MachineBackend for NspawnBackend {
         self.ensure_bridge()?;
         self.mount_disk(spec)?;
         self.ensure_netns(spec)?;
+        self.write_booting(spec, spec.booting)?;
+        if spec.booting {
+            self.held.lock().expect("lock").insert(key.clone());
+            tracing::info!(instance = %spec.name, "booting fault: this boot keeps /run/nologin");
+        } else {
+            self.held.lock().expect("lock").remove(&key);
+        }
         let dir = self.dir(spec);
         let log_path = dir.join("console.log");
         let log = fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
@@ -458,14 +590,42 @@ impl MachineBackend for NspawnBackend {
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0);
+        let cgroup_name = Self::netns(spec);
+        let placement = match self.cgroups.prepare(&cgroup_name) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(instance = %spec.name, error = %e, "no cgroup of its own: it shares nspawn's");
+                None
+            }
+        };
+        if let Some(p) = &placement {
+            let fds = p.procs_fds();
+            // SAFETY: the closure only calls write(2) on descriptors opened above.
+            unsafe {
+                cmd.pre_exec(move || super::cgroup::enter(&fds));
+            }
+        }
         let mut child = cmd.spawn().context("spawning systemd-nspawn")?;
+        if let Some(p) = &placement {
+            tracing::debug!(instance = %spec.name, cgroups = ?p.dirs, "nspawn placed");
+        }
+        drop(placement);
         let pid = child.id();
         let slot = Arc::new(ExitSlot::default());
-        self.running.lock().expect("lock").insert(key.clone(), Running { pid, slot: slot.clone() });
+        let boot_verdict = Arc::new(Mutex::new(None));
+        self.running
+            .lock()
+            .expect("lock")
+            .insert(key.clone(), Running { pid, slot: slot.clone(), boot: boot_verdict.clone() });
         let tx = self.exits.clone();
         let (watch_slot, id) = (slot.clone(), spec.id);
+        let cgroups = self.cgroups.clone();
         std::thread::Builder::new().name(format!("nspawn-{pid}")).spawn(move || {
             let code = child.wait().ok().and_then(|s| s.code());
+            // before anyone can see the exit: a new boot of this machine makes the tree anew
+            if let Err(e) = cgroups.remove(&cgroup_name, Duration::from_secs(5)) {
+                tracing::warn!(machine = %key.name, error = %e, "could not remove the machine's cgroup");
+            }
             let requested = {
                 let mut st = watch_slot.state.lock().expect("lock");
                 st.exited = Some(code);
@@ -497,6 +657,10 @@ impl MachineBackend for NspawnBackend {
             std::thread::sleep(Duration::from_millis(50));
         }
         tracing::info!(instance = %spec.name, ms = t0.elapsed().as_millis() as u64, "sshd answers");
+        let name = spec.name.clone();
+        std::thread::Builder::new()
+            .name(format!("boot-{pid}"))
+            .spawn(move || watch_boot(name, pid, t0, slot, boot_verdict))?;
         Ok(())
     }
 
@@ -532,6 +696,7 @@ impl MachineBackend for NspawnBackend {
 
     fn destroy(&self, spec: &MachineSpec) -> anyhow::Result<()> {
         self.stop(spec)?;
+        self.held.lock().expect("lock").remove(&spec.key());
         self.remove_netns(spec);
         self.unmount_disk(spec);
         let dir = self.dir(spec);
@@ -623,8 +788,14 @@ impl MachineBackend for NspawnBackend {
     }
 
     fn inspect(&self, spec: &MachineSpec) -> MachineView {
-        let running =
-            self.running.lock().expect("lock").get(&spec.key()).filter(|r| !r.slot.has_exited()).map(|r| r.pid);
+        let (running, boot) = self
+            .running
+            .lock()
+            .expect("lock")
+            .get(&spec.key())
+            .filter(|r| !r.slot.has_exited())
+            .map(|r| (Some(r.pid), r.boot.lock().expect("lock").clone()))
+            .unwrap_or_default();
         let dir = self.dir(spec);
         let ns = Self::netns(spec);
         let veth = Self::veth(spec);
@@ -644,7 +815,42 @@ impl MachineBackend for NspawnBackend {
             veth: ip(&["link", "show", &veth]).is_ok().then_some(veth),
             disk_dir: dir.exists().then(|| dir.display().to_string()),
             log: Some(dir.join("console.log").display().to_string()),
+            booting_held: self.held.lock().expect("lock").contains(&spec.key()),
+            boot: running.map(|_| boot.unwrap_or_else(|| "starting".into())),
         }
+    }
+
+    fn set_booting(&self, spec: &MachineSpec, on: bool) -> anyhow::Result<()> {
+        let key = spec.key();
+        let was = self.held.lock().expect("lock").contains(&key);
+        if was == on {
+            return Ok(());
+        }
+        if self.merged(spec).join("etc").exists() {
+            self.write_booting(spec, on)?;
+        }
+        // A running machine: /run/nologin as systemd-tmpfiles writes it at boot, or gone as
+        // systemd-user-sessions leaves it.
+        if let Some(init) = self.init_pid(&key) {
+            let nologin = PathBuf::from(format!("/proc/{init}/root/run/nologin"));
+            if on {
+                fs::write(&nologin, NOLOGIN).with_context(|| format!("writing {}", nologin.display()))?;
+            } else {
+                match fs::remove_file(&nologin) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(anyhow::Error::new(e).context(format!("removing {}", nologin.display())));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if on {
+            self.held.lock().expect("lock").insert(key);
+        } else {
+            self.held.lock().expect("lock").remove(&key);
+        }
+        tracing::info!(instance = %spec.name, held = on, "booting fault: /run/nologin {}", if on { "kept" } else { "removed" });
+        Ok(())
     }
 
     fn release(&self, spec: &MachineSpec) -> anyhow::Result<()> {
