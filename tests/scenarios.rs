@@ -45,6 +45,7 @@ async fn projectvm_becomes_ready_then_rests_without_writes() {
     w.until_ready(&mut pvm).await;
     let s = pvm.vm_status().unwrap().clone();
     assert_eq!(s.phase, Some(Phase::Ready));
+    assert_eq!(w.idle_waits.load(std::sync::atomic::Ordering::SeqCst), 0, "a pass left the ProjectVM waiting a minute");
     assert_eq!(s.repository.as_ref().unwrap().commit.as_deref(), Some(COMMIT));
     assert_eq!(harness::condition(&s, "Reconciling").status, ConditionStatus::False);
     assert_eq!(harness::condition(&s, "Stalled").status, ConditionStatus::False);
@@ -71,6 +72,8 @@ async fn workspace_becomes_ready_and_routed() {
         assert!(harness::is(s, c, ConditionStatus::True), "{c}");
     }
     assert_eq!(w.cluster.routes.lock().unwrap().last().unwrap().0, "demo");
+    // Each pass asked to be back soon while work was left: none waited for the periodic pass.
+    assert_eq!(w.idle_waits.load(std::sync::atomic::Ordering::SeqCst), 0, "a pass left the Workspace waiting a minute");
     assert!(ws.status.as_ref().unwrap().url.as_deref().unwrap().starts_with("http://10.213."));
     // The generated password went to the VM as a file's content, never in a command.
     assert!(w.vms.files.lock().unwrap().iter().any(|(_, c)| c.contains("generated-pw")));

@@ -283,6 +283,9 @@ pub struct World {
     pub vms: Arc<FakeVms>,
     pub compute: Arc<GceCompute>,
     http: reqwest::Client,
+    /// Passes that left a resource not Ready, with nothing running for it in the background,
+    /// to wait for the periodic pass: the controller would sit idle for a minute there.
+    pub idle_waits: AtomicUsize,
 }
 
 impl World {
@@ -302,7 +305,7 @@ impl World {
         let edges =
             Edges { client, cluster: cluster.clone(), compute: compute.clone() as Arc<dyn Compute>, vm: vms.clone() };
         let (ctx, _wakeups) = Context::new(edges, config, Rates::default(), Arc::new(Metrics::new()));
-        World { emulator, ctx, cluster, vms, compute, http: reqwest::Client::new() }
+        World { emulator, ctx, cluster, vms, compute, http: reqwest::Client::new(), idle_waits: AtomicUsize::new(0) }
     }
 
     /// PUT/DELETE/POST on the emulator's admin API (fault knobs).
@@ -322,6 +325,11 @@ impl World {
         let writes = self.cluster.status_writes.load(Ordering::SeqCst);
         let r = reconcile::contained(Arc::new(obj.clone()), self.ctx.clone(), false).await;
         self.refresh(obj, writes);
+        let ready = obj.vm_status().is_some_and(|s| is(s, "Ready", ConditionStatus::True));
+        let at_rest = matches!(&r, Ok(a) if *a == Action::requeue(projectvm::controller::status::AT_REST));
+        if at_rest && !ready && self.ctx.tasks.running() == 0 {
+            self.idle_waits.fetch_add(1, Ordering::SeqCst);
+        }
         r
     }
 

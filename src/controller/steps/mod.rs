@@ -181,6 +181,21 @@ pub async fn run(ctx: &Arc<Context>, report: &mut Report, subject: Subject<'_>, 
             }
         }
     }
+    // A step that finished in this pass unblocks the ones after it: look again right away
+    // rather than at the next periodic pass (the operator's own status write does not
+    // trigger one).
+    let conds = &report.status.conditions;
+    let unblocked = plan.iter().any(|(id, d)| {
+        *d == StepDecision::Blocked
+            && graph.iter().find(|n| n.id == *id).is_some_and(|n| {
+                n.after.iter().all(|dep| {
+                    graph.iter().find(|g| g.id == *dep).is_some_and(|g| conditions::is_true(conds, g.condition))
+                })
+            })
+    });
+    if unblocked {
+        report.soon(Duration::from_millis(100));
+    }
 }
 
 /// Records a finished task's result in its condition.
