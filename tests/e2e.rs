@@ -8,6 +8,8 @@
 
 #[path = "e2e/bed.rs"]
 mod bed;
+#[path = "e2e/booting.rs"]
+mod booting;
 #[path = "e2e/errors.rs"]
 mod errors;
 #[path = "e2e/kstatus.rs"]

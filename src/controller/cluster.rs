@@ -50,7 +50,8 @@ impl KubeCluster {
     async fn publish_for_long_name(&self, owner: &Owner, event: &Event) -> Result<(), kube::Error> {
         use k8s_openapi::api::events::v1::Event as K8sEvent;
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-        let prefix = format!("{}.", super::names::label_value(&owner.name));
+        // A generated name must not end in a dot; the API server appends five characters.
+        let prefix = format!("{}-", super::names::label_value(&owner.name));
         let k8s = K8sEvent {
             metadata: kube::api::ObjectMeta {
                 namespace: Some(owner.namespace.clone()),
