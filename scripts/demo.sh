@@ -5,6 +5,12 @@
 # URL to open. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# `sudo` resets PATH to its secure_path: put back where rustup and the Go distribution
+# install their tools, so both README commands work with and without it.
+for d in "$HOME/.cargo/bin" /root/.cargo/bin /usr/local/go/bin; do
+  [[ -d $d && ":$PATH:" != *":$d:"* ]] && PATH="$d:$PATH"
+done
+export PATH
 STATE=${PROJECTVM_DEMO_STATE:-/tmp/projectvm-demo}
 
 testbed/scripts/install-host-deps.sh
@@ -30,6 +36,7 @@ kubectl -n "$ns" get ws "$name"
 url=$(kubectl -n "$ns" get ws "$name" -o jsonpath='{.status.url}')
 echo
 echo "Workspace URL: $url"
-echo "Password:      kubectl -n $ns get secret $name-code-server -o jsonpath='{.data.password}' | base64 -d"
+secret=$(kubectl -n "$ns" get ws "$name" -o jsonpath='{.status.objects.passwordSecret}')
+echo "Password:      kubectl -n $ns get secret ${secret:-$name-code-server} -o jsonpath='{.data.password}' | base64 -d"
 echo "Tear down:     testbed/bed.sh down $STATE"
 case " $seen " in *" Ready "*) ;; *) echo "workspace did not become Ready in time"; kubectl -n "$ns" describe ws "$name"; exit 1 ;; esac

@@ -4,6 +4,12 @@
 # git, helm, kubectl, headless Chromium). Needs root (network namespaces, nspawn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# `sudo` resets PATH to its secure_path: put back where rustup and the Go distribution
+# install their tools, so both README commands work with and without it.
+for d in "$HOME/.cargo/bin" /root/.cargo/bin /usr/local/go/bin; do
+  [[ -d $d && ":$PATH:" != *":$d:"* ]] && PATH="$d:$PATH"
+done
+export PATH
 STATE=${PROJECTVM_TESTBED_STATE:-/tmp/projectvm-testbed}
 
 testbed/scripts/install-host-deps.sh
