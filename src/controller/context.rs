@@ -72,13 +72,13 @@ impl Context {
     }
 
     pub(crate) fn record_failure(&self, key: &str) -> u32 {
-        let mut f = self.failures.lock().expect("failures lock");
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let n = f.entry(key.to_string()).or_insert(0);
         *n += 1;
         *n
     }
 
     pub(crate) fn reset_failures(&self, key: &str) {
-        self.failures.lock().expect("failures lock").remove(key);
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
 }

@@ -90,14 +90,14 @@ impl ProgressReporter {
     pub fn report(&self, percent: Option<i32>, message: impl Into<String>) {
         let message = message.into();
         {
-            let mut p = self.progress.lock().expect("progress lock");
+            let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
             if p.percent == percent && p.message == message {
                 return;
             }
             p.percent = percent;
             p.message = message;
         }
-        let mut last = self.last_wake.lock().expect("wake lock");
+        let mut last = self.last_wake.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_none_or(|t| t.elapsed() >= Self::THROTTLE) {
             *last = Some(Instant::now());
             (self.wake)();
@@ -112,7 +112,7 @@ impl TaskRegistry {
 
     /// How the planner sees this step's task.
     pub fn view(&self, object: &str, step: StepId) -> TaskView {
-        let entries = self.entries.lock().expect("tasks lock");
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         match entries.get(&(object.to_string(), step)) {
             None => TaskView::Idle,
             Some(e) => match &e.state {
@@ -127,16 +127,16 @@ impl TaskRegistry {
 
     /// Progress of a running task.
     pub fn progress(&self, object: &str, step: StepId) -> Option<ProgressInfo> {
-        let entries = self.entries.lock().expect("tasks lock");
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         match &entries.get(&(object.to_string(), step))?.state {
-            State::Running { progress, .. } => Some(progress.lock().expect("progress lock").clone()),
+            State::Running { progress, .. } => Some(progress.lock().unwrap_or_else(|e| e.into_inner()).clone()),
             _ => None,
         }
     }
 
     /// Time until a backing-off step may retry.
     pub fn retry_in(&self, object: &str, step: StepId) -> Option<Duration> {
-        let entries = self.entries.lock().expect("tasks lock");
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         match &entries.get(&(object.to_string(), step))?.state {
             State::BackingOff { until } => Some(until.saturating_duration_since(Instant::now())),
             _ => None,
@@ -151,7 +151,7 @@ impl TaskRegistry {
         Fut: Future<Output = TaskOutcome> + Send + 'static,
     {
         let key = (object.to_string(), step);
-        let mut entries = self.entries.lock().expect("tasks lock");
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let failures = match entries.get(&key) {
             Some(Entry { state: State::Running { .. }, .. }) => return,
             Some(e) if e.fingerprint == fingerprint => e.failures,
@@ -191,7 +191,7 @@ impl TaskRegistry {
                 Err(_) => TaskOutcome::failed(Reason::Shutdown, "operator is shutting down"),
             };
             {
-                let mut entries = registry.lock().expect("tasks lock");
+                let mut entries = registry.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(e) = entries.get_mut(&task_key)
                     && e.fingerprint == fp
                 {
@@ -214,7 +214,7 @@ impl TaskRegistry {
     /// exponential in the number of consecutive failures for the same inputs).
     pub fn take_finished(&self, object: &str, step: StepId) -> Option<(String, TaskOutcome)> {
         let key = (object.to_string(), step);
-        let mut entries = self.entries.lock().expect("tasks lock");
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let entry = entries.get_mut(&key)?;
         let State::Finished(outcome) = &entry.state else {
             return None;
@@ -233,7 +233,7 @@ impl TaskRegistry {
 
     /// Aborts and forgets every task of an object (it was deleted or its instance replaced).
     pub fn forget(&self, object: &str) {
-        let mut entries = self.entries.lock().expect("tasks lock");
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.retain(|(o, _), e| {
             if o != object {
                 return true;
@@ -247,7 +247,7 @@ impl TaskRegistry {
 
     /// Number of tasks currently running (for metrics).
     pub fn running(&self) -> usize {
-        let entries = self.entries.lock().expect("tasks lock");
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.values().filter(|e| matches!(e.state, State::Running { .. })).count()
     }
 }
