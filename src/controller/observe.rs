@@ -148,7 +148,7 @@ async fn poll_operation<K: VmKind>(
             report.set(Update::falsy(types::INSTANCE_READY, err.condition_reason(), message));
             let failures = ctx.record_failure(&key);
             report.soon(super::error_backoff(failures));
-            observed_failed(report);
+            report.progress("Instance", "waiting to retry the failed Compute Engine operation", None);
             Ok(Poll::Running)
         }
         // The operation is gone (expired, or the cloud lost it): forget it and read the
@@ -164,11 +164,6 @@ async fn poll_operation<K: VmKind>(
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// Nothing more happens this pass after a failed operation.
-fn observed_failed(report: &mut Report) {
-    report.progress("Instance", "waiting to retry the failed Compute Engine operation", None);
 }
 
 /// Key for counting consecutive cloud failures (kept apart from reconcile errors, whose

@@ -161,7 +161,7 @@ impl Report {
             };
         self.status.phase = Some(phase);
         if reason.is_terminal() {
-            self.kstatus(false, Some((reason, &message)));
+            self.kstatus(Some((reason, &message)));
         } else {
             self.progress_timeout(machine, &message);
         }
@@ -195,8 +195,9 @@ impl Report {
         self.status.power.as_ref().is_some_and(|p| p.resizing_to.is_some())
     }
 
-    /// `Reconciling` and `Stalled` for a resource that is not ready.
-    fn kstatus(&mut self, reconciling: bool, stalled: Option<(Reason, &str)>) {
+    /// `Reconciling` and `Stalled` for a resource that is not ready: stalled on a terminal
+    /// reason, or else reconciling.
+    fn kstatus(&mut self, stalled: Option<(Reason, &str)>) {
         match stalled {
             Some((reason, message)) => {
                 self.set(Update::falsy(
@@ -207,15 +208,10 @@ impl Report {
                 self.set(Update::truthy(types::STALLED, reason, message.to_string()));
             }
             None => {
-                let (status, reason) = if reconciling {
-                    (ConditionStatus::True, Reason::InProgress)
-                } else {
-                    (ConditionStatus::False, Reason::Pending)
-                };
                 let message = conditions::get(&self.status.conditions, types::READY)
                     .map(|c| c.message.clone())
                     .unwrap_or_default();
-                self.set(Update::new(types::RECONCILING, status, reason, message));
+                self.set(Update::truthy(types::RECONCILING, Reason::InProgress, message));
                 self.set(Update::falsy(types::STALLED, Reason::InProgress, "not stalled"));
             }
         }
@@ -228,19 +224,19 @@ impl Report {
         let last = self.status.progress.as_ref().and_then(|p| p.last_progress_at.as_ref()).map(clock::from_time);
         let Some(last) = last else {
             self.progressed();
-            return self.kstatus(true, None);
+            return self.kstatus(None);
         };
         if clock::elapsed(self.now, last) <= limit {
             let until = limit - clock::elapsed(self.now, last);
             self.soon(until + Duration::from_secs(1));
-            return self.kstatus(true, None);
+            return self.kstatus(None);
         }
         let step = self.status.progress.as_ref().and_then(|p| p.step.clone()).unwrap_or_else(|| "Instance".into());
         let timed_out =
             format!("step {step} made no progress for {} (progressTimeout); last state: {message}", humanize(limit));
         self.set(Update::falsy(types::READY, Reason::StepTimedOut, timed_out.clone()));
         self.status.phase = Some(Phase::Failed);
-        self.kstatus(false, Some((Reason::StepTimedOut, &timed_out)));
+        self.kstatus(Some((Reason::StepTimedOut, &timed_out)));
     }
 }
 

@@ -2,7 +2,7 @@
 //! systemd drop-in that opens the repository folder, and restart it. Runs in parallel with
 //! the clone. Cheap check: the VM records the fingerprint it last completed with.
 
-use super::{Deadline, Prepared, SHORT, StepBlocked, StepEnv};
+use super::{Deadline, Prepared, SHORT, StepBlocked, StepEnv, marker_matches};
 use crate::api::{CodeServerAuth, Workspace};
 use crate::conditions::Reason;
 use crate::controller::vm::VmAccess;
@@ -67,8 +67,7 @@ pub async fn run(
     let cfg = &w.cfg;
     let done =
         || TaskOutcome::ok(Reason::Configured, format!("code-server serves {} on port {}", cfg.folder, cfg.port));
-    let marker = vm.exec(t, &guest::read_marker("code-server"), None, SHORT, None).await?;
-    if crate::text::lossy(&marker.stdout).trim() == fp {
+    if marker_matches(vm, t, "code-server", fp).await? {
         return Ok(done());
     }
     progress.report(None, "writing code-server configuration");

@@ -358,6 +358,13 @@ impl Deadline {
     }
 }
 
+/// The step's cheap check: whether the VM's marker file records `fp`, the fingerprint the
+/// step last completed with.
+pub async fn marker_matches(vm: &dyn VmAccess, t: &SshTarget, step: &str, fp: &str) -> Result<bool, SshError> {
+    let marker = vm.exec(t, &crate::guest::read_marker(step), None, SHORT, None).await?;
+    Ok(crate::text::lossy(&marker.stdout).trim() == fp)
+}
+
 /// Runs a step's SSH work on the VM. Never puts a secret on a command line or in the
 /// outcome: tokens and passwords travel only as file contents.
 pub async fn run_remote(

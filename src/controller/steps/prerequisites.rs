@@ -1,7 +1,7 @@
 //! ProjectVM step: install the declared packages (only the missing ones) and run the script,
 //! as root. Cheap check: the VM records the fingerprint it last completed with.
 
-use super::{Deadline, Prepared, SHORT, StepEnv};
+use super::{Deadline, Prepared, SHORT, StepEnv, marker_matches};
 use crate::api::Prerequisites;
 use crate::conditions::Reason;
 use crate::controller::vm::VmAccess;
@@ -36,8 +36,7 @@ pub async fn run(
     deadline: Deadline,
     progress: &ProgressReporter,
 ) -> Result<TaskOutcome, SshError> {
-    let marker = vm.exec(t, &guest::read_marker("prerequisites"), None, SHORT, None).await?;
-    if crate::text::lossy(&marker.stdout).trim() == fp {
+    if marker_matches(vm, t, "prerequisites", fp).await? {
         return Ok(TaskOutcome::ok(Reason::Installed, "prerequisites already installed"));
     }
     progress.report(None, format!("installing {} package(s)", w.packages.len()));

@@ -1033,14 +1033,16 @@ impl Emulator {
         faults.clone()
     }
 
+    /// Every instance's key, taken under the state lock and released before any per-instance
+    /// work.
+    fn instance_keys(&self) -> Vec<MachineKey> {
+        self.inner.state.lock().expect("lock").instances.keys().cloned().collect()
+    }
+
     /// Make running machines follow the booting fault (hold or release `/run/nologin`);
     /// machines that boot later read the knob as they boot.
     pub async fn apply_booting(&self) {
-        let keys: Vec<MachineKey> = {
-            let st = self.inner.state.lock().expect("lock");
-            st.instances.keys().cloned().collect()
-        };
-        for key in keys {
+        for key in self.instance_keys() {
             let lock = self.lock_for(&key);
             let _g = lock.lock().await;
             let Ok(rec) = self.existing(&key) else {
@@ -1099,11 +1101,7 @@ impl Emulator {
         self.unstick();
         self.apply_booting().await;
         if delete_instances {
-            let keys: Vec<MachineKey> = {
-                let st = self.inner.state.lock().expect("lock");
-                st.instances.keys().cloned().collect()
-            };
-            for key in keys {
+            for key in self.instance_keys() {
                 let lock = self.lock_for(&key);
                 let _g = lock.lock().await;
                 if let Err(e) = self.do_delete(&key).await {
