@@ -90,15 +90,22 @@ operator_start() {
   source "$ENV"
   if pid_alive "$STATE/operator.pid"; then kill "$(cat "$STATE/operator.pid")" 2>/dev/null || true; sleep 1; fi
   log "starting the operator (log: $STATE/operator.log)"
-  KUBECONFIG=$STATE/operator.kubeconfig \
-  PROJECTVM_GCP_PROJECT=testbed \
-  PROJECTVM_DEFAULT_ZONE=us-central1-a \
-  PROJECTVM_COMPUTE_ENDPOINT=$EMULATOR_URL \
-  PROJECTVM_CREDENTIALS=anonymous \
-  PROJECTVM_METRICS_ADDR=${METRICS_URL#http://} \
-  POD_NAMESPACE=$OP_NS \
-  PROJECTVM_LOG_FORMAT=json \
-  RUST_LOG=${RUST_LOG:-info,projectvm=debug,kube=warn} \
+  # The environment the operator runs with, also read by tests that start another operator
+  # process (tests/e2e/bed.rs `spawn_operator`) with some of it overridden.
+  cat >"$STATE/operator.env" <<ENV
+KUBECONFIG=$STATE/operator.kubeconfig
+PROJECTVM_GCP_PROJECT=testbed
+PROJECTVM_DEFAULT_ZONE=us-central1-a
+PROJECTVM_COMPUTE_ENDPOINT=$EMULATOR_URL
+PROJECTVM_CREDENTIALS=anonymous
+PROJECTVM_METRICS_ADDR=${METRICS_URL#http://}
+POD_NAMESPACE=$OP_NS
+PROJECTVM_LOG_FORMAT=json
+RUST_LOG=${RUST_LOG:-info,projectvm=debug,kube=warn}
+OPERATOR_BIN=${PROJECTVM_OPERATOR_BIN:-$ROOT/target/debug/projectvm-operator}
+ENV
+  # shellcheck disable=SC2046 # one VAR=value word per line, none with spaces
+  env $(grep -v '^OPERATOR_BIN=' "$STATE/operator.env") \
     setsid "${PROJECTVM_OPERATOR_BIN:-$ROOT/target/debug/projectvm-operator}" >>"$STATE/operator.log" 2>&1 </dev/null &
   echo $! >"$STATE/operator.pid"
   wait_for 30 "the operator's /readyz" curl -fsS "$METRICS_URL/readyz"

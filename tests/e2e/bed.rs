@@ -299,6 +299,17 @@ impl Bed {
         assert!(out.status.success(), "operator kill failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// The bed operator's pid (from `bed.sh`'s pid file).
+    pub fn operator_pid(&self) -> u32 {
+        std::fs::read_to_string(self.state.join("operator.pid")).unwrap().trim().parse().unwrap()
+    }
+
+    /// Signals the bed operator by name (`STOP`, `CONT`, `TERM`).
+    pub fn operator_signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.operator_pid().to_string()]).status().unwrap();
+        assert!(ok.success(), "kill -{sig} on the bed operator");
+    }
+
     pub fn metrics(&self) -> String {
         let out =
             Command::new("curl").args(["-fsS", &format!("{}/metrics", self.var("METRICS_URL"))]).output().unwrap();
@@ -389,4 +400,94 @@ impl Bed {
 /// A name cut to a length that fits in a file name, for temporary directories.
 pub fn short(name: &str) -> &str {
     &name[..name.len().min(40)]
+}
+
+/// Another operator process on the bed (a second replica, a second cluster's operator, a
+/// namespaced install), started with the bed operator's environment (`STATE/operator.env`,
+/// written by `bed.sh`) with `overrides` on top and its own metrics port. Killed on drop.
+pub struct OperatorProcess {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+    pub metrics_url: String,
+}
+
+impl Bed {
+    pub fn spawn_operator(&self, name: &str, overrides: &[(&str, &str)]) -> OperatorProcess {
+        let text = std::fs::read_to_string(self.state.join("operator.env")).expect("bed operator.env");
+        let mut env: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut set = |k: &str, v: &str| {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        };
+        set("PROJECTVM_METRICS_ADDR", &addr);
+        for (k, v) in overrides {
+            set(k, v);
+        }
+        let bin = env.iter().find(|(k, _)| k == "OPERATOR_BIN").map(|(_, v)| v.clone()).expect("OPERATOR_BIN");
+        let log = self.state.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().filter(|(k, _)| k != "OPERATOR_BIN").map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        let child = cmd.spawn().expect("operator process starts");
+        let p = OperatorProcess { child, log, metrics_url: format!("http://{addr}") };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Command::new("curl")
+            .args(["-fsS", &format!("{}/healthz", p.metrics_url)])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "operator {name} did not serve /healthz:\n{}", p.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        p
+    }
+}
+
+impl OperatorProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`, `KILL`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
+        assert!(ok.success(), "kill -{sig} {}", self.pid());
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
