@@ -121,6 +121,7 @@ reasons! {
     CodeServerInstallFailed => Terminal,
     Unhealthy => Terminal,
     RouteConflict => Terminal,
+    AuthNoneNotAllowed => Terminal,
     InternalError => Terminal,
 }
 

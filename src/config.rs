@@ -56,9 +56,13 @@ pub struct Config {
     /// Long steps (SSH work on the VMs) running at once, across all resources.
     #[arg(long, env = "PROJECTVM_MAX_CONCURRENT_TASKS", default_value_t = 16)]
     pub max_concurrent_tasks: usize,
-    /// Connect to the VMs' internal addresses (the operator runs inside the VPC).
+    /// Create VMs without an external address and connect to their internal ones (the operator
+    /// runs inside the VPC): the recommended production setting.
     #[arg(long, env = "PROJECTVM_USE_INTERNAL_IP", default_value_t = false, action = clap::ArgAction::Set)]
     pub use_internal_ip: bool,
+    /// Admit Workspaces with `codeServer.auth: none` (never on a VM with an external address).
+    #[arg(long, env = "PROJECTVM_ALLOW_AUTH_NONE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_auth_none: bool,
     /// YAML file with cost rates overriding the built-in e2/us-central1 table.
     #[arg(long, env = "PROJECTVM_RATES_FILE")]
     pub rates_file: Option<std::path::PathBuf>,

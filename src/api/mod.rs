@@ -24,6 +24,11 @@ pub const PAUSED_ANNOTATION: &str = "projectvm.dev/paused";
 /// `Manual` VM without editing its spec.
 pub const START_ANNOTATION: &str = "projectvm.dev/start-requested";
 
+/// Label a Secret carries, with the value `"true"`, to let ProjectVMs and Workspaces in its
+/// namespace use it (`credentialsSecretRef`, `passwordSecretRef`). Without it the operator
+/// refuses the reference (`SecretNotAllowed`) and never reads the Secret's data.
+pub const SECRET_OPT_IN_LABEL: &str = "projectvm.dev/allowed";
+
 /// The CRDs as YAML documents, in a stable order.
 pub fn crd_yaml() -> Vec<(&'static str, String)> {
     vec![

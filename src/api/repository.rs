@@ -52,9 +52,29 @@ pub(crate) fn path_rules(schema: &mut Schema) {
     push_rules(schema, &[("!self.matches('(^|/)[.][.]?(/|$)')", "path must not contain '.' or '..' segments")]);
 }
 
+/// A token travels only over https: refused at admission with any other URL.
+const TOKEN_OVER_HTTPS: (&str, &str) = (
+    "!has(self.credentialsSecretRef) || self.url.startsWith('https://')",
+    "credentialsSecretRef needs an https:// repository URL: a token is never sent over plain http",
+);
+/// The same for a Workspace, whose GitHub shorthand `owner/repo` means https.
+const TOKEN_OVER_HTTPS_OR_SHORTHAND: (&str, &str) = (
+    "!has(self.credentialsSecretRef) || !self.url.contains('://') || self.url.startsWith('https://')",
+    "credentialsSecretRef needs an https:// repository URL (or GitHub shorthand owner/repo): a token is never sent over plain http",
+);
+
+fn project_repository_rules(schema: &mut Schema) {
+    push_rules(schema, &[TOKEN_OVER_HTTPS]);
+}
+
+fn workspace_repository_rules(schema: &mut Schema) {
+    push_rules(schema, &[TOKEN_OVER_HTTPS_OR_SHORTHAND]);
+}
+
 /// The git repository a ProjectVM keeps synced.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = project_repository_rules)]
 pub struct ProjectRepository {
     /// HTTPS URL of the repository, e.g. `https://github.com/acme/api.git`. Credentials
     /// never go in the URL: use `credentialsSecretRef`.
@@ -80,9 +100,12 @@ pub struct ProjectRepository {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub depth: Option<i32>,
-    /// Secret key holding an access token for a private repository. The token reaches git
-    /// only through a credential helper readable by the VM user; refreshing the Secret
-    /// updates the VM without a restart.
+    /// Secret key holding an access token for a private repository; the URL must then be
+    /// https. The Secret must carry the label `projectvm.dev/allowed: "true"`, which its owner
+    /// sets to let projectvm use it (service-account token Secrets are never used). The token
+    /// reaches git only through a credential helper readable by the VM user, which answers
+    /// for the repository's exact https host and port alone; refreshing the Secret updates
+    /// the VM without a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretKeyRef>,
 }
@@ -100,6 +123,7 @@ impl ProjectRepository {
 /// The git repository a Workspace opens in code-server.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = workspace_repository_rules)]
 pub struct WorkspaceRepository {
     /// HTTPS URL of the repository, or `owner/repo` for GitHub.
     #[schemars(regex(pattern = URL_OR_SHORTHAND_PATTERN), length(max = 2048), transform = url_rules)]
@@ -115,7 +139,11 @@ pub struct WorkspaceRepository {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub depth: Option<i32>,
-    /// Secret key holding an access token for a private repository.
+    /// Secret key holding an access token for a private repository; the URL must then be
+    /// https. The Secret must carry the label `projectvm.dev/allowed: "true"`, which its owner
+    /// sets to let projectvm use it (service-account token Secrets are never used). The token
+    /// reaches git only through a credential helper answering for the repository's exact
+    /// https host and port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretKeyRef>,
 }

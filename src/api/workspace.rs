@@ -78,7 +78,8 @@ pub struct CodeServerSpec {
     /// `passwordSecretRef` names one) or `none`.
     #[serde(default)]
     pub auth: CodeServerAuth,
-    /// Secret key holding the password to use instead of a generated one.
+    /// Secret key holding the password to use instead of a generated one. The Secret must
+    /// carry the label `projectvm.dev/allowed: "true"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
 }

@@ -9,6 +9,7 @@ use kube::{Api, Client};
 
 use super::Error;
 use super::owner::Owner;
+use super::route::RouteConflict;
 use super::secrets::{self, SecretProblem, SshKey, Token};
 use crate::api::FIELD_MANAGER;
 use crate::api::{SecretKeyRef, Workspace};
@@ -22,8 +23,9 @@ pub trait Cluster: Send + Sync + 'static {
     async fn token(&self, namespace: &str, r: &SecretKeyRef) -> Result<Result<Token, SecretProblem>, Error>;
     /// The generated code-server password, created on first use.
     async fn generated_password(&self, owner: &Owner) -> Result<Token, Error>;
-    /// Applies a Workspace's Service, EndpointSlice and (when asked for) Ingress.
-    async fn apply_route(&self, ws: &Workspace, address: &str) -> Result<(), Error>;
+    /// Applies a Workspace's Service, EndpointSlice and (when asked for) Ingress, or says
+    /// which existing object is not the operator's to change.
+    async fn apply_route(&self, ws: &Workspace, address: &str) -> Result<Result<(), RouteConflict>, Error>;
     /// Writes the whole status (server-side apply under the operator's field manager).
     async fn write_status(&self, owner: &Owner, status: serde_json::Value) -> Result<(), Error>;
     /// Publishes an event about the resource; a failure is logged, never fatal.
@@ -89,7 +91,7 @@ impl Cluster for KubeCluster {
         secrets::ensure_password(&self.client, owner).await
     }
 
-    async fn apply_route(&self, ws: &Workspace, address: &str) -> Result<(), Error> {
+    async fn apply_route(&self, ws: &Workspace, address: &str) -> Result<Result<(), RouteConflict>, Error> {
         super::route::apply(&self.client, ws, address).await
     }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::Client;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc;
 
 use super::cluster::Cluster;
@@ -34,6 +34,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     pub(crate) wake_projectvm: mpsc::UnboundedSender<ObjectRef<ProjectVM>>,
     pub(crate) wake_workspace: mpsc::UnboundedSender<ObjectRef<Workspace>>,
+    /// The Workspace controller's watch cache, once it runs: who holds which Ingress host.
+    workspace_store: std::sync::OnceLock<Store<Workspace>>,
 }
 
 /// The edges a [`Context`] is built from.
@@ -67,8 +69,19 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             wake_projectvm: tp,
             wake_workspace: tw,
+            workspace_store: std::sync::OnceLock::new(),
         };
         (Arc::new(ctx), Wakeups { projectvm: rp, workspace: rw })
+    }
+
+    /// Hands the Workspace watch cache to the route step (once; later calls are ignored).
+    pub fn set_workspace_store(&self, store: Store<Workspace>) {
+        let _ = self.workspace_store.set(store);
+    }
+
+    /// Every Workspace the controller watches; empty before its cache exists.
+    pub fn workspaces(&self) -> Vec<Arc<Workspace>> {
+        self.workspace_store.get().map(|s| s.state()).unwrap_or_default()
     }
 
     pub(crate) fn record_failure(&self, key: &str) -> u32 {

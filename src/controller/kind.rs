@@ -90,6 +90,9 @@ pub trait VmKind:
     /// A step's inputs, fingerprint and work, from the spec and what was read this pass.
     fn prepare(&self, step: StepId, env: &StepEnv) -> Prepared;
     /// The resource as the Kubernetes edge knows it.
+    /// Receives the controller's watch cache of this kind (the Workspace one is kept for the
+    /// route's host check).
+    fn watch_cache(_ctx: &Context, _store: kube::runtime::reflector::Store<Self>) {}
     fn owner(&self) -> Owner {
         Owner::new(Self::LABEL, self)
     }
@@ -149,6 +152,9 @@ impl VmKind for Workspace {
     const GRAPH: &'static [StepNode] = WORKSPACE_GRAPH;
     const ACTIVITY_OVER_SSH: bool = false;
 
+    fn watch_cache(ctx: &Context, store: kube::runtime::reflector::Store<Self>) {
+        ctx.set_workspace_store(store);
+    }
     fn machine(&self) -> &MachineSpec {
         &self.spec.machine
     }
@@ -262,7 +268,10 @@ mod tests {
     fn missing_secret_blocks_repository_with_secret_not_found() {
         let a = pvm(&BASE.replace("revision: main}", "revision: main, credentialsSecretRef: {name: tok}}"));
         let mut e = env();
-        e.token_problem = Some("Secret n/tok (key \"token\") not found".into());
+        e.token_problem = Some(crate::controller::secrets::SecretProblem {
+            reason: crate::conditions::Reason::SecretNotFound,
+            message: "Secret n/tok (key \"token\") not found".into(),
+        });
         let err = a.prepare(StepId::Repository, &e).unwrap_err();
         assert_eq!(err.reason, crate::conditions::Reason::SecretNotFound);
         assert!(err.message.contains("n/tok"));

@@ -115,6 +115,7 @@ async fn controller_for<K>(
         .applied_objects()
         .predicate_filter(spec_or_metadata_changed::<K>, Default::default());
     let controller = Controller::for_stream(changes, reader);
+    K::watch_cache(&ctx, controller.store());
     let store = controller.store();
     controller
         .watches(secrets, watcher::Config::default(), move |secret| {

@@ -282,12 +282,14 @@ pub async fn step_env<K: VmKind>(
         instance_id: inst.id.clone(),
         address: address.to_string(),
         code_server_install_url: ctx.config.code_server_install_url.clone(),
+        external_ip: inst.external_ip.clone(),
+        allow_auth_none: ctx.config.allow_auth_none,
         ..Default::default()
     };
     if let Some(r) = obj.credentials_ref() {
         match ctx.cluster.token(&ns, r).await? {
             Ok(t) => env.token = Some(t),
-            Err(p) => env.token_problem = Some(p.message),
+            Err(p) => env.token_problem = Some(p),
         }
     }
     if let Some(ws) = obj.as_workspace()
@@ -296,7 +298,7 @@ pub async fn step_env<K: VmKind>(
         match &ws.spec.code_server.password_secret_ref {
             Some(r) => match ctx.cluster.token(&ns, r).await? {
                 Ok(t) => env.password = Some(t),
-                Err(p) => env.password_problem = Some(p.message),
+                Err(p) => env.password_problem = Some(p),
             },
             None => env.password = Some(ctx.cluster.generated_password(&obj.owner()).await?),
         }

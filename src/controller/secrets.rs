@@ -11,8 +11,8 @@ use rand::distr::{Alphanumeric, SampleString};
 
 use super::Error;
 use super::owner::Owner;
-use crate::api::FIELD_MANAGER;
-use crate::api::SecretKeyRef;
+use crate::api::{FIELD_MANAGER, SECRET_OPT_IN_LABEL, SecretKeyRef};
+use crate::conditions::Reason;
 use crate::ssh;
 
 /// A token read from a Secret. `Debug` never prints the value.
@@ -30,42 +30,113 @@ impl std::fmt::Debug for Token {
     }
 }
 
-/// Why a referenced Secret could not be used.
+/// Why a referenced Secret could not be used: `SecretNotFound` or `SecretNotAllowed`, with a
+/// message naming the Secret and what to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretProblem {
+    pub reason: Reason,
     pub message: String,
 }
 
-/// Reads `key` of the referenced Secret in `namespace`.
+/// The Secret type Kubernetes gives service-account tokens; never used, opted in or not.
+const SERVICE_ACCOUNT_TOKEN: &str = "kubernetes.io/service-account-token";
+/// The annotation a service-account token Secret carries (visible in metadata alone).
+const SERVICE_ACCOUNT_ANNOTATION: &str = "kubernetes.io/service-account.name";
+/// Longest value accepted from a referenced Secret key. Tokens and passwords are far shorter.
+const MAX_VALUE_BYTES: usize = 16 * 1024;
+
+fn not_found(namespace: &str, r: &SecretKeyRef) -> SecretProblem {
+    SecretProblem {
+        reason: Reason::SecretNotFound,
+        message: format!("Secret {namespace}/{} (key {:?}) not found: create it with the value", r.name, r.key),
+    }
+}
+
+fn not_allowed(namespace: &str, name: &str, why: &str) -> SecretProblem {
+    SecretProblem { reason: Reason::SecretNotAllowed, message: format!("Secret {namespace}/{name} {why}") }
+}
+
+/// Whether a Secret's metadata lets projectvm use it: the opt-in label, and not a
+/// service-account token.
+pub fn check_opt_in(namespace: &str, name: &str, meta: &ObjectMeta) -> Result<(), SecretProblem> {
+    if meta.annotations.as_ref().is_some_and(|a| a.contains_key(SERVICE_ACCOUNT_ANNOTATION)) {
+        return Err(not_allowed(namespace, name, "is a service-account token, which projectvm never uses"));
+    }
+    let opted_in = meta.labels.as_ref().and_then(|l| l.get(SECRET_OPT_IN_LABEL)).is_some_and(|v| v == "true");
+    if !opted_in {
+        return Err(not_allowed(
+            namespace,
+            name,
+            &format!(
+                "has not opted in to being used by projectvm: label it {SECRET_OPT_IN_LABEL}=true \
+                 (kubectl -n {namespace} label secret {name} {SECRET_OPT_IN_LABEL}=true)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The value under `r.key` of an opted-in Secret, trimmed; the whole Secret is checked again
+/// (type included), since it may have changed between the metadata read and this one.
+pub fn token_from_secret(namespace: &str, r: &SecretKeyRef, secret: &Secret) -> Result<Token, SecretProblem> {
+    check_opt_in(namespace, &r.name, &secret.metadata)?;
+    if secret.type_.as_deref() == Some(SERVICE_ACCOUNT_TOKEN) {
+        return Err(not_allowed(namespace, &r.name, "is a service-account token, which projectvm never uses"));
+    }
+    let raw = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .map(|b| b.0.as_slice())
+        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(&r.key)).map(|s| s.as_bytes()));
+    let Some(raw) = raw else {
+        return Err(SecretProblem {
+            reason: Reason::SecretNotFound,
+            message: format!("Secret {namespace}/{} has no key {:?}: add the value under that key", r.name, r.key),
+        });
+    };
+    let invalid = |why: &str| {
+        Err(SecretProblem {
+            reason: Reason::SecretNotAllowed,
+            message: format!("Secret {namespace}/{} key {:?} {why}", r.name, r.key),
+        })
+    };
+    if raw.len() > MAX_VALUE_BYTES {
+        return invalid(&format!("is {} bytes, more than the {MAX_VALUE_BYTES} a token or password may be", raw.len()));
+    }
+    let Ok(text) = std::str::from_utf8(raw) else {
+        return invalid("is not UTF-8 text");
+    };
+    let value = text.trim();
+    if value.is_empty() {
+        return invalid("is empty");
+    }
+    // git's credential protocol and code-server's config are line based: a line break or NUL
+    // inside the value would let it add fields of its own.
+    if value.chars().any(|c| c.is_control()) {
+        return invalid("contains a line break or control character");
+    }
+    Ok(Token { value: value.to_string(), version: secret.resource_version().unwrap_or_default() })
+}
+
+/// Reads `key` of the referenced Secret in `namespace`. Its metadata is read first: the data
+/// of a Secret that has not opted in is never fetched.
 pub async fn read_token(
     client: &Client,
     namespace: &str,
     r: &SecretKeyRef,
 ) -> Result<Result<Token, SecretProblem>, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let Some(secret) = api.get_opt(&r.name).await? else {
-        return Ok(Err(SecretProblem {
-            message: format!(
-                "Secret {namespace}/{} (key {:?}) not found: create it with the repository token",
-                r.name, r.key
-            ),
-        }));
+    let Some(meta) = api.get_metadata_opt(&r.name).await? else {
+        return Ok(Err(not_found(namespace, r)));
     };
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&r.key))
-        .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
-        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(&r.key)).map(|s| s.trim().to_string()));
-    match value {
-        Some(v) if !v.is_empty() => Ok(Ok(Token { value: v, version: secret.resource_version().unwrap_or_default() })),
-        _ => Ok(Err(SecretProblem {
-            message: format!(
-                "Secret {namespace}/{} has no key {:?}: add the repository token under that key",
-                r.name, r.key
-            ),
-        })),
+    if let Err(p) = check_opt_in(namespace, &r.name, &meta.metadata) {
+        return Ok(Err(p));
     }
+    let Some(secret) = api.get_opt(&r.name).await? else {
+        return Ok(Err(not_found(namespace, r)));
+    };
+    Ok(token_from_secret(namespace, r, &secret))
 }
 
 /// The operator's SSH key pair for one resource. `Debug` never prints the private key.
@@ -177,6 +248,63 @@ pub async fn ensure_password(client: &Client, owner: &Owner) -> Result<Token, Er
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn secret(labels: &[(&str, &str)], type_: Option<&str>, value: &[u8]) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some("tok".into()),
+                resource_version: Some("7".into()),
+                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                ..Default::default()
+            },
+            type_: type_.map(String::from),
+            data: Some(BTreeMap::from([("token".to_string(), ByteString(value.to_vec()))])),
+            ..Default::default()
+        }
+    }
+
+    fn key() -> SecretKeyRef {
+        SecretKeyRef { name: "tok".into(), key: "token".into() }
+    }
+
+    #[test]
+    fn only_opted_in_secrets_are_used() {
+        let allowed = [(SECRET_OPT_IN_LABEL, "true")];
+        let t = token_from_secret("team", &key(), &secret(&allowed, Some("Opaque"), b" ghp_x\n")).unwrap();
+        assert_eq!((t.value.as_str(), t.version.as_str()), ("ghp_x", "7"));
+
+        let p = token_from_secret("team", &key(), &secret(&[], None, b"db-password")).unwrap_err();
+        assert_eq!(p.reason, Reason::SecretNotAllowed);
+        assert!(p.message.contains("team/tok") && p.message.contains("projectvm.dev/allowed=true"), "{}", p.message);
+        assert!(!p.message.contains("db-password"));
+        let p = token_from_secret("team", &key(), &secret(&[(SECRET_OPT_IN_LABEL, "yes")], None, b"x")).unwrap_err();
+        assert_eq!(p.reason, Reason::SecretNotAllowed);
+    }
+
+    #[test]
+    fn service_account_tokens_are_refused_even_when_labelled() {
+        let allowed = [(SECRET_OPT_IN_LABEL, "true")];
+        let p = token_from_secret("team", &key(), &secret(&allowed, Some(SERVICE_ACCOUNT_TOKEN), b"eyJ")).unwrap_err();
+        assert_eq!(p.reason, Reason::SecretNotAllowed);
+        assert!(p.message.contains("service-account token"), "{}", p.message);
+        let mut meta = secret(&allowed, None, b"").metadata;
+        meta.annotations = Some(BTreeMap::from([(SERVICE_ACCOUNT_ANNOTATION.to_string(), "default".to_string())]));
+        assert_eq!(check_opt_in("team", "tok", &meta).unwrap_err().reason, Reason::SecretNotAllowed);
+    }
+
+    #[test]
+    fn values_that_could_inject_lines_or_are_huge_are_refused() {
+        let allowed = [(SECRET_OPT_IN_LABEL, "true")];
+        for bad in [&b"tok\nhost=evil"[..], b"tok\0x", b"\xff\xfe", b"  ", &vec![b'a'; MAX_VALUE_BYTES + 1]] {
+            let p = token_from_secret("team", &key(), &secret(&allowed, None, bad)).unwrap_err();
+            assert_eq!(p.reason, Reason::SecretNotAllowed, "{bad:?}");
+        }
+        let missing = SecretKeyRef { name: "tok".into(), key: "other".into() };
+        assert_eq!(
+            token_from_secret("team", &missing, &secret(&allowed, None, b"x")).unwrap_err().reason,
+            Reason::SecretNotFound
+        );
+    }
 
     #[test]
     fn token_debug_hides_value() {

@@ -246,18 +246,24 @@ echo "{branch_marker}$(git -C "$dir" symbolic-ref -q --short HEAD || true)"
     )
 }
 
-/// The credential helper git runs: answers `get` for one host with the token read from this
-/// file's own text. The file is written with mode 0700 for the VM user only; `printf` is a
-/// shell builtin, so the token never becomes a process argument.
+/// The credential helper git runs: answers `get` only for https on the repository's exact
+/// `host[:port]` (git passes the port in `host=` when the URL has one), with the token read
+/// from this file's own text. The file is written with mode 0700 for the VM user only;
+/// `printf` is a shell builtin, so the token never becomes a process argument.
 pub fn credential_helper(host: &str, token: &str) -> String {
     format!(
         r#"#!/bin/sh
-# Written by projectvm. Answers git's credential requests for one host.
+# Written by projectvm. Answers git's credential requests for one https host and port.
 [ "$1" = get ] || exit 0
+protocol=
 host=
 while IFS= read -r line && [ -n "$line" ]; do
-  case "$line" in host=*) host="${{line#host=}}" ;; esac
+  case "$line" in
+    protocol=*) protocol="${{line#protocol=}}" ;;
+    host=*) host="${{line#host=}}" ;;
+  esac
 done
+[ "$protocol" = https ] || exit 0
 [ "$host" = {host} ] || exit 0
 printf 'username=x-access-token\n'
 printf 'password=%s\n' {token}
@@ -521,6 +527,23 @@ mod tests {
         let got = run("get", "protocol=https\nhost=git.example.com\n\n");
         assert_eq!(got, format!("username=x-access-token\npassword={token}\n"));
         assert_eq!(run("get", "protocol=https\nhost=evil.example.com\n\n"), "");
+        assert_eq!(run("get", "protocol=http\nhost=git.example.com\n\n"), "", "never over plain http");
+        assert_eq!(run("get", "protocol=https\nhost=git.example.com:8443\n\n"), "", "another port is another host");
+        let on_port = dir.join("helper-port");
+        std::fs::write(&on_port, credential_helper("git.example.com:8443", token)).unwrap();
+        let out = Command::new("sh")
+            .arg(&on_port)
+            .arg("get")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(b"protocol=https\nhost=git.example.com:8443\n\n")?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("username=x-access-token\npassword={token}\n"));
         assert_eq!(run("store", "protocol=https\nhost=git.example.com\n\n"), "");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -4,6 +4,7 @@
 #   githost.sh apt-repo           build (once, cached) the local apt repo; prints its dir
 #   githost.sh start STATE_DIR    net.sh up, then run gitserver.py in netns pvm-git:
 #                                   https://10.213.0.2:443/{public,private}/NAME.git
+#                                   (also on port 8443: a repository on a non-default port)
 #                                   http://10.213.0.2:8081/apt/  (flat apt repo)
 #                                 repos:  STATE_DIR/repos/{public,private}/NAME.git
 #                                 tokens: STATE_DIR/tokens (one a line; re-read per request)
@@ -100,7 +101,7 @@ start() {
   else
     # setsid: own session, so the caller's job control / signals do not reach it
     ip netns exec "$NS" setsid "$PY" "$HERE/gitserver.py" \
-      --addr "$ADDR" --https-port 443 --http-port 8081 \
+      --addr "$ADDR" --https-port 443 --https-port 8443 --http-port 8081 \
       --cert "$CA_DIR/server.crt" --key "$CA_DIR/server.key" \
       --repos "$state/repos" --tokens "$state/tokens" --apt-dir "$APT_DIR/apt" \
       --pidfile "$state/gitserver.pid" \

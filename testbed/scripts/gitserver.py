@@ -321,7 +321,8 @@ class AptHandler(SimpleHTTPRequestHandler):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--addr", default="10.213.0.2")
-    ap.add_argument("--https-port", type=int, default=443)
+    ap.add_argument("--https-port", type=int, action="append",
+                    help="git over https on this port; repeat for several (default 443)")
     ap.add_argument("--http-port", type=int, default=8081, help="0 disables the apt server")
     ap.add_argument("--cert", required=True)
     ap.add_argument("--key", required=True)
@@ -338,10 +339,12 @@ def main():
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(a.cert, a.key)
-    https = Server((a.addr, a.https_port), GitHandler)
-    https.daemon_threads = True
-    https.socket = ctx.wrap_socket(https.socket, server_side=True)
-    servers = [https]
+    servers = []
+    for port in a.https_port or [443]:
+        https = Server((a.addr, port), GitHandler)
+        https.daemon_threads = True
+        https.socket = ctx.wrap_socket(https.socket, server_side=True)
+        servers.append(https)
 
     if a.http_port:
         apt_root = os.path.dirname(os.path.abspath(a.apt_dir)) if a.apt_dir else None
@@ -363,7 +366,8 @@ def main():
         with open(a.pidfile + ".tmp", "w") as f:
             f.write("%d\n" % os.getpid())
         os.replace(a.pidfile + ".tmp", a.pidfile)
-    log("serving https://%s:%d (git) and http://%s:%d/apt/" % (a.addr, a.https_port, a.addr, a.http_port))
+    log("serving git on https://%s port(s) %s and http://%s:%d/apt/"
+        % (a.addr, ",".join(str(p) for p in a.https_port or [443]), a.addr, a.http_port))
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

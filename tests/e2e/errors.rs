@@ -33,7 +33,10 @@ fn failures_surface_as_specific_reasons() {
     let _guard = operator_shared();
     let b = bed();
     let ns = b.namespace("e2e-errors");
-    b.apply(&ns, "apiVersion: v1\nkind: Secret\nmetadata:\n  name: wrong-token\nstringData:\n  token: not-the-token\n");
+    b.apply(
+        &ns,
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: wrong-token\n  labels: {projectvm.dev/allowed: 'true'}\nstringData:\n  token: not-the-token\n",
+    );
     b.apply(&ns, &workspace("wrong-token", "https://git.pvm.test/private/demo.git", None, Some("wrong-token")));
     b.apply(&ns, &workspace("no-repo", "https://git.pvm.test/public/does-not-exist.git", None, None));
     b.apply(&ns, &workspace("no-secret", "https://git.pvm.test/private/demo.git", None, Some("missing")));
@@ -222,6 +225,16 @@ fn unusable_names_folders_short_commits_and_fixed_fields_are_refused() {
             "give the full 40-character commit SHA",
         ),
         (ws, "  repository: {url: 'acme/api', revision: deadbeef}\n", "refs/heads/NAME"),
+        (
+            pvm,
+            "  repository: {url: 'http://h.example/r.git', credentialsSecretRef: {name: tok}}\n",
+            "a token is never sent over plain http",
+        ),
+        (
+            ws,
+            "  repository: {url: 'http://h.example/r.git', credentialsSecretRef: {name: tok}}\n",
+            "a token is never sent over plain http",
+        ),
     ];
     for (kind, spec, expected) in refused {
         let out = b.kubectl_output(&["-n", &ns, "apply", "-f", "-"], Some(&format!("{kind}{spec}")));
@@ -240,6 +253,10 @@ fn unusable_names_folders_short_commits_and_fixed_fields_are_refused() {
         ),
         (pvm, "  user: dev\n  repository: {url: 'https://h.example/r.git', path: /home/dev/repo}\n"),
         (ws, "  repository: {url: 'acme/.github', revision: abc123}\n  folder: /home/project/github\n"),
+        // A token with https, or with GitHub shorthand (https too); http without a token.
+        (pvm, "  repository: {url: 'https://h.example:8443/r.git', credentialsSecretRef: {name: tok}}\n"),
+        (ws, "  repository: {url: 'acme/api', credentialsSecretRef: {name: tok}}\n"),
+        (pvm, "  repository: {url: 'http://h.example/r.git'}\n"),
     ];
     for (kind, spec) in accepted {
         let out =

@@ -207,8 +207,11 @@ fn refreshed_token_reaches_the_running_vm() {
     let b = bed();
     let ns = b.namespace("e2e-refresh");
     let old = b.git_token();
-    let secret =
-        |t: &str| format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: git-token\nstringData:\n  token: {t}\n");
+    let secret = |t: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: git-token\n  labels: {{projectvm.dev/allowed: 'true'}}\nstringData:\n  token: {t}\n"
+        )
+    };
     b.apply(&ns, &secret(&old));
     b.apply(&ns, "apiVersion: projectvm.dev/v1alpha1\nkind: ProjectVM\nmetadata:\n  name: priv\nspec:\n  repository:\n    url: https://git.pvm.test/private/demo.git\n    credentialsSecretRef: {name: git-token}\n  prerequisites: {packages: []}\n");
     b.wait_condition(&ns, "pvm", "priv", "Ready", READY_TIMEOUT);

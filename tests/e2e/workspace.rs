@@ -110,6 +110,7 @@ fn private_workspace_clones_with_a_token_that_never_leaks() {
         Some(&token),
     );
     b.apply(&ns, &String::from_utf8_lossy(&secret.stdout));
+    b.kubectl(&["-n", &ns, "label", "secret", &secret_name, "projectvm.dev/allowed=true", "--overwrite"]);
     b.wait_condition(&ns, "ws", &name, "Ready", READY_TIMEOUT);
     let obj = b.get(&ns, "ws", &name);
     assert_eq!(Bed::condition(&obj, "CredentialsCurrent").unwrap()["status"], "True");

@@ -42,13 +42,13 @@ pub struct Published {
     pub note: String,
 }
 
-/// A Secret's data and resourceVersion, by (namespace, name).
-type Secrets = HashMap<(String, String), (BTreeMap<String, String>, u64)>;
+/// Secrets by (namespace, name).
+type Secrets = HashMap<(String, String), k8s_openapi::api::core::v1::Secret>;
 
 /// The cluster, in memory: Secrets, the operator's SSH keys, statuses written, events.
 #[derive(Default)]
 pub struct FakeCluster {
-    /// (namespace, name) → (data, resourceVersion).
+    /// (namespace, name) → the Secret, read through the operator's own checks.
     pub secrets: Mutex<Secrets>,
     ssh_keys: Mutex<HashMap<String, SshKey>>,
     passwords: Mutex<HashMap<String, Token>>,
@@ -56,6 +56,9 @@ pub struct FakeCluster {
     pub status_writes: AtomicUsize,
     pub events: Mutex<Vec<Published>>,
     pub routes: Mutex<Vec<(String, String)>>,
+    /// The route objects by (kind, namespace, name): the operator's, and any a test puts
+    /// there as somebody else's.
+    pub route_objects: Mutex<HashMap<(String, String, String), kube::api::ObjectMeta>>,
     /// Makes `apply_route` fail with this API status code.
     pub route_refusal: Mutex<Option<u16>>,
     /// Makes `ssh_key` panic: an operator bug met inside one object's reconcile.
@@ -63,10 +66,31 @@ pub struct FakeCluster {
 }
 
 impl FakeCluster {
+    /// An opted-in Secret with one key.
     pub fn put_secret(&self, ns: &str, name: &str, key: &str, value: &str) {
+        self.put_secret_labelled(ns, name, key, value, &[(projectvm::api::SECRET_OPT_IN_LABEL, "true")]);
+    }
+
+    /// A Secret with one key and exactly these labels; each put is a new resourceVersion.
+    pub fn put_secret_labelled(&self, ns: &str, name: &str, key: &str, value: &str, labels: &[(&str, &str)]) {
+        use k8s_openapi::ByteString;
         let mut s = self.secrets.lock().unwrap();
-        let version = s.get(&(ns.to_string(), name.to_string())).map(|(_, v)| v + 1).unwrap_or(1);
-        s.insert((ns.into(), name.into()), (BTreeMap::from([(key.to_string(), value.to_string())]), version));
+        let version = s
+            .get(&(ns.to_string(), name.to_string()))
+            .and_then(|old| old.metadata.resource_version.as_ref()?.parse::<u64>().ok())
+            .map_or(1, |v| v + 1);
+        let secret = k8s_openapi::api::core::v1::Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                resource_version: Some(version.to_string()),
+                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(key.to_string(), ByteString(value.as_bytes().to_vec()))])),
+            ..Default::default()
+        };
+        s.insert((ns.into(), name.into()), secret);
     }
 
     pub fn events_of(&self, name: &str) -> Vec<Published> {
@@ -95,11 +119,9 @@ impl Cluster for FakeCluster {
     ) -> Result<Result<Token, SecretProblem>, Error> {
         let secrets = self.secrets.lock().unwrap();
         Ok(match secrets.get(&(namespace.to_string(), r.name.clone())) {
-            Some((data, version)) => match data.get(&r.key) {
-                Some(v) => Ok(Token { value: v.clone(), version: version.to_string() }),
-                None => Err(SecretProblem { message: format!("Secret {namespace}/{} has no key {:?}", r.name, r.key) }),
-            },
+            Some(secret) => projectvm::controller::secrets::token_from_secret(namespace, r, secret),
             None => Err(SecretProblem {
+                reason: projectvm::conditions::Reason::SecretNotFound,
                 message: format!("Secret {namespace}/{} (key {:?}) not found: create it", r.name, r.key),
             }),
         })
@@ -110,7 +132,12 @@ impl Cluster for FakeCluster {
         Ok(p.entry(owner.key()).or_insert_with(|| Token { value: "generated-pw".into(), version: "1".into() }).clone())
     }
 
-    async fn apply_route(&self, ws: &Workspace, address: &str) -> Result<(), Error> {
+    async fn apply_route(
+        &self,
+        ws: &Workspace,
+        address: &str,
+    ) -> Result<Result<(), projectvm::controller::route::RouteConflict>, Error> {
+        use projectvm::controller::route;
         if let Some(code) = *self.route_refusal.lock().unwrap() {
             return Err(Error::Kube(kube::Error::Api(
                 kube::core::Status::failure(
@@ -121,9 +148,32 @@ impl Cluster for FakeCluster {
                 .boxed(),
             )));
         }
+        let ns = ws.meta().namespace.clone().unwrap_or_default();
         let name = ws.meta().name.clone().unwrap_or_default();
+        let (service, slice, ingress) = route::desired(ws, address);
+        let key =
+            |kind: &str, m: &kube::api::ObjectMeta| (kind.to_string(), ns.clone(), m.name.clone().unwrap_or_default());
+        let mut objects = self.route_objects.lock().unwrap();
+        let svc_key = key("Service", &service.metadata);
+        let ingress_key = ("Ingress".to_string(), svc_key.1.clone(), svc_key.2.clone());
+        let existing = route::Existing {
+            service: objects.get(&svc_key).cloned(),
+            endpoint_slice: objects.get(&key("EndpointSlice", &slice.metadata)).cloned(),
+            ingress: objects.get(&ingress_key).cloned(),
+        };
+        if let Err(c) = route::check(ws, &existing) {
+            return Ok(Err(c));
+        }
+        if route::stale_ingress(ws, &existing).is_some() {
+            objects.remove(&ingress_key);
+        }
+        objects.insert(svc_key, service.metadata.clone());
+        objects.insert(key("EndpointSlice", &slice.metadata), slice.metadata.clone());
+        if let Some(i) = ingress {
+            objects.insert(ingress_key, i.metadata);
+        }
         self.routes.lock().unwrap().push((name, address.to_string()));
-        Ok(())
+        Ok(Ok(()))
     }
 
     async fn write_status(&self, owner: &Owner, status: Value) -> Result<(), Error> {
@@ -290,6 +340,11 @@ pub struct World {
 
 impl World {
     pub async fn new() -> World {
+        Self::with_flags(&[]).await
+    }
+
+    /// A world whose operator runs with these extra command-line flags.
+    pub async fn with_flags(flags: &[&str]) -> World {
         let mut cfg = EmulatorConfig::none_backend();
         cfg.backend = BackendChoice::None { boot_delay: Duration::from_millis(20) };
         cfg.operation_wait_timeout = Duration::from_secs(2);
@@ -299,7 +354,11 @@ impl World {
         );
         let cluster = Arc::new(FakeCluster::default());
         let vms = Arc::new(FakeVms::default());
-        let config = Config::parse_from(["projectvm-operator", "--gcp-project", PROJECT, "--default-zone", ZONE]);
+        let config = Config::parse_from(
+            ["projectvm-operator", "--gcp-project", PROJECT, "--default-zone", ZONE]
+                .into_iter()
+                .chain(flags.iter().copied()),
+        );
         // Never used: the scenarios call the pipeline below the finalizer.
         let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
         let edges =

@@ -22,16 +22,17 @@ pub struct Work {
 /// the password itself).
 pub fn prepare(ws: &Workspace, env: &StepEnv) -> Prepared {
     let password = match ws.spec.code_server.auth {
-        CodeServerAuth::None => None,
+        CodeServerAuth::None => {
+            auth_none_allowed(env)?;
+            None
+        }
         CodeServerAuth::Password => match &env.password {
             Some(p) => Some(p.clone()),
             None => {
+                let p = env.password_problem.clone();
                 return Err(StepBlocked {
-                    reason: Reason::SecretNotFound,
-                    message: env
-                        .password_problem
-                        .clone()
-                        .unwrap_or_else(|| "code-server password Secret not readable".into()),
+                    reason: p.as_ref().map_or(Reason::SecretNotFound, |p| p.reason),
+                    message: p.map_or_else(|| "code-server password Secret not readable".into(), |p| p.message),
                 });
             }
         },
@@ -51,6 +52,30 @@ pub fn prepare(ws: &Workspace, env: &StepEnv) -> Prepared {
         password.as_ref().map(|p| p.version.as_str()).unwrap_or(""),
     ]);
     Ok((fp, super::Work::CodeServer(Work { cfg, install_url: env.code_server_install_url.clone() })))
+}
+
+/// code-server without a password is a shell with passwordless sudo for whoever reaches the
+/// port: only where the operator's configuration allows it, and never on an address the
+/// internet can reach.
+fn auth_none_allowed(env: &StepEnv) -> Result<(), StepBlocked> {
+    if !env.allow_auth_none {
+        return Err(StepBlocked {
+            reason: Reason::AuthNoneNotAllowed,
+            message: "codeServer.auth: none is not allowed by this operator's configuration: use auth: password, \
+                      or ask the operator's administrators to set the chart value codeServer.allowAuthNone"
+                .into(),
+        });
+    }
+    if let Some(ip) = &env.external_ip {
+        return Err(StepBlocked {
+            reason: Reason::AuthNoneNotAllowed,
+            message: format!(
+                "codeServer.auth: none is never served on an external address, and this VM has {ip}: use auth: \
+                 password, or run the operator with gcp.useInternalIp (VMs without external addresses)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Lines of the script's output that go into the condition on failure.

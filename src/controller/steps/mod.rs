@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Context;
-use super::secrets::Token;
+use super::secrets::{SecretProblem, Token};
 use super::status::Report;
 use super::vm::VmAccess;
 use crate::api::{ConditionStatus, RepositoryStatus, SecretKeyRef, Workspace};
@@ -32,13 +32,17 @@ pub struct StepEnv {
     pub address: String,
     /// Repository token, when a Secret is referenced and readable.
     pub token: Option<Token>,
-    /// Problem reading the referenced token Secret.
-    pub token_problem: Option<String>,
+    /// Why the referenced token Secret cannot be used.
+    pub token_problem: Option<SecretProblem>,
     /// code-server password (Workspace with password auth).
     pub password: Option<Token>,
-    /// Problem reading the referenced password Secret.
-    pub password_problem: Option<String>,
+    /// Why the referenced password Secret cannot be used.
+    pub password_problem: Option<SecretProblem>,
     pub code_server_install_url: String,
+    /// The VM's external address, when it has one (the URL is then on the internet).
+    pub external_ip: Option<String>,
+    /// The operator's configuration admits `codeServer.auth: none`.
+    pub allow_auth_none: bool,
 }
 
 /// The action of a step with its inputs.
@@ -47,8 +51,14 @@ pub enum Work {
     Prerequisites(prerequisites::Work),
     Repository(repository::Work),
     CodeServer(code_server::Work),
-    Health { url: String },
-    Route { address: String },
+    Health {
+        url: String,
+    },
+    /// `public`: the address is the VM's external one.
+    Route {
+        address: String,
+        public: bool,
+    },
 }
 
 /// A step ready to plan: its fingerprint and work, or why it cannot run.
@@ -161,8 +171,8 @@ pub async fn run(ctx: &Arc<Context>, report: &mut Report, subject: Subject<'_>, 
         }
         match work {
             Work::Health { url } => health::check(ctx, report, node.condition, &url, &fp).await,
-            Work::Route { address } => match workspace {
-                Some(ws) => route::apply(ctx, report, ws, node.condition, &address, &fp).await,
+            Work::Route { address, public } => match workspace {
+                Some(ws) => route::apply(ctx, report, ws, node.condition, &address, public, &fp).await,
                 None => {
                     report.set(Update::falsy(node.condition, Reason::InternalError, "only Workspaces have a route"))
                 }

@@ -27,7 +27,7 @@ pub struct Source {
 pub struct Work {
     pub sync: RepoSync,
     pub token: Option<Token>,
-    /// The repository's host, the only one the credential helper answers for.
+    /// The repository's `host[:port]`, the only one the credential helper answers for.
     pub host: String,
 }
 
@@ -35,9 +35,22 @@ pub struct Work {
 /// the token itself): a refreshed token re-runs the step.
 pub fn prepare(env: &StepEnv, s: Source) -> Prepared {
     if s.wants_token && env.token.is_none() {
+        let p = env.token_problem.clone();
         return Err(StepBlocked {
-            reason: Reason::SecretNotFound,
-            message: env.token_problem.clone().unwrap_or_else(|| "credentials Secret not readable".into()),
+            reason: p.as_ref().map_or(Reason::SecretNotFound, |p| p.reason),
+            message: p.map_or_else(|| "credentials Secret not readable".into(), |p| p.message),
+        });
+    }
+    let (scheme, host) = origin(&s.url);
+    // Admission refuses a token with a URL that is not https; this holds for objects admitted
+    // before that rule existed.
+    if env.token.is_some() && scheme != "https" {
+        return Err(StepBlocked {
+            reason: Reason::SecretNotAllowed,
+            message: format!(
+                "the repository token would be sent in clear text to {}: use an https:// URL",
+                crate::text::clip(&s.url, 200)
+            ),
         });
     }
     let helper = env.token.as_ref().map(|_| guest::credential_helper_path(&s.user));
@@ -50,7 +63,6 @@ pub fn prepare(env: &StepEnv, s: Source) -> Prepared {
         &s.depth.map(|d| d.to_string()).unwrap_or_default(),
         token_version,
     ]);
-    let host = repo_host(&s.url);
     let sync = RepoSync {
         url: s.url,
         revision: s.revision,
@@ -62,12 +74,14 @@ pub fn prepare(env: &StepEnv, s: Source) -> Prepared {
     Ok((fp, super::Work::Repository(Work { sync, token: env.token.clone(), host })))
 }
 
-fn repo_host(url: &str) -> String {
-    url.split("://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .map(|h| h.split(':').next().unwrap_or(h).to_string())
-        .unwrap_or_default()
+/// The URL's scheme and `host[:port]`, as git names them to a credential helper (`protocol=`
+/// and `host=`, the port included when the URL gives one).
+fn origin(url: &str) -> (String, String) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (String::new(), String::new());
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    (scheme.to_ascii_lowercase(), authority.to_string())
 }
 
 /// git's progress output is read for the latest line only; this much of it is kept.
@@ -138,4 +152,41 @@ pub async fn run(
     Ok(TaskOutcome::ok(Reason::Synced, format!("{} at {} ({})", sync.path, crate::text::head(&commit, 12), revision))
         .with_output("commit", commit)
         .with_output("revision", revision))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_keeps_the_port() {
+        assert_eq!(origin("https://git.example.com:8443/a/b.git"), ("https".into(), "git.example.com:8443".into()));
+        assert_eq!(origin("https://git.example.com/a/b.git"), ("https".into(), "git.example.com".into()));
+        assert_eq!(origin("HTTP://h/x"), ("http".into(), "h".into()));
+        assert_eq!(origin("acme/demo"), (String::new(), String::new()));
+    }
+
+    fn source(url: &str) -> Source {
+        Source {
+            url: url.into(),
+            revision: None,
+            path: "/home/project/repo".into(),
+            depth: None,
+            user: "project".into(),
+            wants_token: true,
+        }
+    }
+
+    #[test]
+    fn a_token_never_goes_over_plain_http() {
+        let env = StepEnv { token: Some(Token { value: "tok".into(), version: "1".into() }), ..Default::default() };
+        let err = prepare(&env, source("http://git.example.com/a.git")).unwrap_err();
+        assert_eq!(err.reason, Reason::SecretNotAllowed);
+        assert!(!err.message.contains("tok\""), "{}", err.message);
+        let Ok((_, super::super::Work::Repository(w))) = prepare(&env, source("https://git.example.com:8443/a.git"))
+        else {
+            panic!("https with a token is prepared")
+        };
+        assert_eq!(w.host, "git.example.com:8443");
+    }
 }

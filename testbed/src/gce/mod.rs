@@ -711,6 +711,8 @@ impl Emulator {
                 .and_then(opt_str)
                 .unwrap_or_else(|| format!("regions/{}/subnetworks/default", model::region_of(zone))),
         ));
+        // No access config: no external address (the instance is reachable inside its VPC only).
+        let external_access = nic.get("accessConfigs").and_then(|a| a.as_array()).is_some_and(|a| !a.is_empty());
         let mut passthrough = serde_json::Map::new();
         for k in ["description", "tags", "serviceAccounts", "scheduling", "shieldedInstanceConfig", "hostname"] {
             if let Some(v) = body.get(k) {
@@ -771,6 +773,7 @@ impl Emulator {
             fingerprint: model::new_fingerprint(),
             network,
             subnetwork,
+            external_access,
             address,
             disk,
             deletion_protection: body.get("deletionProtection").and_then(|b| b.as_bool()).unwrap_or(false),

@@ -98,6 +98,9 @@ pub struct InstanceRecord {
     pub network: String,
     #[serde(default)]
     pub subnetwork: Option<String>,
+    /// The instance has an access config (an external NAT address), as inserted.
+    #[serde(default = "yes")]
+    pub external_access: bool,
     pub address: Ipv4Addr,
     pub disk: BootDisk,
     #[serde(default)]
@@ -159,6 +162,7 @@ impl InstanceRecord {
         if self.status != InstanceStatus::Terminated {
             access_config["natIP"] = json!(self.address.to_string());
         }
+        let access_configs = if self.external_access { vec![access_config] } else { Vec::new() };
         let mut nic = json!({
             "kind": "compute#networkInterface",
             "name": "nic0",
@@ -166,7 +170,7 @@ impl InstanceRecord {
             "networkIP": self.address.to_string(),
             "stackType": "IPV4_ONLY",
             "fingerprint": self.fingerprint,
-            "accessConfigs": [access_config],
+            "accessConfigs": access_configs,
         });
         if let Some(s) = &self.subnetwork {
             nic["subnetwork"] = json!(s);
@@ -351,4 +355,8 @@ pub fn valid_name(name: &str) -> bool {
         && b[0].is_ascii_lowercase()
         && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && *b.last().expect("non-empty") != b'-'
+}
+
+fn yes() -> bool {
+    true
 }
