@@ -24,5 +24,7 @@ mod names;
 mod projectvm;
 #[path = "e2e/scale.rs"]
 mod scale;
+#[path = "e2e/sharing.rs"]
+mod sharing;
 #[path = "e2e/workspace.rs"]
 mod workspace;

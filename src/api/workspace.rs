@@ -75,7 +75,10 @@ pub struct CodeServerSpec {
     #[schemars(range(min = 1024, max = 65535))]
     pub port: i32,
     /// `password` (a generated password kept in the Secret `<name>-code-server`, unless
-    /// `passwordSecretRef` names one) or `none`.
+    /// `passwordSecretRef` names one) or `none`. Without a password anyone who reaches the
+    /// port gets a shell on the VM, so `none` works only where the operator's administrators
+    /// allow it, and never on a VM with an external address; otherwise the Workspace reports
+    /// `AuthNoneNotAllowed`.
     #[serde(default)]
     pub auth: CodeServerAuth,
     /// Secret key holding the password to use instead of a generated one. The Secret must

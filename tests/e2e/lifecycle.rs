@@ -378,7 +378,7 @@ fn idle_workspace_is_stopped_and_one_in_use_is_not() {
     let ns = b.namespace("e2e-ws-idle");
     let ws = |name: &str| {
         format!(
-            "apiVersion: projectvm.dev/v1alpha1\nkind: Workspace\nmetadata:\n  name: {name}\nspec:\n  runStrategy: Manual\n  idleTimeout: 1m\n  codeServer: {{auth: none}}\n  repository:\n    url: https://git.pvm.test/public/demo.git\n"
+            "apiVersion: projectvm.dev/v1alpha1\nkind: Workspace\nmetadata:\n  name: {name}\nspec:\n  runStrategy: Manual\n  idleTimeout: 1m\n  repository:\n    url: https://git.pvm.test/public/demo.git\n"
         )
     };
     b.apply(&ns, &ws("in-use"));
@@ -386,11 +386,15 @@ fn idle_workspace_is_stopped_and_one_in_use_is_not() {
     b.wait_condition(&ns, "ws", "in-use", "Ready", READY_TIMEOUT);
     b.wait_condition(&ns, "ws", "unused", "Ready", READY_TIMEOUT);
     // A person works in one of them for longer than the idle timeout.
-    let url = b.get(&ns, "ws", "in-use")["status"]["url"].as_str().unwrap().to_string();
+    let obj = b.get(&ns, "ws", "in-use");
+    let url = obj["status"]["url"].as_str().unwrap().to_string();
+    let secret = obj["status"]["objects"]["passwordSecret"].as_str().unwrap().to_string();
+    let password = b.kubectl(&["-n", &ns, "get", "secret", &secret, "-o", "jsonpath={.data.password}"]);
+    let password = String::from_utf8(crate::bed::base64_decode(password.trim())).unwrap();
     let shot = crate::bed::artifacts().join("workspace-in-use.png");
     let out = std::process::Command::new("node")
         .current_dir(crate::bed::repo_root().join("tests/browser"))
-        .args(["open-workspace.mjs", &url, "-", "README.md", shot.to_str().unwrap(), "120"])
+        .args(["open-workspace.mjs", &url, &password, "README.md", shot.to_str().unwrap(), "120"])
         .output()
         .unwrap();
     assert!(out.status.success(), "browser session failed: {}", String::from_utf8_lossy(&out.stderr));
