@@ -30,10 +30,13 @@ const OPERATOR: &[(&str, &[&str])] = &[
     ("events.events.k8s.io", &["create", "patch"]),
 ];
 
-/// Cluster-scoped grants (which `can-i --list` shows in every namespace): none today. A
-/// cluster-scoped read the operator comes to need goes here, e.g. `("namespaces[kube-system]",
-/// &["get"])` for a rule with `resourceNames`.
-const CLUSTER: &[(&str, &[&str])] = &[];
+/// Cluster-scoped grants, which `can-i --list` shows in every namespace: only the read of the
+/// kube-system Namespace that names the cluster, when the chart has that template
+/// (templates/clusterrole-cluster-identity.yaml, rendered while `clusterName` is empty).
+fn cluster_scoped() -> Grants {
+    let identity = repo_root().join("charts/projectvm-operator/templates/clusterrole-cluster-identity.yaml");
+    if identity.exists() { grants(&[&[("namespaces[kube-system]", &["get"])]]) } else { Grants::new() }
+}
 
 /// ... and in the release namespace, for leader election.
 const LEADER: &[(&str, &[&str])] = &[("leases.coordination.k8s.io", &["get", "create", "update"])];
@@ -44,6 +47,15 @@ fn grants(sets: &[&[(&str, &[&str])]]) -> Grants {
         for (resource, verbs) in *set {
             g.entry(resource.to_string()).or_default().extend(verbs.iter().map(|v| v.to_string()));
         }
+    }
+    g
+}
+
+/// `sets` plus the cluster-scoped grants: what a ServiceAccount of the chart may do.
+fn with_cluster(sets: &[&[(&str, &[&str])]]) -> Grants {
+    let mut g = grants(sets);
+    for (k, v) in cluster_scoped() {
+        g.entry(k).or_default().extend(v);
     }
     g
 }
@@ -104,13 +116,17 @@ fn rules_of(role: &Yaml) -> Grants {
                 .map(|s| s.iter().map(|v| v.as_str().unwrap().to_string()).collect())
                 .unwrap_or_default()
         };
-        assert!(rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none(), "{rule:?}");
+        assert!(rule.get("nonResourceURLs").is_none(), "{rule:?}");
+        let names = list("resourceNames");
         for group in list("apiGroups") {
             for resource in list("resources") {
                 let (name, sub) = resource.split_once('/').map_or((resource.as_str(), None), |(n, s)| (n, Some(s)));
                 let mut key = if group.is_empty() { name.to_string() } else { format!("{name}.{group}") };
                 if let Some(sub) = sub {
                     key = format!("{key}/{sub}");
+                }
+                if !names.is_empty() {
+                    key = format!("{key}[{}]", names.join(" "));
                 }
                 g.entry(key).or_default().extend(list("verbs"));
             }
@@ -154,7 +170,7 @@ fn chart_grants_only_what_the_code_uses_in_both_modes() {
     let cluster_roles = docs(&all, "ClusterRole");
     let op = cluster_roles.iter().find(|r| name_ns(r).0 == "rel-projectvm-operator").expect("the ClusterRole");
     assert_eq!(rules_of(op), grants(&[OPERATOR]));
-    assert_eq!(cluster_bound(&all), grants(&[OPERATOR, CLUSTER]));
+    assert_eq!(cluster_bound(&all), with_cluster(&[OPERATOR]));
     let roles = docs(&all, "Role");
     assert_eq!(roles.len(), 1, "only the Lease Role: {roles:?}");
     assert_eq!(name_ns(roles[0]), ("rel-projectvm-operator-leader-election".into(), "ops".into()));
@@ -171,7 +187,7 @@ fn chart_grants_only_what_the_code_uses_in_both_modes() {
         let all = render(b, &[set]);
         let cluster_roles: Vec<String> = docs(&all, "ClusterRole").iter().map(|r| name_ns(r).0).collect();
         assert!(!cluster_roles.contains(&"rel-projectvm-operator".to_string()), "{set}: {cluster_roles:?}");
-        assert_eq!(cluster_bound(&all), grants(&[CLUSTER]), "{set}: nothing cluster-wide for the operator");
+        assert_eq!(cluster_bound(&all), cluster_scoped(), "{set}: nothing cluster-wide for the operator");
         let roles: BTreeMap<(String, String), Grants> =
             docs(&all, "Role").iter().map(|r| (name_ns(r), rules_of(r))).collect();
         let expected: BTreeMap<(String, String), Grants> = [
@@ -345,8 +361,8 @@ fn namespaced_install_works_with_only_its_roles() {
     // The bed's own install (cluster-wide) grants the operator's verbs in every namespace,
     // plus the Lease in its release namespace, and nothing else.
     let bed_sa = "system:serviceaccount:projectvm-system:projectvm-operator";
-    assert_eq!(can_i_list(b, bed_sa, UNWATCHED), grants(&[OPERATOR, CLUSTER]), "cluster-wide install");
-    assert_eq!(can_i_list(b, bed_sa, "projectvm-system"), grants(&[OPERATOR, LEADER, CLUSTER]), "cluster-wide install");
+    assert_eq!(can_i_list(b, bed_sa, UNWATCHED), with_cluster(&[OPERATOR]), "cluster-wide install");
+    assert_eq!(can_i_list(b, bed_sa, "projectvm-system"), with_cluster(&[OPERATOR, LEADER]), "cluster-wide install");
 
     // A second release of the chart, watching two namespaces, installed as a user would.
     let chart = chart();
@@ -380,10 +396,10 @@ fn namespaced_install_works_with_only_its_roles() {
     // What its ServiceAccount may do: the operator's verbs in each watched namespace, the
     // Lease in its own, nothing anywhere else.
     for ns in WATCHED {
-        assert_eq!(can_i_list(b, &sa, ns), grants(&[OPERATOR, CLUSTER]), "namespaced install in {ns}");
+        assert_eq!(can_i_list(b, &sa, ns), with_cluster(&[OPERATOR]), "namespaced install in {ns}");
     }
-    assert_eq!(can_i_list(b, &sa, OP_NS), grants(&[LEADER, CLUSTER]), "namespaced install in its release namespace");
-    assert_eq!(can_i_list(b, &sa, UNWATCHED), grants(&[CLUSTER]), "namespaced install in an unwatched namespace");
+    assert_eq!(can_i_list(b, &sa, OP_NS), with_cluster(&[LEADER]), "namespaced install in its release namespace");
+    assert_eq!(can_i_list(b, &sa, UNWATCHED), cluster_scoped(), "namespaced install in an unwatched namespace");
     for (verb, what) in [("list", "secrets"), ("watch", "projectvms.projectvm.dev"), ("get", "namespaces")] {
         let out = run(b, "kubectl", &["auth", "can-i", verb, what, "--all-namespaces", &format!("--as={sa}")], None);
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no", "{verb} {what} cluster-wide");
