@@ -66,9 +66,10 @@ pub struct Config {
     /// YAML file with cost rates overriding the built-in e2/us-central1 table.
     #[arg(long, env = "PROJECTVM_RATES_FILE")]
     pub rates_file: Option<std::path::PathBuf>,
-    /// Only watch this namespace (all namespaces when unset).
-    #[arg(long, env = "PROJECTVM_WATCH_NAMESPACE")]
-    pub watch_namespace: Option<String>,
+    /// Only watch these namespaces (comma-separated, or the flag repeated); all namespaces
+    /// when empty. The chart's namespaced mode grants Roles in exactly these.
+    #[arg(long, env = "PROJECTVM_WATCH_NAMESPACE", value_delimiter = ',')]
+    pub watch_namespace: Vec<String>,
     /// SSH port on the VMs.
     #[arg(long, env = "PROJECTVM_SSH_PORT", default_value_t = 22)]
     pub ssh_port: u16,
@@ -84,4 +85,42 @@ pub struct Config {
     /// Seconds between steady-state checks of a resource that is Ready.
     #[arg(long, env = "PROJECTVM_RESYNC_SECONDS", default_value_t = 60)]
     pub resync_seconds: u64,
+}
+
+impl Config {
+    /// The namespaces to watch, without blanks and duplicates; empty means all namespaces.
+    pub fn watched_namespaces(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for ns in self.watch_namespace.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+            if !out.iter().any(|o| o == ns) {
+                out.push(ns.to_string());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut argv = vec!["projectvm-operator", "--gcp-project", "p"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn watch_namespace_is_one_or_a_list() {
+        assert!(parse(&[]).watched_namespaces().is_empty(), "unset: all namespaces");
+        assert_eq!(parse(&["--watch-namespace", "team-a"]).watched_namespaces(), ["team-a"]);
+        assert_eq!(parse(&["--watch-namespace", "team-a,team-b"]).watched_namespaces(), ["team-a", "team-b"]);
+        assert_eq!(
+            parse(&["--watch-namespace", "team-a", "--watch-namespace", "team-b,team-a"]).watched_namespaces(),
+            ["team-a", "team-b"]
+        );
+        // An empty value (the chart's default) is all namespaces, not a namespace named "".
+        assert!(parse(&["--watch-namespace", ""]).watched_namespaces().is_empty());
+        assert_eq!(parse(&["--watch-namespace", " team-a , ,team-b"]).watched_namespaces(), ["team-a", "team-b"]);
+    }
 }

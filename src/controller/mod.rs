@@ -28,11 +28,16 @@ pub mod steps;
 pub mod vm;
 pub mod writer;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
@@ -55,7 +60,8 @@ fn error_policy<K: kind::VmKind>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) ->
     Action::requeue(delay)
 }
 
-/// Runs both controllers until shutdown.
+/// Runs both controllers until shutdown: over all namespaces, or only over those of
+/// `--watch-namespace` (the chart's namespaced mode, whose Roles grant nothing elsewhere).
 pub async fn run(
     client: Client,
     ctx: Arc<Context>,
@@ -63,23 +69,92 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
-    let ns = ctx.config.watch_namespace.clone();
-    let pvms: Api<ProjectVM> = match &ns {
-        Some(n) => Api::namespaced(client.clone(), n),
-        None => Api::all(client.clone()),
-    };
-    let wss: Api<Workspace> = match &ns {
-        Some(n) => Api::namespaced(client.clone(), n),
-        None => Api::all(client.clone()),
-    };
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = match &ns {
-        Some(n) => Api::namespaced(client.clone(), n),
-        None => Api::all(client.clone()),
-    };
-
-    let pvm = controller_for(pvms, secrets.clone(), wakeups.projectvm, ctx.clone(), shutdown.clone());
-    let ws = controller_for(wss, secrets, wakeups.workspace, ctx.clone(), shutdown);
+    let namespaces = ctx.config.watched_namespaces();
+    if namespaces.is_empty() {
+        tracing::info!("watching all namespaces");
+    } else {
+        tracing::info!(namespaces = %namespaces.join(","), "watching only these namespaces");
+    }
+    let pvm = controller_for::<ProjectVM>(&client, &namespaces, wakeups.projectvm, ctx.clone(), shutdown.clone());
+    let ws = controller_for::<Workspace>(&client, &namespaces, wakeups.workspace, ctx.clone(), shutdown);
     futures::future::join(pvm, ws).await;
+}
+
+/// One `Api` per watched namespace, or a single one over all namespaces; each with the
+/// namespace it is limited to.
+fn scoped_apis<K>(client: &Client, namespaces: &[String]) -> Vec<(Option<String>, Api<K>)>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    if namespaces.is_empty() {
+        return vec![(None, Api::all(client.clone()))];
+    }
+    namespaces.iter().map(|ns| (Some(ns.clone()), Api::namespaced(client.clone(), ns))).collect()
+}
+
+type EventStream<K> = BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
+
+/// Merges the watch streams of several namespaces into one stream for a single reflector.
+///
+/// A reflector takes `Init … InitDone` as a relist of everything it stores, so passing one
+/// namespace's (re)list through unchanged would drop the other namespaces' objects, and
+/// interleaved lists would mix their buffers. Each namespace's list is therefore held back
+/// until its `InitDone` and then replayed, in one piece, as a relist of the whole store:
+/// that namespace's fresh objects plus the others' as the store holds them. Objects deleted
+/// while a namespace's watch was down disappear with that relist, as with one watcher.
+fn merge_namespaces<K>(streams: Vec<(Option<String>, EventStream<K>)>, store: Store<K>) -> EventStream<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    if streams.len() == 1 {
+        return streams.into_iter().next().expect("one stream").1;
+    }
+    let tagged = futures::stream::select_all(streams.into_iter().map(|(ns, s)| s.map(move |e| (ns.clone(), e))));
+    let mut listing: HashMap<Option<String>, Vec<K>> = HashMap::new();
+    tagged
+        .flat_map(move |(ns, event)| {
+            let out: Vec<Result<watcher::Event<K>, watcher::Error>> = match event {
+                Ok(watcher::Event::Init) => {
+                    listing.insert(ns, Vec::new());
+                    Vec::new()
+                }
+                Ok(watcher::Event::InitApply(obj)) => {
+                    listing.entry(ns).or_default().push(obj);
+                    Vec::new()
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let fresh = listing.remove(&ns).unwrap_or_default();
+                    let others = store
+                        .state()
+                        .into_iter()
+                        .filter(|o| o.namespace() != ns)
+                        .map(|o| watcher::Event::InitApply((*o).clone()));
+                    std::iter::once(watcher::Event::Init)
+                        .chain(others)
+                        .chain(fresh.into_iter().map(watcher::Event::InitApply))
+                        .chain(std::iter::once(watcher::Event::InitDone))
+                        .map(Ok)
+                        .collect()
+                }
+                other => vec![other],
+            };
+            futures::stream::iter(out)
+        })
+        .boxed()
+}
+
+/// Secrets in the watched namespaces, by metadata only: the mapper needs a Secret's
+/// namespace and name, never its data, so the operator holds no Secret data it did not ask
+/// for by name (a referenced token, its own SSH key and password).
+fn secret_metadata(
+    client: &Client,
+    namespaces: &[String],
+) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
+    // An `Api` of `PartialObjectMeta` lists and watches with metadata-only requests.
+    let streams = scoped_apis::<PartialObjectMeta<Secret>>(client, namespaces)
+        .into_iter()
+        .map(|(_, api)| watcher(api, watcher::Config::default()).default_backoff().touched_objects().boxed());
+    futures::stream::select_all(streams)
 }
 
 /// Hashes what a person or a tool changes: the spec (through the generation), labels,
@@ -95,11 +170,12 @@ fn spec_or_metadata_changed<K: Resource>(obj: &K) -> Option<u64> {
     Some(h.finish())
 }
 
-/// One kind's controller. Besides its own objects it watches Secrets, mapping each to the
-/// resources that use it, so a refreshed token or password reaches the VM without a restart.
+/// One kind's controller. Besides its own objects it watches Secrets (metadata only), mapping
+/// each to the resources that use it, so a refreshed token or password reaches the VM
+/// without a restart.
 async fn controller_for<K>(
-    api: Api<K>,
-    secrets: Api<k8s_openapi::api::core::v1::Secret>,
+    client: &Client,
+    namespaces: &[String],
     wakeups: mpsc::UnboundedReceiver<ObjectRef<K>>,
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -109,8 +185,11 @@ async fn controller_for<K>(
     // Only changes someone else made start a reconcile: the operator's own status writes
     // move none of these, so they do not trigger a second pass.
     let (reader, writer) = reflector::store();
-    let changes = watcher(api, watcher::Config::default())
-        .default_backoff()
+    let watches = scoped_apis::<K>(client, namespaces)
+        .into_iter()
+        .map(|(ns, api)| (ns, watcher(api, watcher::Config::default()).default_backoff().boxed()))
+        .collect();
+    let changes = merge_namespaces(watches, reader.clone())
         .reflect(writer)
         .applied_objects()
         .predicate_filter(spec_or_metadata_changed::<K>, Default::default());
@@ -118,7 +197,7 @@ async fn controller_for<K>(
     K::watch_cache(&ctx, controller.store());
     let store = controller.store();
     controller
-        .watches(secrets, watcher::Config::default(), move |secret| {
+        .watches_stream(secret_metadata(client, namespaces), move |secret| {
             let ns = secret.namespace().unwrap_or_default();
             let name = secret.name_any();
             store
@@ -133,4 +212,96 @@ async fn controller_for<K>(
         .run(reconcile::reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+    use futures::channel::mpsc::{UnboundedSender, unbounded};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn cm(ns: &str, name: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta { namespace: Some(ns.into()), name: Some(name.into()), ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    type Sender = UnboundedSender<Result<watcher::Event<ConfigMap>, watcher::Error>>;
+
+    fn send(tx: &Sender, events: Vec<watcher::Event<ConfigMap>>) {
+        for e in events {
+            tx.unbounded_send(Ok(e)).unwrap();
+        }
+    }
+
+    fn names(store: &Store<ConfigMap>) -> Vec<String> {
+        let mut v: Vec<String> =
+            store.state().iter().map(|o| format!("{}/{}", o.namespace().unwrap(), o.name_any())).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn several_namespaces_share_one_store() {
+        use watcher::Event::*;
+        let (reader, writer) = reflector::store::<ConfigMap>();
+        let (a, a_rx) = unbounded();
+        let (b, b_rx) = unbounded();
+        let merged = merge_namespaces(
+            vec![(Some("a".to_string()), a_rx.boxed()), (Some("b".to_string()), b_rx.boxed())],
+            reader.clone(),
+        );
+        let mut applied = merged.reflect(writer).applied_objects().boxed();
+        let mut drain = || {
+            let mut seen = Vec::new();
+            while let Some(Some(o)) = applied.next().now_or_never() {
+                seen.push(o.map(|o| o.name_any()).unwrap_or_else(|e| format!("error: {e}")));
+            }
+            seen
+        };
+
+        // Interleaved initial lists: nothing reaches the store before a list is complete.
+        send(&a, vec![Init, InitApply(cm("a", "a1"))]);
+        send(&b, vec![Init, InitApply(cm("b", "b1"))]);
+        drain();
+        assert!(names(&reader).is_empty());
+        send(&a, vec![InitDone]);
+        drain();
+        assert_eq!(names(&reader), ["a/a1"]);
+        send(&b, vec![InitApply(cm("b", "b2")), InitDone]);
+        drain();
+        assert_eq!(names(&reader), ["a/a1", "b/b1", "b/b2"]);
+
+        // b relists (its watch was down, b2 was deleted meanwhile) while a keeps changing.
+        send(&b, vec![Init, InitApply(cm("b", "b1"))]);
+        send(&a, vec![Apply(cm("a", "a3"))]);
+        assert_eq!(drain(), ["a3"]);
+        send(&b, vec![InitDone]);
+        drain();
+        assert_eq!(names(&reader), ["a/a1", "a/a3", "b/b1"], "a kept, b2 gone");
+
+        // Deletes and errors pass through.
+        send(&a, vec![Delete(cm("a", "a1"))]);
+        a.unbounded_send(Err(watcher::Error::NoResourceVersion)).unwrap();
+        assert_eq!(drain().len(), 1, "the error");
+        assert_eq!(names(&reader), ["a/a3", "b/b1"]);
+    }
+
+    #[test]
+    fn one_namespace_or_all_is_passed_through() {
+        let (reader, writer) = reflector::store::<ConfigMap>();
+        let (a, a_rx) = unbounded();
+        let mut s = merge_namespaces(vec![(None, a_rx.boxed())], reader.clone()).reflect(writer).boxed();
+        send(&a, vec![watcher::Event::Init, watcher::Event::InitApply(cm("x", "1")), watcher::Event::InitDone]);
+        let mut n = 0;
+        while let Some(Some(_)) = s.next().now_or_never() {
+            n += 1;
+        }
+        assert_eq!(n, 3);
+        assert_eq!(names(&reader), ["x/1"]);
+    }
 }

@@ -1,0 +1,75 @@
+{{/*
+The namespaces the operator watches, comma-separated ("" = all namespaces). The value
+watchNamespace is one namespace, a comma-separated string, or a list; blanks and
+duplicates are dropped.
+*/}}
+{{- define "projectvm.watchNamespaces" -}}
+{{- $v := .Values.watchNamespace -}}
+{{- $in := list -}}
+{{- if kindIs "string" $v -}}
+{{- $in = splitList "," $v -}}
+{{- else if $v -}}
+{{- $in = $v -}}
+{{- end -}}
+{{- $out := list -}}
+{{- range $in -}}
+{{- $n := trim (toString .) -}}
+{{- if and $n (not (has $n $out)) -}}
+{{- $out = append $out $n -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $out -}}
+{{- end -}}
+
+{{/*
+What the operator does with the API server in the namespaces it watches: the rules of the
+ClusterRole (all namespaces) or of the Role in each watched namespace. Every verb is one the
+code uses; the comments name where. Leases are in role.yaml (release namespace only).
+*/}}
+{{- define "projectvm.operatorRules" -}}
+# The two kinds: list/watch for the controllers (src/controller/mod.rs, controller_for);
+# patch adds and removes the finalizer (kube's finalizer(), src/controller/reconcile.rs).
+- apiGroups: ["projectvm.dev"]
+  resources: ["projectvms", "workspaces"]
+  verbs: ["list", "watch", "patch"]
+# Status, written with server-side apply (write_status, src/controller/cluster.rs).
+- apiGroups: ["projectvm.dev"]
+  resources: ["projectvms/status", "workspaces/status"]
+  verbs: ["patch"]
+# The Secrets and route objects made for a resource carry an owner reference with
+# blockOwnerDeletion; where the OwnerReferencesPermissionEnforcement admission plugin is on
+# (OpenShift, hardened clusters) setting it needs update on the owner's finalizers.
+- apiGroups: ["projectvm.dev"]
+  resources: ["projectvms/finalizers", "workspaces/finalizers"]
+  verbs: ["update"]
+# Secrets: list/watch by metadata only, never their data (the Secret watch that wakes the
+# resources using a Secret, src/controller/mod.rs secret_metadata); get for a Secret by
+# name: a referenced token or password, the operator's own SSH key and password
+# (src/controller/secrets.rs read_token, ensure_ssh_key, ensure_password); create for the
+# SSH key Secret (ensure_ssh_key) and, with patch, the generated password Secret, applied
+# server-side (ensure_password; applying an object that does not exist yet creates it).
+# No update, no delete: the operator's Secrets go away with their owner.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# A Workspace's route (src/controller/route.rs apply): get to check that an existing object
+# is the operator's before touching it, patch (+ create for a new one) to apply it
+# server-side. Never listed or watched; the Service and EndpointSlice go away with their
+# owner.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "create", "patch"]
+# ... and delete the operator's own Ingress when spec.ingress is removed.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["ingresses"]
+  verbs: ["get", "create", "patch", "delete"]
+# Events on the resources: kube's Recorder creates events.k8s.io/v1 Events and patches a
+# repeated one's series; long names are created directly (publish, src/controller/cluster.rs).
+# The core/v1 events API is not used.
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}
