@@ -13,7 +13,7 @@ use super::{Context, Error};
 use crate::api::START_ANNOTATION;
 use crate::api::{OperationKind, PendingOperation, PowerStatus, RunStrategy, StopReason};
 use crate::clock;
-use crate::cloud::{CloudInstance, InstanceRequest, InstanceState, naming};
+use crate::cloud::{CloudInstance, InstanceRequest, InstanceState};
 use crate::conditions::{Reason, Update, types};
 use crate::engine::instance::{InstanceAction, StartReason};
 use crate::ssh::{self, SshTarget};
@@ -66,12 +66,7 @@ pub async fn act<K: VmKind>(
                 machine_type: machine.desired_machine_type(),
                 source_image: machine.image.source_image(),
                 disk_size_gb: i64::from(machine.disk_size_gb),
-                labels: naming::instance_labels(
-                    K::LABEL,
-                    &obj.namespace().unwrap_or_default(),
-                    &obj.name_any(),
-                    obj.uid().as_deref().unwrap_or(""),
-                ),
+                labels: super::observe::Who::of(ctx, obj).id().labels(),
                 metadata: observed.desired_metadata.clone(),
                 network: ctx.config.network.clone(),
                 subnetwork: ctx.config.subnetwork.clone(),
@@ -84,16 +79,16 @@ pub async fn act<K: VmKind>(
             report.progress("Instance", what, None);
             (OperationKind::Insert, ctx.compute.insert_instance(&req).await)
         }
-        InstanceAction::NameConflict { owner_uid } => {
-            let owner = owner_uid
-                .as_deref()
-                .map(|u| format!("resource uid {u}"))
-                .unwrap_or_else(|| "something other than projectvm".into());
+        InstanceAction::NameConflict => {
+            let holder = observed.ownership.as_ref().map(|o| o.holder()).unwrap_or_else(|| "someone else".into());
+            let cluster = &ctx.cluster_name;
             report.set(Update::falsy(
                 types::INSTANCE_READY,
                 Reason::InstanceNameConflict,
                 format!(
-                    "an instance named {name} already exists in {zone} and belongs to {owner}; delete or rename it"
+                    "instance {name} in {zone} belongs to {holder}, not to this resource in cluster {cluster}; \
+                     it is never adopted, changed or deleted from here: delete or rename it where it belongs, \
+                     or give this resource another name"
                 ),
             ));
             report.soon(Duration::from_secs(300));

@@ -12,8 +12,9 @@ use crate::cloud::{CloudInstance, InstanceState};
 #[derive(Clone, Debug)]
 pub struct InstanceInputs<'a> {
     pub instance: Option<&'a CloudInstance>,
-    /// Whether the instance's labels say it was made for this resource (this object, or an
-    /// earlier one of the same kind, namespace and name, which this one adopts).
+    /// Whether the instance's labels say it was made for this resource in this cluster (this
+    /// object, or an earlier one of the same kind, namespace and name, which this one adopts;
+    /// see `naming::ownership`).
     pub owned: bool,
     pub desired_machine_type: &'a str,
     pub run_strategy: RunStrategy,
@@ -42,10 +43,9 @@ pub enum StartReason {
 pub enum InstanceAction {
     /// No instance: create it.
     Create,
-    /// An instance with this name exists but belongs to another resource.
-    NameConflict {
-        owner_uid: Option<String>,
-    },
+    /// An instance with this name exists but is not ours (another cluster's, another
+    /// resource's, or not projectvm's): leave it alone.
+    NameConflict,
     /// Compute Engine is moving the instance between states; wait.
     WaitTransition,
     Stop(StopReason),
@@ -67,7 +67,7 @@ pub fn plan_instance(i: &InstanceInputs<'_>) -> InstanceAction {
         return InstanceAction::Create;
     };
     if !i.owned {
-        return InstanceAction::NameConflict { owner_uid: inst.labels.get(crate::cloud::naming::LABEL_UID).cloned() };
+        return InstanceAction::NameConflict;
     }
     let running = match &inst.state {
         InstanceState::Running => true,
@@ -249,7 +249,7 @@ mod tests {
     fn foreign_instance_is_a_conflict() {
         let mut c = Case::new(Some(inst(Running, "e2-medium")));
         c.owned = false;
-        assert_eq!(c.plan(), InstanceAction::NameConflict { owner_uid: Some("uid-1".into()) });
+        assert_eq!(c.plan(), InstanceAction::NameConflict);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use serde_json::Value;
 
 pub const PROJECT: &str = "scenarios";
 pub const ZONE: &str = "us-central1-a";
+pub const CLUSTER: &str = "scenario-cluster";
 
 /// One event as published.
 #[derive(Clone, Debug)]
@@ -299,7 +300,15 @@ impl World {
         );
         let cluster = Arc::new(FakeCluster::default());
         let vms = Arc::new(FakeVms::default());
-        let config = Config::parse_from(["projectvm-operator", "--gcp-project", PROJECT, "--default-zone", ZONE]);
+        let config = Config::parse_from([
+            "projectvm-operator",
+            "--gcp-project",
+            PROJECT,
+            "--default-zone",
+            ZONE,
+            "--cluster-name",
+            CLUSTER,
+        ]);
         // Never used: the scenarios call the pipeline below the finalizer.
         let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
         let edges =
