@@ -136,7 +136,7 @@ pub async fn observe<K: VmKind>(ctx: &Arc<Context>, report: &mut Report, obj: &K
     if observed.instance.is_none() && !fresh {
         observed.instance = ctx.compute.get_instance(&observed.zone, &observed.instance_name).await?;
     }
-    let who = Who::of(&**ctx, obj);
+    let who = Who::of(ctx, obj);
     let id = who.id();
     let mut ownership = observed.instance.as_ref().map(|i| naming::ownership(i, &id));
     // A name of the previous version holds nothing of ours (any more): from now on the

@@ -278,7 +278,8 @@ impl VmAccess for FakeVms {
 
 /// One scenario's world.
 pub struct World {
-    pub emulator: RunningEmulator,
+    /// Shared by the worlds of several clusters (see [`World::another_cluster`]).
+    pub emulator: Arc<RunningEmulator>,
     pub ctx: Arc<Context>,
     pub cluster: Arc<FakeCluster>,
     pub vms: Arc<FakeVms>,
@@ -295,6 +296,16 @@ impl World {
         cfg.backend = BackendChoice::None { boot_delay: Duration::from_millis(20) };
         cfg.operation_wait_timeout = Duration::from_secs(2);
         let emulator = serve(cfg, "127.0.0.1:0".parse().unwrap()).await.expect("emulator starts");
+        World::on(Arc::new(emulator), CLUSTER).await
+    }
+
+    /// Another cluster's operator on the same Google Cloud project (this world's emulator),
+    /// with its own cluster name, in-memory cluster and VMs.
+    pub async fn another_cluster(&self, cluster: &str) -> World {
+        World::on(self.emulator.clone(), cluster).await
+    }
+
+    async fn on(emulator: Arc<RunningEmulator>, cluster_name: &str) -> World {
         let compute = Arc::new(
             GceCompute::new(PROJECT, Some(&emulator.endpoint()), CredentialsMode::Anonymous).await.expect("client"),
         );
@@ -307,7 +318,7 @@ impl World {
             "--default-zone",
             ZONE,
             "--cluster-name",
-            CLUSTER,
+            cluster_name,
         ]);
         // Never used: the scenarios call the pipeline below the finalizer.
         let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
