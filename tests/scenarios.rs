@@ -614,7 +614,7 @@ async fn two_clusters_same_name_two_instances_deleting_one_never_touches_the_oth
     assert_eq!(cloud_b.labels[naming::LABEL_CLUSTER], "cluster-b");
     // Each cluster's bulk list holds its own instance only.
     let listed = a.compute.list_instances(ZONE, &naming::cluster_selector("cluster-b")).await.unwrap();
-    assert_eq!(listed.iter().map(|i| i.name.clone()).collect::<Vec<_>>(), [cloud_b.name.clone()]);
+    assert_eq!(listed.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), [cloud_b.name.as_str()]);
 
     in_b.metadata.deletion_timestamp =
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
