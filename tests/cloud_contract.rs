@@ -214,6 +214,23 @@ async fn instance_lifecycle_through_the_real_client() {
     assert_eq!(stale.http_status, Some(412));
     assert!(stale.retryable());
 
+    // setLabels likewise: the whole set, with the label fingerprint; a stale one is refused
+    let mut labels = a2.labels.clone();
+    labels.insert("projectvm-cluster".into(), "relabelled".into());
+    let op = c.set_labels(ZONE, &a.name, a2.label_fingerprint.as_deref(), &labels).await.expect("setLabels");
+    bed.ok(&op).await;
+    let a3 = bed.get(&a.name).await;
+    assert_eq!(a3.labels, labels);
+    assert_ne!(a3.label_fingerprint, a2.label_fingerprint, "label fingerprint changes");
+    assert_eq!(a3.metadata_fingerprint, a2.metadata_fingerprint, "metadata untouched");
+    let stale = c.set_labels(ZONE, &a.name, a2.label_fingerprint.as_deref(), &labels).await.unwrap_err();
+    assert_eq!(stale.kind, CloudErrorKind::PreconditionFailed, "{stale:?}");
+    let mut bad = labels.clone();
+    bad.insert("projectvm-cluster".into(), "Not.Valid".into());
+    let invalid = c.set_labels(ZONE, &a.name, a3.label_fingerprint.as_deref(), &bad).await.unwrap_err();
+    assert_eq!(invalid.http_status, Some(400), "{invalid:?}");
+    assert_eq!(bed.get(&a.name).await.labels, labels, "refused calls change nothing");
+
     // the machine type cannot change while running
     let busy = c.set_machine_type(ZONE, &a.name, "e2-standard-4").await.unwrap_err();
     assert_eq!(busy.kind, CloudErrorKind::ResourceInUse, "{busy:?}");

@@ -648,6 +648,13 @@ async fn an_instance_of_the_previous_version_stays_with_its_resource() {
     assert_eq!(s.instance.as_ref().unwrap().name.as_deref(), Some(legacy.as_str()));
     assert!(w.instance(&who(CLUSTER, "old", "").instance_name()).await.is_none(), "no second instance");
     assert!(w.cluster.events_of("old").iter().all(|e| e.reason != "InstanceReplaced"));
+    // It got the cluster label, every other label kept, so the cluster's bulk lists see it.
+    let after = w.instance(&legacy).await.unwrap();
+    assert_eq!(after.labels[naming::LABEL_CLUSTER], CLUSTER);
+    assert_eq!(after.labels.len(), labels.len() + 1);
+    assert!(w.cluster.events_of("old").iter().any(|e| e.reason == "ClusterLabelled"));
+    let listed = w.compute.list_instances(ZONE, &naming::cluster_selector(CLUSTER)).await.unwrap();
+    assert!(listed.iter().any(|i| i.name == legacy));
 
     // Deleting the resource deletes it.
     pvm.metadata.deletion_timestamp =

@@ -135,6 +135,15 @@ mod tests {
         async fn set_machine_type(&self, _: &str, _: &str, _: &str) -> Result<OperationRef, CloudError> {
             unused()
         }
+        async fn set_labels(
+            &self,
+            _: &str,
+            _: &str,
+            _: Option<&str>,
+            _: &BTreeMap<String, String>,
+        ) -> Result<OperationRef, CloudError> {
+            unused()
+        }
         async fn set_metadata(
             &self,
             _: &str,

@@ -13,7 +13,7 @@ use super::{Context, Error};
 use crate::api::START_ANNOTATION;
 use crate::api::{OperationKind, PendingOperation, PowerStatus, RunStrategy, StopReason};
 use crate::clock;
-use crate::cloud::{CloudInstance, InstanceRequest, InstanceState};
+use crate::cloud::{CloudInstance, InstanceRequest, InstanceState, naming};
 use crate::conditions::{Reason, Update, types};
 use crate::engine::instance::{InstanceAction, StartReason};
 use crate::ssh::{self, SshTarget};
@@ -93,6 +93,34 @@ pub async fn act<K: VmKind>(
             ));
             report.soon(Duration::from_secs(300));
             return Ok(());
+        }
+        InstanceAction::LabelCluster => {
+            let cluster = &ctx.cluster_name;
+            let mut labels = inst.map(|i| i.labels.clone()).unwrap_or_default();
+            labels.insert(naming::LABEL_CLUSTER.to_string(), naming::label_value(cluster));
+            let fp = inst.and_then(|i| i.label_fingerprint.clone());
+            // Quick and idempotent: not tracked as the resource's operation; the next pass
+            // sees the label (or adds it again).
+            match ctx.compute.set_labels(zone, name, fp.as_deref(), &labels).await {
+                Ok(_) => {
+                    ctx.instances.invalidate(zone);
+                    report.normal(
+                        "ClusterLabelled",
+                        format!(
+                            "instance {name} was made by an earlier version without a cluster label; \
+                             labelling it {}={cluster}",
+                            naming::LABEL_CLUSTER
+                        ),
+                    );
+                    report.soon(TRANSITION_POLL);
+                    return Ok(());
+                }
+                Err(err) => {
+                    let message = format!("Compute Engine setLabels of instance {name} failed: {}", err.message);
+                    report.set(Update::falsy(types::INSTANCE_READY, err.condition_reason(), message));
+                    return Err(Error::Reported(Box::new(err.into())));
+                }
+            }
         }
         InstanceAction::WaitTransition => {
             let state = inst.map(|i| i.state.clone()).unwrap_or_default();

@@ -17,6 +17,7 @@ pub fn instance<K: VmKind>(report: &Report, obj: &K, observed: &Observed) -> Ins
     plan_instance(&InstanceInputs {
         instance: inst,
         owned: observed.ownership.as_ref().is_some_and(Ownership::is_ours),
+        cluster_label_missing: observed.ownership == Some(Ownership::OursUnlabelled),
         desired_machine_type: &desired_machine_type,
         run_strategy: obj.machine().run_strategy,
         desired_metadata: &observed.desired_metadata,

@@ -16,6 +16,10 @@ pub struct InstanceInputs<'a> {
     /// object, or an earlier one of the same kind, namespace and name, which this one adopts;
     /// see `naming::ownership`).
     pub owned: bool,
+    /// Ours, but made by a version that did not label the cluster (see
+    /// `naming::Ownership::OursUnlabelled`): the label is added first, so the cluster's bulk
+    /// lists see it.
+    pub cluster_label_missing: bool,
     pub desired_machine_type: &'a str,
     pub run_strategy: RunStrategy,
     /// Metadata items the operator manages (ssh-keys, enable-guest-attributes).
@@ -46,6 +50,8 @@ pub enum InstanceAction {
     /// An instance with this name exists but is not ours (another cluster's, another
     /// resource's, or not projectvm's): leave it alone.
     NameConflict,
+    /// Add the cluster label to an instance of ours that lacks it.
+    LabelCluster,
     /// Compute Engine is moving the instance between states; wait.
     WaitTransition,
     Stop(StopReason),
@@ -68,6 +74,9 @@ pub fn plan_instance(i: &InstanceInputs<'_>) -> InstanceAction {
     };
     if !i.owned {
         return InstanceAction::NameConflict;
+    }
+    if i.cluster_label_missing {
+        return InstanceAction::LabelCluster;
     }
     let running = match &inst.state {
         InstanceState::Running => true,
@@ -209,6 +218,7 @@ mod tests {
         idle: bool,
         metadata: BTreeMap<String, String>,
         owned: bool,
+        unlabelled: bool,
     }
 
     impl Case {
@@ -222,12 +232,14 @@ mod tests {
                 idle: false,
                 metadata: [("ssh-keys".to_string(), "project:key".to_string())].into(),
                 owned: true,
+                unlabelled: false,
             }
         }
         fn plan(&self) -> InstanceAction {
             plan_instance(&InstanceInputs {
                 instance: self.instance.as_ref(),
                 owned: self.owned,
+                cluster_label_missing: self.unlabelled,
                 desired_machine_type: self.mt,
                 run_strategy: self.rs,
                 desired_metadata: &self.metadata,
@@ -250,6 +262,17 @@ mod tests {
         let mut c = Case::new(Some(inst(Running, "e2-medium")));
         c.owned = false;
         assert_eq!(c.plan(), InstanceAction::NameConflict);
+        c.instance = Some(inst(Stopping, "e2-small"));
+        assert_eq!(c.plan(), InstanceAction::NameConflict, "never waited on, resized or started");
+    }
+
+    #[test]
+    fn an_instance_without_the_cluster_label_gets_it_first() {
+        let mut c = Case::new(Some(inst(Terminated, "e2-small")));
+        c.unlabelled = true;
+        assert_eq!(c.plan(), InstanceAction::LabelCluster);
+        c.unlabelled = false;
+        assert_eq!(c.plan(), InstanceAction::SetMachineType("e2-medium".into()));
     }
 
     #[test]
