@@ -662,6 +662,21 @@ async fn an_instance_of_the_previous_version_stays_with_its_resource() {
     delete_until_done(&w, &mut pvm).await;
     assert!(w.instance(&legacy).await.is_none(), "deleted with its resource");
 
+    // The previous version's insert, still in flight at the upgrade: no instance recorded
+    // yet, only the operation; the instance it made is found under the old name.
+    let mut labels_mid = who(CLUSTER, "mid", "uid-mid").labels();
+    labels_mid.remove(naming::LABEL_CLUSTER);
+    let legacy_mid = naming::legacy_instance_name("projectvm", "team", "mid");
+    let made = seed_instance(&w, &legacy_mid, labels_mid).await;
+    let mut mid = projectvm("mid", REPO);
+    let mut v = serde_json::to_value(&mid).unwrap();
+    v["status"] = json!({"operation": {"name": "operation-of-the-old-version", "kind": "insert", "zone": ZONE}});
+    mid = serde_json::from_value(v).unwrap();
+    w.until_ready(&mut mid).await;
+    let got = mid.vm_status().unwrap().instance.clone().unwrap();
+    assert_eq!((got.name.as_deref(), got.id.as_deref()), (Some(legacy_mid.as_str()), Some(made.id.as_str())));
+    assert!(w.instance(&who(CLUSTER, "mid", "").instance_name()).await.is_none(), "no second instance");
+
     // One the previous version made for another object of the same name (without a cluster
     // label nothing says which cluster that was): left alone; the resource gets its own.
     labels.insert(naming::LABEL_UID.into(), "uid-someone".into());

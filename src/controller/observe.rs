@@ -116,13 +116,17 @@ pub async fn observe<K: VmKind>(ctx: &Arc<Context>, report: &mut Report, obj: &K
 
     // A cloud operation in flight: poll it, never wait on it.
     let mut fresh = report.status.instance.is_none();
+    let mut insert_over = false;
     if let Some(op) = report.status.operation.clone() {
         match poll_operation(ctx, report, obj, &observed, &op).await? {
             Poll::Running => {
                 observed.waiting_for_operation = true;
                 return Ok(observed);
             }
-            Poll::Over => fresh = true,
+            Poll::Over => {
+                fresh = true;
+                insert_over = op.kind == OperationKind::Insert && report.status.instance.is_none();
+            }
         }
     }
 
@@ -146,6 +150,17 @@ pub async fn observe<K: VmKind>(ctx: &Arc<Context>, report: &mut Report, obj: &K
         observed.instance_name = name;
         observed.instance = ctx.compute.get_instance(&observed.zone, &observed.instance_name).await?;
         ownership = observed.instance.as_ref().map(|i| naming::ownership(i, &id));
+    }
+    // An insert that finished with nothing under the deterministic name, before any
+    // instance was recorded, was the previous version's (an upgrade in between): its
+    // instance is under the old name.
+    let legacy = id.legacy_instance_name();
+    if insert_over && observed.instance.is_none() && legacy != observed.instance_name {
+        let found = ctx.compute.get_instance(&observed.zone, &legacy).await?;
+        let judged = found.as_ref().map(|i| naming::ownership(i, &id));
+        if judged.as_ref().is_some_and(Ownership::is_ours) {
+            (observed.instance_name, observed.instance, ownership) = (legacy, found, judged);
+        }
     }
     if let Some(inst) = &observed.instance
         && ownership.as_ref().is_some_and(Ownership::is_ours)
