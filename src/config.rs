@@ -32,7 +32,7 @@ pub struct Config {
     /// Name of this Kubernetes cluster, written on every instance (label `projectvm-cluster`)
     /// and part of its name, so clusters sharing a Google Cloud project never adopt or
     /// delete each other's instances. Lowercase letters, digits, `-` and `_`, at most 63.
-    /// Default: the uid of the `kube-system` Namespace, read at start-up.
+    /// Default (also when empty): the uid of the `kube-system` Namespace, read at start-up.
     #[arg(long, env = "PROJECTVM_CLUSTER_NAME", value_parser = parse_cluster_name)]
     pub cluster_name: Option<String>,
     /// Zone for resources that do not name one.
@@ -88,8 +88,11 @@ pub struct Config {
     pub resync_seconds: u64,
 }
 
+/// A valid cluster name, or empty for "not set" (an empty environment variable).
 fn parse_cluster_name(s: &str) -> Result<String, String> {
-    crate::cloud::naming::valid_cluster_name(s)?;
+    if !s.is_empty() {
+        crate::cloud::naming::valid_cluster_name(s)?;
+    }
     Ok(s.to_string())
 }
 
@@ -97,6 +100,7 @@ fn parse_cluster_name(s: &str) -> Result<String, String> {
 /// `kube-system` Namespace (stable for the cluster's life, unique per cluster). Start-up
 /// fails with what to do when neither is available.
 pub async fn with_cluster_name(mut config: Config, client: &kube::Client) -> anyhow::Result<Config> {
+    config.cluster_name = config.cluster_name.filter(|n| !n.is_empty());
     if let Some(name) = &config.cluster_name {
         tracing::info!(cluster = %name, "cluster name from --cluster-name");
         return Ok(config);
@@ -128,6 +132,8 @@ mod tests {
         let c = Config::try_parse_from(base.iter().copied().chain(["--cluster-name", "cluster-b"])).unwrap();
         assert_eq!(c.cluster_name.as_deref(), Some("cluster-b"));
         assert!(Config::try_parse_from(base).unwrap().cluster_name.is_none());
+        let empty = Config::try_parse_from(base.iter().copied().chain(["--cluster-name", ""])).unwrap();
+        assert_eq!(empty.cluster_name.as_deref(), Some(""), "empty: settled like unset at start-up");
         let e = Config::try_parse_from(base.iter().copied().chain(["--cluster-name", "Prod.EU"])).unwrap_err();
         assert!(e.to_string().contains("only lowercase letters"), "{e}");
     }

@@ -58,8 +58,11 @@ impl Context {
     /// [`crate::config::with_cluster_name`] (without it no instance could be told apart from
     /// another cluster's).
     pub fn new(edges: Edges, config: Config, rates: Rates, metrics: Arc<Metrics>) -> (Arc<Self>, Wakeups) {
-        let cluster_name =
-            config.cluster_name.clone().expect("the cluster name is settled before the controllers start");
+        let cluster_name = config
+            .cluster_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .expect("the cluster name is settled before the controllers start");
         let selector = crate::cloud::naming::cluster_selector(&cluster_name);
         let (tp, rp) = mpsc::unbounded_channel();
         let (tw, rw) = mpsc::unbounded_channel();
