@@ -142,12 +142,20 @@ fn same_name_in_two_clusters_gets_two_instances_and_deletes_only_its_own() {
     assert_eq!(inst_b["labels"]["projectvm-cluster"], "cluster-b", "{inst_b}");
     assert_eq!(inst_a["labels"]["projectvm-uid"], a["metadata"]["uid"]);
     assert_eq!(inst_b["labels"]["projectvm-uid"], bb["metadata"]["uid"]);
-    let twins: Vec<Value> = b
-        .emulator_instances()
-        .into_iter()
-        .filter(|i| i["labels"]["projectvm-namespace"] == NS && i["labels"]["projectvm-name"] == "twin")
-        .collect();
-    assert_eq!(twins.len(), 2, "exactly two instances for {NS}/twin: {twins:?}");
+    let twins = instances_labelled(b, &[("projectvm-namespace", NS), ("projectvm-name", "twin")]);
+    let mut names: Vec<&str> = twins.iter().filter_map(|i| i["name"].as_str()).collect();
+    names.sort();
+    let mut expected = [name_a.as_str(), name_b.as_str()];
+    expected.sort();
+    assert_eq!(names, expected, "exactly two instances for {NS}/twin");
+    // Each cluster's label filter (its bulk list) finds its own only.
+    let only_b = instances_labelled(b, &[("projectvm-cluster", "cluster-b"), ("projectvm-name", "twin")]);
+    assert_eq!(only_b.iter().map(|i| i["name"].clone()).collect::<Vec<_>>(), [json!(name_b)]);
+    let machines = b.emulator_instances();
+    assert!(
+        [&name_a, &name_b].iter().all(|n| machines.iter().any(|m| m["name"] == n.as_str())),
+        "both are machines in the emulator"
+    );
     let id_a = a["status"]["instance"]["id"].clone();
 
     // Deleting the resource in cluster B deletes B's instance and nothing of A's.
@@ -175,6 +183,24 @@ fn same_name_in_two_clusters_gets_two_instances_and_deletes_only_its_own() {
         b.instance_named(&name_a).is_none().then_some(())
     });
     b.delete_namespace(&ns);
+}
+
+/// Instances in the test zone carrying all these labels, through the Compute API's label
+/// filter (`(labels.a = "x") AND (labels.b = "y")`, as the operator's bulk lists send it).
+fn instances_labelled(b: &Bed, labels: &[(&str, &str)]) -> Vec<Value> {
+    let url = format!("{}/compute/v1/projects/testbed/zones/us-central1-a/instances", b.var("EMULATOR_URL"));
+    let expr: Vec<String> = labels.iter().map(|(k, v)| format!("(labels.{k} = \"{v}\")")).collect();
+    let filter = format!("filter={}", expr.join(" AND "));
+    let out = Command::new("curl").args(["-fsS", "-G", &url, "--data-urlencode", &filter]).output().unwrap();
+    assert!(out.status.success(), "emulator list failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let items = v.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default();
+    for i in &items {
+        for (k, want) in labels {
+            assert_eq!(i["labels"][*k], *want, "filter ignored: {i}");
+        }
+    }
+    items
 }
 
 /// Seeds an instance through the emulator's Compute API, as another cluster's operator would
