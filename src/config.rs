@@ -21,6 +21,57 @@ pub enum LogFormat {
     Json,
 }
 
+/// A valid cluster name, or empty for "not set" (an empty environment variable).
+fn parse_cluster_name(s: &str) -> Result<String, String> {
+    if !s.is_empty() {
+        crate::cloud::naming::valid_cluster_name(s)?;
+    }
+    Ok(s.to_string())
+}
+
+/// The configuration with its cluster name settled: the one given, or else the uid of the
+/// `kube-system` Namespace (stable for the cluster's life, unique per cluster). Start-up
+/// fails with what to do when neither is available.
+pub async fn with_cluster_name(mut config: Config, client: &kube::Client) -> anyhow::Result<Config> {
+    config.cluster_name = config.cluster_name.filter(|n| !n.is_empty());
+    if let Some(name) = &config.cluster_name {
+        tracing::info!(cluster = %name, "cluster name from --cluster-name");
+        return Ok(config);
+    }
+    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let uid = match api.get("kube-system").await {
+        Ok(ns) => ns.metadata.uid.unwrap_or_default(),
+        Err(e) => anyhow::bail!(
+            "no cluster name: set --cluster-name (PROJECTVM_CLUSTER_NAME, chart value clusterName), or let the \
+             operator read the kube-system Namespace (get namespaces/kube-system) to use its uid: {e}"
+        ),
+    };
+    let name = uid.to_ascii_lowercase();
+    crate::cloud::naming::valid_cluster_name(&name).map_err(|e| {
+        anyhow::anyhow!("the kube-system Namespace's uid is no usable cluster name ({e}); set --cluster-name")
+    })?;
+    tracing::info!(cluster = %name, "cluster name from the kube-system Namespace's uid");
+    config.cluster_name = Some(name);
+    Ok(config)
+}
+
+#[cfg(test)]
+mod cluster_name_tests {
+    use super::*;
+
+    #[test]
+    fn cluster_name_flag_is_validated() {
+        let base = ["op", "--gcp-project", "p"];
+        let c = Config::try_parse_from(base.iter().copied().chain(["--cluster-name", "cluster-b"])).unwrap();
+        assert_eq!(c.cluster_name.as_deref(), Some("cluster-b"));
+        assert!(Config::try_parse_from(base).unwrap().cluster_name.is_none());
+        let empty = Config::try_parse_from(base.iter().copied().chain(["--cluster-name", ""])).unwrap();
+        assert_eq!(empty.cluster_name.as_deref(), Some(""), "empty: settled like unset at start-up");
+        let e = Config::try_parse_from(base.iter().copied().chain(["--cluster-name", "Prod.EU"])).unwrap_err();
+        assert!(e.to_string().contains("only lowercase letters"), "{e}");
+    }
+}
+
 /// projectvm operator: one persistent Compute Engine VM per project, declared as a
 /// Kubernetes resource.
 #[derive(Clone, Debug, Parser)]
@@ -29,6 +80,12 @@ pub struct Config {
     /// Google Cloud project the VMs live in.
     #[arg(long, env = "PROJECTVM_GCP_PROJECT")]
     pub gcp_project: String,
+    /// Name of this Kubernetes cluster, written on every instance (label `projectvm-cluster`)
+    /// and part of its name, so clusters sharing a Google Cloud project never adopt or
+    /// delete each other's instances. Lowercase letters, digits, `-` and `_`, at most 63.
+    /// Default (also when empty): the uid of the `kube-system` Namespace, read at start-up.
+    #[arg(long, env = "PROJECTVM_CLUSTER_NAME", value_parser = parse_cluster_name)]
+    pub cluster_name: Option<String>,
     /// Zone for resources that do not name one.
     #[arg(long, env = "PROJECTVM_DEFAULT_ZONE", default_value = "us-central1-a")]
     pub default_zone: String,

@@ -52,6 +52,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         .await
         .context("creating the Compute Engine client")?;
     let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+    let config = config::with_cluster_name(config, &client).await?;
     let metrics = Arc::new(metrics::Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let server = tokio::spawn(server::serve(config.metrics_addr, metrics.clone(), ready.clone()));

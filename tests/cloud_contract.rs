@@ -66,6 +66,8 @@ impl Bed {
     }
 }
 
+const CLUSTER: &str = "contract-cluster";
+
 fn request(name: &str, namespace: &str, uid: &str) -> InstanceRequest {
     InstanceRequest {
         name: name.into(),
@@ -73,7 +75,7 @@ fn request(name: &str, namespace: &str, uid: &str) -> InstanceRequest {
         machine_type: "e2-medium".into(),
         source_image: "projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts".into(),
         disk_size_gb: 20,
-        labels: naming::instance_labels("projectvm", namespace, name, uid),
+        labels: naming::instance_labels(CLUSTER, "projectvm", namespace, name, uid),
         metadata: BTreeMap::from([
             ("enable-guest-attributes".into(), "TRUE".into()),
             (
@@ -122,7 +124,16 @@ async fn instance_lifecycle_through_the_real_client() {
     assert!(a.created_at.is_some());
     assert!(naming::owned_by(&a, "uid-a"));
     assert!(!naming::owned_by(&a, "uid-other"));
-    assert!(naming::belongs_to(&a, "projectvm", "contract", "pvm-contract-a"));
+    let id = naming::Identity {
+        cluster: CLUSTER,
+        kind: "projectvm",
+        namespace: "contract",
+        name: "pvm-contract-a",
+        uid: "uid-other",
+    };
+    assert_eq!(naming::ownership(&a, &id), naming::Ownership::Ours);
+    let elsewhere = naming::Identity { cluster: "elsewhere", ..id };
+    assert_eq!(naming::ownership(&a, &elsewhere), naming::Ownership::OtherCluster(CLUSTER.into()));
 
     // a missing instance is Ok(None), not an error
     assert_eq!(c.get_instance(ZONE, "pvm-contract-missing").await.unwrap(), None);
@@ -138,6 +149,10 @@ async fn instance_lifecycle_through_the_real_client() {
     unmanaged.external_ip = false;
     unmanaged.service_account_email = None;
     bed.ok(&c.insert_instance(&unmanaged).await.unwrap()).await;
+    // the same namespace and name, made by another cluster's operator
+    let mut other_cluster = request("pvm-contract-b-elsewhere", "contract", "uid-elsewhere");
+    other_cluster.labels = naming::instance_labels("elsewhere", "projectvm", "contract", "pvm-contract-b", "uid-e");
+    bed.ok(&c.insert_instance(&other_cluster).await.unwrap()).await;
 
     let names = |v: Vec<CloudInstance>| {
         let mut n: Vec<String> = v.into_iter().map(|i| i.name).collect();
@@ -146,19 +161,29 @@ async fn instance_lifecycle_through_the_real_client() {
     };
     assert_eq!(
         names(c.list_instances(ZONE, &managed()).await.unwrap()),
-        ["pvm-contract-a", "pvm-contract-b", "pvm-contract-c"]
+        ["pvm-contract-a", "pvm-contract-b", "pvm-contract-b-elsewhere", "pvm-contract-c"]
     );
-    let mut in_ns = managed();
+    let ours = naming::cluster_selector(CLUSTER);
+    assert_eq!(
+        names(c.list_instances(ZONE, &ours).await.unwrap()),
+        ["pvm-contract-a", "pvm-contract-b", "pvm-contract-c"],
+        "a cluster's list holds only its own instances"
+    );
+    let mut in_ns = ours.clone();
     in_ns.insert("projectvm-namespace".into(), "contract".into());
     assert_eq!(names(c.list_instances(ZONE, &in_ns).await.unwrap()), ["pvm-contract-a", "pvm-contract-b"]);
-    assert_eq!(names(c.list_instances(ZONE, &BTreeMap::new()).await.unwrap()).len(), 4);
+    assert_eq!(names(c.list_instances(ZONE, &BTreeMap::new()).await.unwrap()).len(), 5);
     assert!(c.list_instances("europe-west1-b", &managed()).await.unwrap().is_empty());
 
     // the cache answers many lookups from one list per zone
-    let cache = InstanceCache::new(Duration::from_secs(60));
+    let cache = InstanceCache::new(Duration::from_secs(60), ours);
     assert_eq!(cache.get(c, ZONE, "pvm-contract-a").await.unwrap().unwrap().id, a.id);
     assert!(cache.get(c, ZONE, "pvm-contract-b").await.unwrap().is_some());
     assert!(cache.get(c, ZONE, "not-ours").await.unwrap().is_none(), "only managed instances are cached");
+    assert!(
+        cache.get(c, ZONE, "pvm-contract-b-elsewhere").await.unwrap().is_none(),
+        "another cluster's instances are not cached"
+    );
     assert_eq!(cache.list_calls(), 1);
 
     // guest attributes: the host key once published; nothing (not an error) when not enabled
@@ -188,6 +213,23 @@ async fn instance_lifecycle_through_the_real_client() {
     assert_eq!(stale.kind, CloudErrorKind::PreconditionFailed, "{stale:?}");
     assert_eq!(stale.http_status, Some(412));
     assert!(stale.retryable());
+
+    // setLabels likewise: the whole set, with the label fingerprint; a stale one is refused
+    let mut labels = a2.labels.clone();
+    labels.insert("projectvm-cluster".into(), "relabelled".into());
+    let op = c.set_labels(ZONE, &a.name, a2.label_fingerprint.as_deref(), &labels).await.expect("setLabels");
+    bed.ok(&op).await;
+    let a3 = bed.get(&a.name).await;
+    assert_eq!(a3.labels, labels);
+    assert_ne!(a3.label_fingerprint, a2.label_fingerprint, "label fingerprint changes");
+    assert_eq!(a3.metadata_fingerprint, a2.metadata_fingerprint, "metadata untouched");
+    let stale = c.set_labels(ZONE, &a.name, a2.label_fingerprint.as_deref(), &labels).await.unwrap_err();
+    assert_eq!(stale.kind, CloudErrorKind::PreconditionFailed, "{stale:?}");
+    let mut bad = labels.clone();
+    bad.insert("projectvm-cluster".into(), "Not.Valid".into());
+    let invalid = c.set_labels(ZONE, &a.name, a3.label_fingerprint.as_deref(), &bad).await.unwrap_err();
+    assert_eq!(invalid.http_status, Some(400), "{invalid:?}");
+    assert_eq!(bed.get(&a.name).await.labels, labels, "refused calls change nothing");
 
     // the machine type cannot change while running
     let busy = c.set_machine_type(ZONE, &a.name, "e2-standard-4").await.unwrap_err();

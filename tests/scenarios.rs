@@ -12,6 +12,7 @@ use std::time::Duration;
 use harness::*;
 use kube::api::ObjectMeta;
 use projectvm::api::{ConditionStatus, OperationKind, PendingOperation, Phase, VmStatus};
+use projectvm::cloud::{CloudInstance, Compute, InstanceRequest, OperationState, naming};
 use projectvm::controller::kind::VmKind;
 use projectvm::ssh::SshError;
 use reqwest::Method;
@@ -606,4 +607,190 @@ async fn a_vm_that_never_finishes_booting_ends_in_step_timed_out_quoting_it() {
     assert!(ready.message.contains("System is booting up"), "quotes the VM: {}", ready.message);
     // Booting is not an authentication failure.
     assert!(w.cluster.events_of("booting").iter().all(|e| e.reason != "SSHAuthFailed"));
+}
+
+// --- cluster identity ----------------------------------------------------------------------
+
+/// Makes an instance through the emulator's Compute API, as another operator (or version)
+/// would have, and waits for the insert to finish.
+async fn seed_instance(w: &World, name: &str, labels: std::collections::BTreeMap<String, String>) -> CloudInstance {
+    let req = InstanceRequest {
+        name: name.into(),
+        zone: ZONE.into(),
+        machine_type: "e2-medium".into(),
+        source_image: "projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts".into(),
+        disk_size_gb: 20,
+        labels,
+        metadata: [("startup-script".to_string(), "echo theirs".to_string())].into(),
+        network: None,
+        subnetwork: None,
+        external_ip: true,
+        service_account_email: None,
+        tags: vec![],
+    };
+    let op = w.compute.insert_instance(&req).await.expect("seed insert");
+    for _ in 0..200 {
+        if w.compute.operation(&op).await.expect("seed operation") == OperationState::Done {
+            return w.instance(name).await.expect("seeded");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("seeding {name} never finished");
+}
+
+fn who<'a>(cluster: &'a str, name: &'a str, uid: &'a str) -> naming::Identity<'a> {
+    naming::Identity { cluster, kind: "projectvm", namespace: "team", name, uid }
+}
+
+#[tokio::test]
+async fn another_clusters_instance_under_our_name_is_a_conflict_never_adopted_or_deleted() {
+    let w = World::new().await;
+    let name = who(CLUSTER, "squat", "").instance_name();
+    let labels = who("elsewhere", "squat", "uid-theirs").labels();
+    let theirs = seed_instance(&w, &name, labels.clone()).await;
+
+    let mut pvm = projectvm("squat", REPO);
+    w.until(&mut pvm, "InstanceNameConflict", SHORT, |s| stalled_with(s, "InstanceNameConflict")).await;
+    let s = pvm.vm_status().unwrap();
+    assert_terminal(&w, "squat", s, "InstanceReady", "InstanceNameConflict", &name);
+    let message = &harness::condition(s, "InstanceReady").message;
+    assert!(message.contains("cluster elsewhere"), "names the other cluster: {message}");
+    assert!(s.instance.is_none(), "never adopted: {:?}", s.instance);
+    assert!(s.cost.is_none(), "their instance is not billed to this resource");
+    assert!(w.cluster.events_of("squat").iter().all(|e| e.reason != "Adopted"));
+    // Reconciling again changes nothing on their instance.
+    for _ in 0..3 {
+        let _ = w.reconcile(&mut pvm).await;
+    }
+    let now = w.instance(&name).await.expect("left alone");
+    assert_eq!((now.id.as_str(), &now.labels, &now.metadata), (theirs.id.as_str(), &labels, &theirs.metadata));
+    assert_eq!(now.state, theirs.state);
+
+    // Deleting the resource finishes at once and leaves their instance alone.
+    pvm.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
+    w.delete(&mut pvm).await.expect("deletion finishes: the finalizer comes off");
+    assert_eq!(w.instance(&name).await.expect("not deleted").id, theirs.id);
+    let events = w.cluster.events_of("squat");
+    assert!(
+        events.iter().any(|e| e.warning && e.reason == "InstanceNameConflict" && e.note.contains("left alone")),
+        "{events:?}"
+    );
+
+    // Neither is an instance made by something other than projectvm, nor projectvm's for
+    // another resource of this cluster.
+    for (resource, labels, holder) in [
+        ("plain", [("team".to_string(), "x".to_string())].into(), "something other than projectvm"),
+        ("taken", who(CLUSTER, "other", "uid-other").labels(), "another resource (uid uid-other)"),
+    ] {
+        let name = who(CLUSTER, resource, "").instance_name();
+        seed_instance(&w, &name, labels).await;
+        let mut pvm = projectvm(resource, REPO);
+        w.until(&mut pvm, "InstanceNameConflict", SHORT, |s| stalled_with(s, "InstanceNameConflict")).await;
+        let message = &harness::condition(pvm.vm_status().unwrap(), "InstanceReady").message;
+        assert!(message.contains(holder), "{message}");
+        pvm.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
+        w.delete(&mut pvm).await.expect("deletion finishes");
+        assert!(w.instance(&name).await.is_some(), "{resource}: not deleted");
+    }
+}
+
+#[tokio::test]
+async fn two_clusters_same_name_two_instances_deleting_one_never_touches_the_other() {
+    let a = World::new().await;
+    let b = a.another_cluster("cluster-b").await;
+    // The same namespace, name and even uid in both clusters.
+    let (mut in_a, mut in_b) = (projectvm("api", REPO), projectvm("api", REPO));
+    a.until_ready(&mut in_a).await;
+    b.until_ready(&mut in_b).await;
+    let inst = |o: &projectvm::api::ProjectVM| o.vm_status().unwrap().instance.clone().unwrap();
+    let (ia, ib) = (inst(&in_a), inst(&in_b));
+    assert_ne!(ia.name, ib.name, "two instances");
+    assert_ne!(ia.id, ib.id);
+    let cloud_a = a.instance(ia.name.as_deref().unwrap()).await.unwrap();
+    let cloud_b = a.instance(ib.name.as_deref().unwrap()).await.unwrap();
+    assert_eq!(cloud_a.labels[naming::LABEL_CLUSTER], CLUSTER);
+    assert_eq!(cloud_b.labels[naming::LABEL_CLUSTER], "cluster-b");
+    // Each cluster's bulk list holds its own instance only.
+    let listed = a.compute.list_instances(ZONE, &naming::cluster_selector("cluster-b")).await.unwrap();
+    assert_eq!(listed.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), [cloud_b.name.as_str()]);
+
+    in_b.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
+    delete_until_done(&b, &mut in_b).await;
+    assert!(a.instance(&cloud_b.name).await.is_none(), "B's instance deleted");
+    assert_eq!(a.instance(&cloud_a.name).await.expect("A's instance kept").id, cloud_a.id);
+    for _ in 0..3 {
+        a.reconcile(&mut in_a).await.expect("A at rest");
+    }
+    assert!(harness::is(in_a.vm_status().unwrap(), "Ready", ConditionStatus::True));
+    assert_eq!(inst(&in_a).id, ia.id, "A stays on its instance");
+}
+
+#[tokio::test]
+async fn an_instance_of_the_previous_version_stays_with_its_resource() {
+    let w = World::new().await;
+    // Made by the version before cluster names: its naming, no cluster label.
+    let legacy = naming::legacy_instance_name("projectvm", "team", "old");
+    assert_eq!(legacy, "pvm-team-old");
+    let mut labels = who(CLUSTER, "old", "uid-old").labels();
+    labels.remove(naming::LABEL_CLUSTER);
+    let before = seed_instance(&w, &legacy, labels.clone()).await;
+    let mut pvm = projectvm("old", REPO);
+    let mut v = serde_json::to_value(&pvm).unwrap();
+    v["status"] = json!({"instance": {"name": legacy, "id": before.id, "zone": ZONE}});
+    pvm = serde_json::from_value(v).unwrap();
+
+    w.until_ready(&mut pvm).await;
+    let s = pvm.vm_status().unwrap();
+    assert_eq!(s.instance.as_ref().unwrap().id.as_deref(), Some(before.id.as_str()), "adopted, not recreated");
+    assert_eq!(s.instance.as_ref().unwrap().name.as_deref(), Some(legacy.as_str()));
+    assert!(w.instance(&who(CLUSTER, "old", "").instance_name()).await.is_none(), "no second instance");
+    assert!(w.cluster.events_of("old").iter().all(|e| e.reason != "InstanceReplaced"));
+    // It got the cluster label, every other label kept, so the cluster's bulk lists see it.
+    let after = w.instance(&legacy).await.unwrap();
+    assert_eq!(after.labels[naming::LABEL_CLUSTER], CLUSTER);
+    assert_eq!(after.labels.len(), labels.len() + 1);
+    assert!(w.cluster.events_of("old").iter().any(|e| e.reason == "ClusterLabelled"));
+    let listed = w.compute.list_instances(ZONE, &naming::cluster_selector(CLUSTER)).await.unwrap();
+    assert!(listed.iter().any(|i| i.name == legacy));
+
+    // Deleting the resource deletes it.
+    pvm.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
+    delete_until_done(&w, &mut pvm).await;
+    assert!(w.instance(&legacy).await.is_none(), "deleted with its resource");
+
+    // The previous version's insert, still in flight at the upgrade: no instance recorded
+    // yet, only the operation; the instance it made is found under the old name.
+    let mut labels_mid = who(CLUSTER, "mid", "uid-mid").labels();
+    labels_mid.remove(naming::LABEL_CLUSTER);
+    let legacy_mid = naming::legacy_instance_name("projectvm", "team", "mid");
+    let made = seed_instance(&w, &legacy_mid, labels_mid).await;
+    let mut mid = projectvm("mid", REPO);
+    let mut v = serde_json::to_value(&mid).unwrap();
+    v["status"] = json!({"operation": {"name": "operation-of-the-old-version", "kind": "insert", "zone": ZONE}});
+    mid = serde_json::from_value(v).unwrap();
+    w.until_ready(&mut mid).await;
+    let got = mid.vm_status().unwrap().instance.clone().unwrap();
+    assert_eq!((got.name.as_deref(), got.id.as_deref()), (Some(legacy_mid.as_str()), Some(made.id.as_str())));
+    assert!(w.instance(&who(CLUSTER, "mid", "").instance_name()).await.is_none(), "no second instance");
+
+    // One the previous version made for another object of the same name (without a cluster
+    // label nothing says which cluster that was): left alone; the resource gets its own.
+    labels.insert(naming::LABEL_UID.into(), "uid-someone".into());
+    let foreign = seed_instance(&w, &legacy, labels).await;
+    let mut pvm = projectvm("old", REPO);
+    let mut v = serde_json::to_value(&pvm).unwrap();
+    v["status"] = json!({"instance": {"name": legacy, "id": foreign.id, "zone": ZONE}});
+    pvm = serde_json::from_value(v).unwrap();
+    w.until_ready(&mut pvm).await;
+    let mine = pvm.vm_status().unwrap().instance.clone().unwrap();
+    assert_eq!(mine.name, Some(who(CLUSTER, "old", "").instance_name()));
+    assert_ne!(mine.id.as_deref(), Some(foreign.id.as_str()));
+    pvm.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
+    delete_until_done(&w, &mut pvm).await;
+    assert_eq!(w.instance(&legacy).await.expect("left alone").id, foreign.id);
 }

@@ -8,24 +8,28 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use super::{CloudError, CloudInstance, Compute, naming};
+use super::{CloudError, CloudInstance, Compute};
 
 struct ZoneList {
     fetched: Instant,
     instances: Result<HashMap<String, CloudInstance>, CloudError>,
 }
 
-/// A per-zone cache of the operator's instances.
+/// A per-zone cache of the operator's instances in this cluster.
 pub struct InstanceCache {
     ttl: Duration,
+    /// The list filter: managed by projectvm, labelled for this cluster.
+    selector: BTreeMap<String, String>,
     // A plain mutex: held only to find a zone's slot, never across an await.
     zones: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<ZoneList>>>>>,
     lists: AtomicU64,
 }
 
 impl InstanceCache {
-    pub fn new(ttl: Duration) -> Self {
-        Self { ttl, zones: std::sync::Mutex::new(HashMap::new()), lists: AtomicU64::new(0) }
+    /// `selector`: the labels every listed instance carries ([`crate::cloud::naming::cluster_selector`]),
+    /// so one cluster's drift checks never see another cluster's instances.
+    pub fn new(ttl: Duration, selector: BTreeMap<String, String>) -> Self {
+        Self { ttl, selector, zones: std::sync::Mutex::new(HashMap::new()), lists: AtomicU64::new(0) }
     }
 
     /// The instance, from a list of the zone no older than the TTL. Concurrent callers
@@ -49,8 +53,7 @@ impl InstanceCache {
             z.fetched >= asked || (z.instances.is_ok() && z.fetched.elapsed() < self.ttl)
         });
         if !usable {
-            let labels = BTreeMap::from([(naming::LABEL_MANAGED_BY.to_string(), naming::MANAGED_BY.to_string())]);
-            let list = compute.list_instances(zone, &labels).await;
+            let list = compute.list_instances(zone, &self.selector).await;
             self.lists.fetch_add(1, Ordering::Relaxed);
             *entry = Some(ZoneList {
                 fetched: Instant::now(),
@@ -77,7 +80,7 @@ impl InstanceCache {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{GuestAttribute, InstanceRequest, InstanceState, OperationRef, OperationState};
+    use super::super::{GuestAttribute, InstanceRequest, InstanceState, OperationRef, OperationState, naming};
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
@@ -112,7 +115,7 @@ mod tests {
             _: &str,
             labels: &BTreeMap<String, String>,
         ) -> Result<Vec<CloudInstance>, CloudError> {
-            assert_eq!(labels["managed-by"], "projectvm");
+            assert_eq!(labels, &naming::cluster_selector("here"));
             self.lists.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
             if self.fail.load(Ordering::SeqCst) {
@@ -130,6 +133,15 @@ mod tests {
             unused()
         }
         async fn set_machine_type(&self, _: &str, _: &str, _: &str) -> Result<OperationRef, CloudError> {
+            unused()
+        }
+        async fn set_labels(
+            &self,
+            _: &str,
+            _: &str,
+            _: Option<&str>,
+            _: &BTreeMap<String, String>,
+        ) -> Result<OperationRef, CloudError> {
             unused()
         }
         async fn set_metadata(
@@ -152,7 +164,7 @@ mod tests {
     #[tokio::test]
     async fn one_list_serves_many_lookups() {
         let cloud = counting();
-        let cache = InstanceCache::new(Duration::from_secs(60));
+        let cache = InstanceCache::new(Duration::from_secs(60), naming::cluster_selector("here"));
         let (a, b, c) =
             tokio::join!(cache.get(&cloud, "z", "a"), cache.get(&cloud, "z", "b"), cache.get(&cloud, "z", "missing"));
         assert_eq!(a.unwrap().unwrap().name, "a");
@@ -169,7 +181,7 @@ mod tests {
     #[tokio::test]
     async fn stale_lists_are_refreshed() {
         let cloud = counting();
-        let cache = InstanceCache::new(Duration::from_millis(0));
+        let cache = InstanceCache::new(Duration::from_millis(0), naming::cluster_selector("here"));
         cache.get(&cloud, "z", "a").await.unwrap();
         cache.get(&cloud, "z", "a").await.unwrap();
         assert_eq!(cloud.lists.load(Ordering::SeqCst), 2);
@@ -179,7 +191,7 @@ mod tests {
     async fn a_failed_refresh_is_shared_by_its_waiters_only() {
         let cloud = counting();
         cloud.fail.store(true, Ordering::SeqCst);
-        let cache = InstanceCache::new(Duration::from_secs(60));
+        let cache = InstanceCache::new(Duration::from_secs(60), naming::cluster_selector("here"));
         let (a, b, c) =
             tokio::join!(cache.get(&cloud, "z", "a"), cache.get(&cloud, "z", "b"), cache.get(&cloud, "z", "c"));
         assert!(a.is_err() && b.is_err() && c.is_err());

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use google_cloud_compute_v1::client::{Instances, ZoneOperations};
 use google_cloud_compute_v1::model::{
-    self, AccessConfig, AttachedDisk, AttachedDiskInitializeParams, Instance, InstancesSetMachineTypeRequest, Metadata,
-    NetworkInterface, Operation, ServiceAccount, Tags,
+    self, AccessConfig, AttachedDisk, AttachedDiskInitializeParams, Instance, InstancesSetLabelsRequest,
+    InstancesSetMachineTypeRequest, Metadata, NetworkInterface, Operation, ServiceAccount, Tags,
 };
 use google_cloud_gax::retry_policy::NeverRetry;
 
@@ -113,6 +113,7 @@ pub fn to_cloud_instance(i: Instance) -> CloudInstance {
         machine_type: i.machine_type.as_deref().map(short_name).unwrap_or_default(),
         state: state(i.status.as_ref()),
         labels: i.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        label_fingerprint: i.label_fingerprint.as_ref().map(|f| hex(f)),
         metadata_fingerprint: metadata.and_then(|m| m.fingerprint.as_ref()).map(|f| hex(f)),
         metadata: metadata
             .map(|m| {
@@ -257,6 +258,30 @@ impl Compute for GceCompute {
         let op = timed(
             self.instances
                 .set_machine_type()
+                .set_project(&self.project)
+                .set_zone(zone)
+                .set_instance(name)
+                .set_body(body)
+                .send(),
+        )
+        .await?;
+        op_ref(op, zone)
+    }
+
+    async fn set_labels(
+        &self,
+        zone: &str,
+        name: &str,
+        fingerprint: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<OperationRef, CloudError> {
+        let mut body = InstancesSetLabelsRequest::new().set_labels(labels.clone());
+        if let Some(fp) = fingerprint.and_then(unhex) {
+            body = body.set_label_fingerprint(bytes::Bytes::from(fp));
+        }
+        let op = timed(
+            self.instances
+                .set_labels()
                 .set_project(&self.project)
                 .set_zone(zone)
                 .set_instance(name)

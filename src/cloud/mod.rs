@@ -55,6 +55,8 @@ pub struct CloudInstance {
     pub machine_type: String,
     pub state: InstanceState,
     pub labels: BTreeMap<String, String>,
+    /// Fingerprint of the labels, hex; `setLabels` must quote it.
+    pub label_fingerprint: Option<String>,
     /// Metadata fingerprint (hex), needed to update metadata.
     pub metadata_fingerprint: Option<String>,
     pub metadata: BTreeMap<String, String>,
@@ -125,6 +127,14 @@ pub trait Compute: Send + Sync + 'static {
     /// `Ok(None)` when the instance is already gone: not-found is success.
     async fn delete_instance(&self, zone: &str, name: &str) -> Result<Option<OperationRef>, CloudError>;
     async fn set_machine_type(&self, zone: &str, name: &str, machine_type: &str) -> Result<OperationRef, CloudError>;
+    /// Replaces the instance's labels; `fingerprint` is the one read with them.
+    async fn set_labels(
+        &self,
+        zone: &str,
+        name: &str,
+        fingerprint: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<OperationRef, CloudError>;
     async fn set_metadata(
         &self,
         zone: &str,

@@ -6,18 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
 use super::kind::VmKind;
-use super::observe::{cloud_key, placement};
+use super::observe::{Who, cloud_key, placement};
 use super::owner::Owner;
 use super::status::Report;
 use super::{Context, Error};
 use crate::api::{DeletionPolicy, OperationKind, PendingOperation, Phase};
 use crate::clock;
 use crate::cloud::{CloudErrorKind, OperationRef, OperationState, naming};
-use crate::conditions::{Update, types};
+use crate::conditions::{Reason, Update, types};
 
 /// How soon to look again at a delete in flight.
 const DELETE_POLL: Duration = Duration::from_secs(3);
@@ -51,7 +50,7 @@ pub async fn cleanup<K: VmKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action
             let message = format!("deleting instance {name} failed: {e}");
             let reason = match &e {
                 Error::Cloud(c) => c.condition_reason(),
-                _ => crate::conditions::Reason::KubernetesError,
+                _ => Reason::KubernetesError,
             };
             report.set(Update::falsy(types::INSTANCE_READY, reason, message));
             Deletion::Pending(super::error_backoff(ctx.record_failure(&cloud_key(&*obj))))
@@ -97,29 +96,51 @@ async fn delete<K: VmKind>(
             Err(e) => return Err(e.into()),
         }
     }
-    let instance = ctx.compute.get_instance(zone, name).await?;
-    let namespace = obj.namespace().unwrap_or_default();
-    let ours = instance.as_ref().is_some_and(|i| naming::belongs_to(i, K::LABEL, &namespace, &obj.name_any()));
-    if !ours {
-        // Gone (or never ours): nothing left to do.
-        ctx.instances.invalidate(zone);
-        return Ok(Deletion::Done);
+    // The instance under the name in use, and under the deterministic name when that is
+    // another (a resource still on an instance the previous version named). Only ours is
+    // deleted; anything else under those names — another cluster's above all — is left alone.
+    let who = Who::of(ctx, obj);
+    let id = who.id();
+    let mut names = vec![name.to_string()];
+    if id.instance_name() != name {
+        names.push(id.instance_name());
     }
-    match ctx.compute.delete_instance(zone, name).await? {
-        Some(op) => {
-            report.normal("Deleting", format!("deleting instance {name}"));
-            report.status.operation = Some(PendingOperation {
-                name: op.name,
-                kind: OperationKind::Delete,
-                zone: op.zone,
-                started_at: Some(clock::time(report.now)),
-            });
-            report.progress("Deleting", format!("deleting instance {name}"), None);
-            Ok(Deletion::Pending(DELETE_POLL))
+    let mut foreign = vec![];
+    for name in &names {
+        let Some(instance) = ctx.compute.get_instance(zone, name).await? else {
+            continue;
+        };
+        let ownership = naming::ownership(&instance, &id);
+        if !ownership.is_ours() {
+            foreign.push(format!("instance {name} in {zone} belongs to {}", ownership.holder()));
+            continue;
         }
-        // Gone between the get and the delete: the next pass finds nothing and finishes.
-        None => Ok(Deletion::Pending(Duration::from_millis(100))),
+        return match ctx.compute.delete_instance(zone, name).await? {
+            Some(op) => {
+                report.normal("Deleting", format!("deleting instance {name}"));
+                report.status.operation = Some(PendingOperation {
+                    name: op.name,
+                    kind: OperationKind::Delete,
+                    zone: op.zone,
+                    started_at: Some(clock::time(report.now)),
+                });
+                report.progress("Deleting", format!("deleting instance {name}"), None);
+                Ok(Deletion::Pending(DELETE_POLL))
+            }
+            // Gone between the get and the delete: the next pass finds nothing and finishes.
+            None => Ok(Deletion::Pending(Duration::from_millis(100))),
+        };
     }
+    // Nothing of ours is left.
+    ctx.instances.invalidate(zone);
+    for f in foreign {
+        report.event(
+            kube::runtime::events::EventType::Warning,
+            Reason::InstanceNameConflict.as_str(),
+            format!("{f}; it is left alone: deleting this resource never deletes it"),
+        );
+    }
+    Ok(Deletion::Done)
 }
 
 async fn publish(ctx: &Context, owner: &Owner, report: &Report) {

@@ -29,6 +29,9 @@ pub struct Context {
     pub tasks: TaskRegistry,
     pub metrics: Arc<Metrics>,
     pub config: Config,
+    /// This cluster's name (`--cluster-name`, settled at start-up by
+    /// [`crate::config::with_cluster_name`]): on every instance, and in its name.
+    pub cluster_name: String,
     pub rates: Rates,
     /// Consecutive reconcile errors per object, for the error policy's backoff.
     failures: Mutex<HashMap<String, u32>>,
@@ -53,7 +56,16 @@ pub struct Wakeups {
 }
 
 impl Context {
+    /// Panics when `config.cluster_name` is unset: settle it first with
+    /// [`crate::config::with_cluster_name`] (without it no instance could be told apart from
+    /// another cluster's).
     pub fn new(edges: Edges, config: Config, rates: Rates, metrics: Arc<Metrics>) -> (Arc<Self>, Wakeups) {
+        let cluster_name = config
+            .cluster_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .expect("the cluster name is settled before the controllers start");
+        let selector = crate::cloud::naming::cluster_selector(&cluster_name);
         let (tp, rp) = mpsc::unbounded_channel();
         let (tw, rw) = mpsc::unbounded_channel();
         let ctx = Context {
@@ -61,10 +73,11 @@ impl Context {
             cluster: edges.cluster,
             compute: edges.compute,
             vm: edges.vm,
-            instances: InstanceCache::new(Duration::from_secs(15)),
+            instances: InstanceCache::new(Duration::from_secs(15), selector),
             tasks: TaskRegistry::new(config.max_concurrent_tasks),
             metrics,
             config,
+            cluster_name,
             rates,
             failures: Mutex::new(HashMap::new()),
             wake_projectvm: tp,

@@ -66,12 +66,7 @@ pub async fn act<K: VmKind>(
                 machine_type: machine.desired_machine_type(),
                 source_image: machine.image.source_image(),
                 disk_size_gb: i64::from(machine.disk_size_gb),
-                labels: naming::instance_labels(
-                    K::LABEL,
-                    &obj.namespace().unwrap_or_default(),
-                    &obj.name_any(),
-                    obj.uid().as_deref().unwrap_or(""),
-                ),
+                labels: super::observe::Who::of(ctx, obj).id().labels(),
                 metadata: observed.desired_metadata.clone(),
                 network: ctx.config.network.clone(),
                 subnetwork: ctx.config.subnetwork.clone(),
@@ -84,20 +79,48 @@ pub async fn act<K: VmKind>(
             report.progress("Instance", what, None);
             (OperationKind::Insert, ctx.compute.insert_instance(&req).await)
         }
-        InstanceAction::NameConflict { owner_uid } => {
-            let owner = owner_uid
-                .as_deref()
-                .map(|u| format!("resource uid {u}"))
-                .unwrap_or_else(|| "something other than projectvm".into());
+        InstanceAction::NameConflict => {
+            let holder = observed.ownership.as_ref().map(|o| o.holder()).unwrap_or_else(|| "someone else".into());
+            let cluster = &ctx.cluster_name;
             report.set(Update::falsy(
                 types::INSTANCE_READY,
                 Reason::InstanceNameConflict,
                 format!(
-                    "an instance named {name} already exists in {zone} and belongs to {owner}; delete or rename it"
+                    "instance {name} in {zone} belongs to {holder}, not to this resource in cluster {cluster}; \
+                     it is never adopted, changed or deleted from here: delete or rename it where it belongs, \
+                     or give this resource another name"
                 ),
             ));
             report.soon(Duration::from_secs(300));
             return Ok(());
+        }
+        InstanceAction::LabelCluster => {
+            let cluster = &ctx.cluster_name;
+            let mut labels = inst.map(|i| i.labels.clone()).unwrap_or_default();
+            labels.insert(naming::LABEL_CLUSTER.to_string(), naming::label_value(cluster));
+            let fp = inst.and_then(|i| i.label_fingerprint.clone());
+            // Quick and idempotent: not tracked as the resource's operation; the next pass
+            // sees the label (or adds it again).
+            match ctx.compute.set_labels(zone, name, fp.as_deref(), &labels).await {
+                Ok(_) => {
+                    ctx.instances.invalidate(zone);
+                    report.normal(
+                        "ClusterLabelled",
+                        format!(
+                            "instance {name} was made by an earlier version without a cluster label; \
+                             labelling it {}={cluster}",
+                            naming::LABEL_CLUSTER
+                        ),
+                    );
+                    report.soon(TRANSITION_POLL);
+                    return Ok(());
+                }
+                Err(err) => {
+                    let message = format!("Compute Engine setLabels of instance {name} failed: {}", err.message);
+                    report.set(Update::falsy(types::INSTANCE_READY, err.condition_reason(), message));
+                    return Err(Error::Reported(Box::new(err.into())));
+                }
+            }
         }
         InstanceAction::WaitTransition => {
             let state = inst.map(|i| i.state.clone()).unwrap_or_default();

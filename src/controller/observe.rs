@@ -16,6 +16,7 @@ use super::steps::StepEnv;
 use super::{Context, Error};
 use crate::api::{CodeServerAuth, InstanceStatus, OperationKind, PendingOperation};
 use crate::clock;
+use crate::cloud::naming::{Identity, Ownership};
 use crate::cloud::{CloudErrorKind, CloudInstance, InstanceState, OperationRef, OperationState, naming};
 use crate::conditions::{self, Reason, Update, types};
 use crate::cost;
@@ -28,11 +29,46 @@ pub struct Observed {
     pub zone: String,
     pub instance_name: String,
     pub instance: Option<CloudInstance>,
+    /// Whose `instance` is, by its labels: only an instance of ours is ever changed.
+    pub ownership: Option<Ownership>,
     /// An operation in flight that is not finished yet: nothing else is done this pass.
     pub waiting_for_operation: bool,
 }
 
-/// The zone and name of the resource's instance.
+/// Who a resource is, for its instance's name and labels.
+pub struct Who {
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub kind: &'static str,
+}
+
+impl Who {
+    pub fn of<K: VmKind>(ctx: &Context, obj: &K) -> Who {
+        Who {
+            cluster: ctx.cluster_name.clone(),
+            namespace: obj.namespace().unwrap_or_default(),
+            name: obj.name_any(),
+            uid: obj.uid().unwrap_or_default(),
+            kind: K::LABEL,
+        }
+    }
+
+    pub fn id(&self) -> Identity<'_> {
+        Identity {
+            cluster: &self.cluster,
+            kind: self.kind,
+            namespace: &self.namespace,
+            name: &self.name,
+            uid: &self.uid,
+        }
+    }
+}
+
+/// The zone and name of the resource's instance: its deterministic name, or the name the
+/// previous version gave it when the status records that one (an instance made before
+/// cluster names stays with its resource; see [`naming::legacy_instance_name`]).
 pub fn placement<K: VmKind>(ctx: &Context, obj: &K) -> (String, String) {
     let status = obj.vm_status();
     let zone = status
@@ -40,7 +76,11 @@ pub fn placement<K: VmKind>(ctx: &Context, obj: &K) -> (String, String) {
         .and_then(|i| i.zone.clone())
         .or_else(|| obj.machine().zone.clone())
         .unwrap_or_else(|| ctx.config.default_zone.clone());
-    let name = naming::instance_name(K::LABEL, &obj.namespace().unwrap_or_default(), &obj.name_any());
+    let who = Who::of(ctx, obj);
+    let id = who.id();
+    let recorded = status.and_then(|s| s.instance.as_ref()).and_then(|i| i.name.as_deref());
+    let legacy = id.legacy_instance_name();
+    let name = if recorded == Some(legacy.as_str()) { legacy } else { id.instance_name() };
     (zone, name)
 }
 
@@ -64,18 +104,29 @@ pub async fn observe<K: VmKind>(ctx: &Arc<Context>, report: &mut Report, obj: &K
         ("enable-guest-attributes".to_string(), "TRUE".to_string()),
     ]);
     let (zone, instance_name) = placement(ctx, obj);
-    let mut observed =
-        Observed { ssh_key, desired_metadata, zone, instance_name, instance: None, waiting_for_operation: false };
+    let mut observed = Observed {
+        ssh_key,
+        desired_metadata,
+        zone,
+        instance_name,
+        instance: None,
+        ownership: None,
+        waiting_for_operation: false,
+    };
 
     // A cloud operation in flight: poll it, never wait on it.
     let mut fresh = report.status.instance.is_none();
+    let mut insert_over = false;
     if let Some(op) = report.status.operation.clone() {
         match poll_operation(ctx, report, obj, &observed, &op).await? {
             Poll::Running => {
                 observed.waiting_for_operation = true;
                 return Ok(observed);
             }
-            Poll::Over => fresh = true,
+            Poll::Over => {
+                fresh = true;
+                insert_over = op.kind == OperationKind::Insert && report.status.instance.is_none();
+            }
         }
     }
 
@@ -84,9 +135,39 @@ pub async fn observe<K: VmKind>(ctx: &Arc<Context>, report: &mut Report, obj: &K
     } else {
         ctx.instances.get(&*ctx.compute, &observed.zone, &observed.instance_name).await?
     };
-    if let Some(inst) = &observed.instance {
+    // The instance we knew is missing from the list: read it directly before believing
+    // that (the list may predate a change, or the instance may not carry our cluster label).
+    if observed.instance.is_none() && !fresh {
+        observed.instance = ctx.compute.get_instance(&observed.zone, &observed.instance_name).await?;
+    }
+    let who = Who::of(ctx, obj);
+    let id = who.id();
+    let mut ownership = observed.instance.as_ref().map(|i| naming::ownership(i, &id));
+    // A name of the previous version holds nothing of ours (any more): from now on the
+    // resource's instance is the one under its deterministic name.
+    let name = id.instance_name();
+    if observed.instance_name != name && !ownership.as_ref().is_some_and(Ownership::is_ours) {
+        observed.instance_name = name;
+        observed.instance = ctx.compute.get_instance(&observed.zone, &observed.instance_name).await?;
+        ownership = observed.instance.as_ref().map(|i| naming::ownership(i, &id));
+    }
+    // An insert that finished with nothing under the deterministic name, before any
+    // instance was recorded, was the previous version's (an upgrade in between): its
+    // instance is under the old name.
+    let legacy = id.legacy_instance_name();
+    if insert_over && observed.instance.is_none() && legacy != observed.instance_name {
+        let found = ctx.compute.get_instance(&observed.zone, &legacy).await?;
+        let judged = found.as_ref().map(|i| naming::ownership(i, &id));
+        if judged.as_ref().is_some_and(Ownership::is_ours) {
+            (observed.instance_name, observed.instance, ownership) = (legacy, found, judged);
+        }
+    }
+    if let Some(inst) = &observed.instance
+        && ownership.as_ref().is_some_and(Ownership::is_ours)
+    {
         record_instance(ctx, report, obj, inst);
     }
+    observed.ownership = ownership;
     Ok(observed)
 }
 

@@ -7,17 +7,17 @@ use super::kind::VmKind;
 use super::observe::{Observed, idle_expired};
 use super::status::Report;
 use crate::api::START_ANNOTATION;
-use crate::cloud::naming;
+use crate::cloud::naming::Ownership;
 use crate::engine::instance::{InstanceAction, InstanceInputs, plan_instance};
 
 pub fn instance<K: VmKind>(report: &Report, obj: &K, observed: &Observed) -> InstanceAction {
     let inst = observed.instance.as_ref();
-    let namespace = obj.namespace().unwrap_or_default();
     let power = report.status.power.clone().unwrap_or_default();
     let desired_machine_type = obj.machine().desired_machine_type();
     plan_instance(&InstanceInputs {
         instance: inst,
-        owned: inst.is_some_and(|i| naming::belongs_to(i, K::LABEL, &namespace, &obj.name_any())),
+        owned: observed.ownership.as_ref().is_some_and(Ownership::is_ours),
+        cluster_label_missing: observed.ownership == Some(Ownership::OursUnlabelled),
         desired_machine_type: &desired_machine_type,
         run_strategy: obj.machine().run_strategy,
         desired_metadata: &observed.desired_metadata,

@@ -12,9 +12,14 @@ use crate::cloud::{CloudInstance, InstanceState};
 #[derive(Clone, Debug)]
 pub struct InstanceInputs<'a> {
     pub instance: Option<&'a CloudInstance>,
-    /// Whether the instance's labels say it was made for this resource (this object, or an
-    /// earlier one of the same kind, namespace and name, which this one adopts).
+    /// Whether the instance's labels say it was made for this resource in this cluster (this
+    /// object, or an earlier one of the same kind, namespace and name, which this one adopts;
+    /// see `naming::ownership`).
     pub owned: bool,
+    /// Ours, but made by a version that did not label the cluster (see
+    /// `naming::Ownership::OursUnlabelled`): the label is added first, so the cluster's bulk
+    /// lists see it.
+    pub cluster_label_missing: bool,
     pub desired_machine_type: &'a str,
     pub run_strategy: RunStrategy,
     /// Metadata items the operator manages (ssh-keys, enable-guest-attributes).
@@ -42,10 +47,11 @@ pub enum StartReason {
 pub enum InstanceAction {
     /// No instance: create it.
     Create,
-    /// An instance with this name exists but belongs to another resource.
-    NameConflict {
-        owner_uid: Option<String>,
-    },
+    /// An instance with this name exists but is not ours (another cluster's, another
+    /// resource's, or not projectvm's): leave it alone.
+    NameConflict,
+    /// Add the cluster label to an instance of ours that lacks it.
+    LabelCluster,
     /// Compute Engine is moving the instance between states; wait.
     WaitTransition,
     Stop(StopReason),
@@ -67,7 +73,10 @@ pub fn plan_instance(i: &InstanceInputs<'_>) -> InstanceAction {
         return InstanceAction::Create;
     };
     if !i.owned {
-        return InstanceAction::NameConflict { owner_uid: inst.labels.get(crate::cloud::naming::LABEL_UID).cloned() };
+        return InstanceAction::NameConflict;
+    }
+    if i.cluster_label_missing {
+        return InstanceAction::LabelCluster;
     }
     let running = match &inst.state {
         InstanceState::Running => true,
@@ -209,6 +218,7 @@ mod tests {
         idle: bool,
         metadata: BTreeMap<String, String>,
         owned: bool,
+        unlabelled: bool,
     }
 
     impl Case {
@@ -222,12 +232,14 @@ mod tests {
                 idle: false,
                 metadata: [("ssh-keys".to_string(), "project:key".to_string())].into(),
                 owned: true,
+                unlabelled: false,
             }
         }
         fn plan(&self) -> InstanceAction {
             plan_instance(&InstanceInputs {
                 instance: self.instance.as_ref(),
                 owned: self.owned,
+                cluster_label_missing: self.unlabelled,
                 desired_machine_type: self.mt,
                 run_strategy: self.rs,
                 desired_metadata: &self.metadata,
@@ -249,7 +261,18 @@ mod tests {
     fn foreign_instance_is_a_conflict() {
         let mut c = Case::new(Some(inst(Running, "e2-medium")));
         c.owned = false;
-        assert_eq!(c.plan(), InstanceAction::NameConflict { owner_uid: Some("uid-1".into()) });
+        assert_eq!(c.plan(), InstanceAction::NameConflict);
+        c.instance = Some(inst(Stopping, "e2-small"));
+        assert_eq!(c.plan(), InstanceAction::NameConflict, "never waited on, resized or started");
+    }
+
+    #[test]
+    fn an_instance_without_the_cluster_label_gets_it_first() {
+        let mut c = Case::new(Some(inst(Terminated, "e2-small")));
+        c.unlabelled = true;
+        assert_eq!(c.plan(), InstanceAction::LabelCluster);
+        c.unlabelled = false;
+        assert_eq!(c.plan(), InstanceAction::SetMachineType("e2-medium".into()));
     }
 
     #[test]

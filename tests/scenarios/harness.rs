@@ -32,6 +32,7 @@ use serde_json::Value;
 
 pub const PROJECT: &str = "scenarios";
 pub const ZONE: &str = "us-central1-a";
+pub const CLUSTER: &str = "scenario-cluster";
 
 /// One event as published.
 #[derive(Clone, Debug)]
@@ -327,7 +328,8 @@ impl VmAccess for FakeVms {
 
 /// One scenario's world.
 pub struct World {
-    pub emulator: RunningEmulator,
+    /// Shared by the worlds of several clusters (see [`World::another_cluster`]).
+    pub emulator: Arc<RunningEmulator>,
     pub ctx: Arc<Context>,
     pub cluster: Arc<FakeCluster>,
     pub vms: Arc<FakeVms>,
@@ -349,13 +351,23 @@ impl World {
         cfg.backend = BackendChoice::None { boot_delay: Duration::from_millis(20) };
         cfg.operation_wait_timeout = Duration::from_secs(2);
         let emulator = serve(cfg, "127.0.0.1:0".parse().unwrap()).await.expect("emulator starts");
+        World::on(Arc::new(emulator), CLUSTER, flags).await
+    }
+
+    /// Another cluster's operator on the same Google Cloud project (this world's emulator),
+    /// with its own cluster name, in-memory cluster and VMs.
+    pub async fn another_cluster(&self, cluster: &str) -> World {
+        World::on(self.emulator.clone(), cluster, &[]).await
+    }
+
+    async fn on(emulator: Arc<RunningEmulator>, cluster_name: &str, flags: &[&str]) -> World {
         let compute = Arc::new(
             GceCompute::new(PROJECT, Some(&emulator.endpoint()), CredentialsMode::Anonymous).await.expect("client"),
         );
         let cluster = Arc::new(FakeCluster::default());
         let vms = Arc::new(FakeVms::default());
         let config = Config::parse_from(
-            ["projectvm-operator", "--gcp-project", PROJECT, "--default-zone", ZONE]
+            ["projectvm-operator", "--gcp-project", PROJECT, "--default-zone", ZONE, "--cluster-name", cluster_name]
                 .into_iter()
                 .chain(flags.iter().copied()),
         );

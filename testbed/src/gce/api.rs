@@ -134,6 +134,7 @@ async fn instance_post_action(
         "stop" => "instances.stop",
         "setMachineType" => "instances.setMachineType",
         "setMetadata" => "instances.setMetadata",
+        "setLabels" => "instances.setLabels",
         _ => return Err(no_such_method(&Method::POST, &action)),
     };
     let body = parse_body(&body)?;
@@ -142,6 +143,7 @@ async fn instance_post_action(
         "start" => e.start(&project, &zone, &instance),
         "stop" => e.stop(&project, &zone, &instance),
         "setMachineType" => e.set_machine_type(&project, &zone, &instance, &body),
+        "setLabels" => e.set_labels(&project, &zone, &instance, &body),
         _ => e.set_metadata(&project, &zone, &instance, &body),
     }
     .map(axum::Json);

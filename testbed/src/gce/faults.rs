@@ -18,6 +18,7 @@ pub const METHODS: &[&str] = &[
     "instances.delete",
     "instances.setMachineType",
     "instances.setMetadata",
+    "instances.setLabels",
     "instances.getGuestAttributes",
     "zoneOperations.get",
     "zoneOperations.wait",
@@ -34,6 +35,7 @@ pub fn permission(method: &str) -> &'static str {
         "instances.delete" => "compute.instances.delete",
         "instances.setMachineType" => "compute.instances.setMachineType",
         "instances.setMetadata" => "compute.instances.setMetadata",
+        "instances.setLabels" => "compute.instances.setLabels",
         "instances.getGuestAttributes" => "compute.instances.getGuestAttributes",
         _ => "compute.zoneOperations.get",
     }
@@ -77,7 +79,7 @@ impl Default for QuotaFault {
 #[serde(rename_all = "camelCase", default)]
 pub struct StuckFault {
     /// Operation types that get stuck (insert, start, stop, delete, setMachineType,
-    /// setMetadata); empty = all.
+    /// setMetadata, setLabels); empty = all.
     pub operation_types: Vec<String>,
     /// How many of the next matching operations get stuck (None = all until cleared).
     pub remaining: Option<u64>,

@@ -85,6 +85,7 @@ enum OpKind {
     Delete,
     SetMachineType(String),
     SetMetadata(Vec<MetadataItem>),
+    SetLabels(BTreeMap<String, String>),
     Fail(OperationError),
 }
 
@@ -161,6 +162,34 @@ fn opt_str(v: &Value) -> Option<String> {
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
+}
+
+/// Labels as Compute Engine takes them: at most 64; keys start with a lowercase letter; keys
+/// and values lowercase letters, digits, `-` and `_`, at most 63 characters.
+fn parse_labels(v: Option<&Value>) -> Result<BTreeMap<String, String>, ApiError> {
+    let m = match v {
+        None | Some(Value::Null) => return Ok(BTreeMap::new()),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(ApiError::invalid("Invalid value for field 'resource.labels'.")),
+    };
+    if m.len() > 64 {
+        return Err(ApiError::invalid("Invalid value for field 'resource.labels': too many labels (at most 64)."));
+    }
+    let ok = |s: &str| {
+        s.len() <= 63 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in m {
+        let v = opt_str(v).unwrap_or_default();
+        if !ok(k) || !k.starts_with(|c: char| c.is_ascii_lowercase()) {
+            return Err(ApiError::invalid(format!("Invalid value for field 'resource.labels': label key '{k}'.")));
+        }
+        if !ok(&v) {
+            return Err(ApiError::invalid(format!("Invalid value for field 'resource.labels': label value '{v}'.")));
+        }
+        out.insert(k.clone(), v);
+    }
+    Ok(out)
 }
 
 fn parse_metadata_items(v: &Value) -> Result<Vec<MetadataItem>, ApiError> {
@@ -451,6 +480,7 @@ impl Emulator {
                     OpKind::Delete => self.do_delete(&key).await,
                     OpKind::SetMachineType(mt) => self.do_set_machine_type(&key, mt).await,
                     OpKind::SetMetadata(items) => self.do_set_metadata(&key, items).await,
+                    OpKind::SetLabels(labels) => self.do_set_labels(&key, labels),
                     OpKind::Fail(_) => unreachable!(),
                 }
             }
@@ -594,6 +624,15 @@ impl Emulator {
         Ok(())
     }
 
+    fn do_set_labels(&self, key: &MachineKey, labels: BTreeMap<String, String>) -> Result<(), OperationError> {
+        self.existing(key).map_err(|e| OperationError::new("RESOURCE_NOT_FOUND", e.message, 404))?;
+        self.update_instance(key, |r| {
+            r.labels = labels;
+            r.label_fingerprint = model::new_fingerprint();
+        });
+        Ok(())
+    }
+
     async fn do_set_metadata(&self, key: &MachineKey, items: Vec<MetadataItem>) -> Result<(), OperationError> {
         self.existing(key).map_err(|e| OperationError::new("RESOURCE_NOT_FOUND", e.message, 404))?;
         self.update_instance(key, |r| {
@@ -659,13 +698,7 @@ impl Emulator {
                 &format!("Machine type with name '{mt}' does not exist in zone '{zone}'."),
             ));
         }
-        let labels: BTreeMap<String, String> = match body.get("labels") {
-            None | Some(Value::Null) => BTreeMap::new(),
-            Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), opt_str(v).unwrap_or_default())).collect(),
-            Some(_) => {
-                return Err(ApiError::invalid("Invalid value for field 'resource.labels'."));
-            }
-        };
+        let labels = parse_labels(body.get("labels"))?;
         let metadata = match body.get("metadata") {
             Some(m) => parse_metadata_items(m)?,
             None => Vec::new(),
@@ -934,6 +967,24 @@ impl Emulator {
             }
         }
         Ok(self.launch(key, rec.id, "setMetadata", OpKind::SetMetadata(items)))
+    }
+
+    /// `instances.setLabels`: the whole label set, guarded by `labelFingerprint` (required,
+    /// as Compute Engine requires it), with Compute Engine's rules for keys and values.
+    pub fn set_labels(&self, project: &str, zone: &str, name: &str, body: &Value) -> Result<Value, ApiError> {
+        let key = Self::key(project, zone, name);
+        let rec = self.existing(&key)?;
+        let labels = parse_labels(body.get("labels"))?;
+        match body.get("labelFingerprint").and_then(opt_str) {
+            Some(fp) if fp == rec.label_fingerprint => {}
+            Some(_) => {
+                return Err(ApiError::condition_not_met(
+                    "Labels fingerprint either invalid or resource labels have changed",
+                ));
+            }
+            None => return Err(ApiError::invalid("Required field 'labelFingerprint' not specified")),
+        }
+        Ok(self.launch(key, rec.id, "setLabels", OpKind::SetLabels(labels)))
     }
 
     pub fn guest_attributes(
