@@ -414,11 +414,8 @@ pub struct OperatorProcess {
 impl Bed {
     pub fn spawn_operator(&self, name: &str, overrides: &[(&str, &str)]) -> OperatorProcess {
         let text = std::fs::read_to_string(self.state.join("operator.env")).expect("bed operator.env");
-        let mut env: Vec<(String, String)> = text
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let mut env: Vec<(String, String)> =
+            text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
         let mut set = |k: &str, v: &str| {
