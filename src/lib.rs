@@ -10,7 +10,8 @@
 //! - [`ssh`]: the SSH edge (russh, pinned host keys, pooled connections).
 //! - [`clock`]: durations and status timestamps; [`shell`]: quoting for VM commands.
 //! - [`text`]: cutting outside text on character boundaries.
-//! - [`conditions`], [`cost`], [`metrics`], [`leader`], [`server`], [`config`], [`telemetry`].
+//! - [`leader`] and [`fence`]: one leader at a time, and nothing issued once it is unsure.
+//! - [`conditions`], [`cost`], [`metrics`], [`server`], [`config`], [`telemetry`].
 
 pub mod api;
 pub mod clock;
