@@ -176,8 +176,9 @@ impl Election {
             lease_duration_seconds: Some(lease_duration.as_secs() as i32),
             renew_time: Some(MicroTime(wall)),
             acquire_time: if renewing { old.acquire_time } else { Some(MicroTime(wall)) },
+            // client-go's count: every change of holder, a released Lease's included.
             lease_transitions: Some(
-                old.lease_transitions.unwrap_or(0) + i32::from(!renewing && self.holder().is_some()),
+                old.lease_transitions.unwrap_or(0) + i32::from(!renewing && self.observed.is_some()),
             ),
             ..old
         }
@@ -611,6 +612,8 @@ mod tests {
         assert_eq!(released.holder_identity, None);
         assert_eq!(released.lease_duration_seconds, Some(1));
         assert_eq!(released.lease_transitions, Some(0));
+        e.observe(Some(&released), now);
+        assert_eq!(e.claim(t(15), later).lease_transitions, Some(1), "taking a released lease is a transition");
     }
 
     #[test]
