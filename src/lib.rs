@@ -129,8 +129,9 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         let _ = controllers_stopping.await;
     });
     tokio::pin!(controllers);
+    let mut stopped = false;
     tokio::select! {
-        _ = &mut controllers => tracing::info!("controllers stopped"),
+        _ = &mut controllers => stopped = true,
         why = leader::lost(&mut leadership) => {
             // The fence is already closed; drop the controllers and their tasks now.
             ctx.tasks.abort_all();
@@ -141,14 +142,17 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     }
     // Let running reconciles finish (still leading and renewing), within a bound.
     let _ = stop_controllers.send(());
-    tokio::select! {
-        _ = &mut controllers => tracing::info!("controllers stopped"),
-        _ = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!(grace = ?SHUTDOWN_GRACE, "controllers did not stop in time"),
-        why = leader::lost(&mut leadership) => {
-            ctx.tasks.abort_all();
-            anyhow::bail!("lost leadership while shutting down ({why})");
+    if !stopped {
+        tokio::select! {
+            _ = &mut controllers => {}
+            _ = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!(grace = ?SHUTDOWN_GRACE, "controllers did not stop in time"),
+            why = leader::lost(&mut leadership) => {
+                ctx.tasks.abort_all();
+                anyhow::bail!("lost leadership while shutting down ({why})");
+            }
         }
     }
+    tracing::info!("controllers stopped");
     ctx.tasks.abort_all();
     if let Some(l) = leadership {
         l.step_down().await;
