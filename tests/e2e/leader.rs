@@ -65,19 +65,19 @@ fn leader_identity(text: &str) -> Option<String> {
 }
 
 /// The identity of the process that wrote the end of `text` (a log appended to by each
-/// process started on it): the last "standing for leader" line, or, from an operator that
-/// does not log one, the last "became leader".
+/// process started on it): the last "standing for leader" or "became leader" line (an
+/// operator from before this change logs only the latter).
 fn current_identity(text: &str) -> Option<String> {
-    let log = lines(text);
-    let standing = log.iter().rev().find(|l| message(l) == "standing for leader");
-    match standing {
-        Some(l) => l["identity"].as_str().map(String::from),
-        None => leader_identity(text),
-    }
+    lines(text).iter().rev().find(|l| matches!(message(l), "standing for leader" | "became leader"))?["identity"]
+        .as_str()
+        .map(String::from)
 }
 
+/// Whether the process runs (a zombie waiting for its reaper does not).
 fn alive(pid: u32) -> bool {
-    Command::new("kill").args(["-0", &pid.to_string()]).status().is_ok_and(|s| s.success())
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    matches!(state, Some(c) if c != 'Z' && c != 'X')
 }
 
 fn operator_log_len(b: &Bed) -> usize {
@@ -146,9 +146,10 @@ fn wait_takeover(b: &Bed, old: &str, since: Instant, limit: Duration) -> Option<
     None
 }
 
-fn pvm(name: &str) -> String {
+/// A ProjectVM whose prerequisites script takes `seconds`: a step task in flight.
+fn pvm(name: &str, seconds: u32) -> String {
     format!(
-        "apiVersion: projectvm.dev/v1alpha1\nkind: ProjectVM\nmetadata:\n  name: {name}\nspec:\n  size: small\n  repository:\n    url: https://git.pvm.test/public/demo.git\n  prerequisites:\n    packages: [git]\n"
+        "apiVersion: projectvm.dev/v1alpha1\nkind: ProjectVM\nmetadata:\n  name: {name}\nspec:\n  size: small\n  repository:\n    url: https://git.pvm.test/public/demo.git\n  prerequisites:\n    packages: [git]\n    script: |\n      sleep {seconds}\n"
     )
 }
 
@@ -182,13 +183,25 @@ fn a_paused_leader_is_replaced_and_does_no_work_when_it_resumes() {
         assert_eq!(holder(b).as_deref(), Some(old.as_str()), "the bed operator still leads");
         assert!(standby.child.try_wait().unwrap().is_none(), "the standby runs:\n{}", standby.log_text());
 
+        // The leader is busy: a VM whose prerequisites script runs as a step task.
+        b.apply(&ns, &pvm("busy", 12));
+        b.eventually("the leader to run the prerequisites step", READY_TIMEOUT, || {
+            let o = b.get(&ns, "pvm", "busy");
+            let up = Bed::condition(&o, "InstanceReady").is_some_and(|c| c["status"] == "True");
+            (up && o.pointer("/status/progress/step").and_then(Value::as_str) == Some("Prerequisites")).then_some(())
+        });
+        std::thread::sleep(Duration::from_secs(2));
         let old_pid = b.operator_pid();
         b.operator_signal("STOP");
         let stopped = Instant::now();
-        // Work the frozen leader will find pending when it resumes: a watch event now and
-        // status changes by the new leader later.
-        b.apply(&ns, &pvm("handover"));
         let mut problems = Vec::new();
+        let before = lines(&b.operator_log());
+        if !before.iter().any(|l| message(l) == "ssh exec") {
+            problems.push("the leader had not started any SSH work before it was stopped".into());
+        }
+        // More for the frozen leader to find when it resumes: a watch event now, its step
+        // task's answer and requeue timers due, and the new leader's changes.
+        b.apply(&ns, &pvm("handover", 1));
         let (new, took) = wait_takeover(b, &old, stopped, Duration::from_secs(90))
             .unwrap_or_else(|| panic!("nobody took over within 90s\n{}", tail(&standby.log_text(), 40)));
         record_figure(&format!(
@@ -208,6 +221,7 @@ fn a_paused_leader_is_replaced_and_does_no_work_when_it_resumes() {
             problems.push(format!("the lease names {new}, not the standby"));
         }
         b.wait_condition(&ns, "pvm", "handover", "Ready", READY_TIMEOUT);
+        b.wait_condition(&ns, "pvm", "busy", "Ready", READY_TIMEOUT);
 
         // Resume the old leader, with its watch events and timers due at once.
         let from = operator_log_len(b);
@@ -242,8 +256,10 @@ fn a_paused_leader_is_replaced_and_does_no_work_when_it_resumes() {
         }
         // The new leader is undisturbed.
         assert_eq!(holder(b).as_deref(), Some(new.as_str()));
-        let o = b.get(&ns, "pvm", "handover");
-        assert_eq!(Bed::condition(&o, "Ready").unwrap()["status"], "True", "{o}");
+        for name in ["busy", "handover"] {
+            let o = b.get(&ns, "pvm", name);
+            assert_eq!(Bed::condition(&o, "Ready").unwrap()["status"], "True", "{o}");
+        }
         assert!(problems.is_empty(), "{}\nresumed leader's log:\n{}", problems.join("\n"), tail(&after, 60));
     });
     b.delete_namespace(&ns);
