@@ -119,13 +119,13 @@ fn refused_cloud(e: NotLeading) -> CloudError {
 }
 
 /// [`Compute`] behind the fence: mutations are checked and logged, reads pass.
-pub struct FencedCompute<C> {
-    inner: C,
+pub struct FencedCompute {
+    inner: Arc<dyn Compute>,
     fence: Arc<Fence>,
 }
 
-impl<C: Compute> FencedCompute<C> {
-    pub fn new(inner: C, fence: Arc<Fence>) -> Self {
+impl FencedCompute {
+    pub fn new(inner: Arc<dyn Compute>, fence: Arc<Fence>) -> Self {
         Self { inner, fence }
     }
 
@@ -137,7 +137,7 @@ impl<C: Compute> FencedCompute<C> {
 }
 
 #[async_trait::async_trait]
-impl<C: Compute> Compute for FencedCompute<C> {
+impl Compute for FencedCompute {
     async fn insert_instance(&self, req: &InstanceRequest) -> Result<OperationRef, CloudError> {
         self.admit("insert", &req.zone, &req.name)?;
         self.inner.insert_instance(req).await
@@ -202,13 +202,13 @@ impl<C: Compute> Compute for FencedCompute<C> {
 
 /// [`VmAccess`] behind the fence: commands and file writes are checked (the SSH pool logs
 /// each command it runs as `ssh exec`); health probes (plain GETs) pass.
-pub struct FencedVms<V> {
-    inner: V,
+pub struct FencedVms {
+    inner: Arc<dyn VmAccess>,
     fence: Arc<Fence>,
 }
 
-impl<V: VmAccess> FencedVms<V> {
-    pub fn new(inner: V, fence: Arc<Fence>) -> Self {
+impl FencedVms {
+    pub fn new(inner: Arc<dyn VmAccess>, fence: Arc<Fence>) -> Self {
         Self { inner, fence }
     }
 
@@ -218,7 +218,7 @@ impl<V: VmAccess> FencedVms<V> {
 }
 
 #[async_trait::async_trait]
-impl<V: VmAccess> VmAccess for FencedVms<V> {
+impl VmAccess for FencedVms {
     async fn exec(
         &self,
         target: &SshTarget,

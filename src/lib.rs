@@ -120,8 +120,8 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let edges = controller::Edges {
         client: client.clone(),
         cluster: Arc::new(controller::cluster::KubeCluster::new(client.clone())),
-        compute: Arc::new(fence::FencedCompute::new(compute, fence.clone())),
-        vm: Arc::new(fence::FencedVms::new(controller::vm::LiveVms::new(), fence.clone())),
+        compute: Arc::new(fence::FencedCompute::new(Arc::new(compute), fence.clone())),
+        vm: Arc::new(fence::FencedVms::new(Arc::new(controller::vm::LiveVms::new()), fence.clone())),
     };
     let (ctx, wakeups) = controller::Context::new(edges, config, rates, metrics);
     let (stop_controllers, controllers_stopping) = tokio::sync::oneshot::channel::<()>();

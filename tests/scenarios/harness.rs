@@ -25,6 +25,7 @@ use projectvm::controller::secrets::{SecretProblem, SshKey, Token};
 use projectvm::controller::vm::{HealthAnswer, OnOutput, VmAccess, parse_health};
 use projectvm::controller::{Context, Edges, Error, reconcile};
 use projectvm::cost::Rates;
+use projectvm::fence::{Fence, FencedCompute, FencedVms};
 use projectvm::metrics::Metrics;
 use projectvm::ssh::{ExecOutput, SshError, SshTarget};
 use projectvm_testbed::gce::{BackendChoice, Config as EmulatorConfig, RunningEmulator, serve};
@@ -290,6 +291,15 @@ pub struct World {
 
 impl World {
     pub async fn new() -> World {
+        Self::build(None).await
+    }
+
+    /// A world whose cloud and VM edges sit behind a leadership fence, as the operator's do.
+    pub async fn fenced(fence: Arc<Fence>) -> World {
+        Self::build(Some(fence)).await
+    }
+
+    async fn build(fence: Option<Arc<Fence>>) -> World {
         let mut cfg = EmulatorConfig::none_backend();
         cfg.backend = BackendChoice::None { boot_delay: Duration::from_millis(20) };
         cfg.operation_wait_timeout = Duration::from_secs(2);
@@ -302,8 +312,13 @@ impl World {
         let config = Config::parse_from(["projectvm-operator", "--gcp-project", PROJECT, "--default-zone", ZONE]);
         // Never used: the scenarios call the pipeline below the finalizer.
         let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-        let edges =
-            Edges { client, cluster: cluster.clone(), compute: compute.clone() as Arc<dyn Compute>, vm: vms.clone() };
+        let (compute_edge, vm_edge): (Arc<dyn Compute>, Arc<dyn VmAccess>) = match fence {
+            Some(f) => {
+                (Arc::new(FencedCompute::new(compute.clone(), f.clone())), Arc::new(FencedVms::new(vms.clone(), f)))
+            }
+            None => (compute.clone(), vms.clone()),
+        };
+        let edges = Edges { client, cluster: cluster.clone(), compute: compute_edge, vm: vm_edge };
         let (ctx, _wakeups) = Context::new(edges, config, Rates::default(), Arc::new(Metrics::new()));
         World { emulator, ctx, cluster, vms, compute, http: reqwest::Client::new(), idle_waits: AtomicUsize::new(0) }
     }
