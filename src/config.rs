@@ -1,6 +1,7 @@
 //! Operator configuration: command-line flags, each also readable from the environment.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
@@ -107,6 +108,17 @@ pub struct Config {
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
+    /// How long the Lease holds without renewal: a follower takes over once this long has
+    /// passed on its own monotonic clock since it last saw the Lease record change.
+    #[arg(long, env = "PROJECTVM_LEASE_DURATION", default_value = "15s", value_parser = duration_flag)]
+    pub lease_duration: Duration,
+    /// The leader stops all work, and exits, when it has not renewed the Lease for this long
+    /// (counted from the start of its last successful renewal). Shorter than the lease duration.
+    #[arg(long, env = "PROJECTVM_LEASE_RENEW_DEADLINE", default_value = "10s", value_parser = duration_flag)]
+    pub lease_renew_deadline: Duration,
+    /// Time between tries to take or renew the Lease. Shorter than the renew deadline.
+    #[arg(long, env = "PROJECTVM_LEASE_RETRY_PERIOD", default_value = "2s", value_parser = duration_flag)]
+    pub lease_retry_period: Duration,
     /// Log format.
     #[arg(long, env = "PROJECTVM_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -142,6 +154,13 @@ pub struct Config {
     /// Seconds between steady-state checks of a resource that is Ready.
     #[arg(long, env = "PROJECTVM_RESYNC_SECONDS", default_value_t = 60)]
     pub resync_seconds: u64,
+}
+
+/// A `15s` / `1m30s` duration flag.
+fn duration_flag(s: &str) -> Result<Duration, String> {
+    crate::clock::parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a duration such as 15s or 1m30s"))
 }
 
 impl Config {

@@ -10,7 +10,8 @@
 //! - [`ssh`]: the SSH edge (russh, pinned host keys, pooled connections).
 //! - [`clock`]: durations and status timestamps; [`shell`]: quoting for VM commands.
 //! - [`text`]: cutting outside text on character boundaries.
-//! - [`conditions`], [`cost`], [`metrics`], [`leader`], [`server`], [`config`], [`telemetry`].
+//! - [`leader`] and [`fence`]: one leader at a time, and nothing issued once it is unsure.
+//! - [`conditions`], [`cost`], [`metrics`], [`server`], [`config`], [`telemetry`].
 
 pub mod api;
 pub mod clock;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod controller;
 pub mod cost;
 pub mod engine;
+pub mod fence;
 pub mod guest;
 pub mod leader;
 pub mod metrics;
@@ -35,8 +37,35 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-/// Runs the operator until SIGTERM/SIGINT or loss of leadership.
+/// How long SIGTERM waits for running reconciles before giving the lease up anyway (well
+/// inside the chart's 30 s termination grace period).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// SIGTERM or SIGINT.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    })
+}
+
+fn server_ended(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    r.context("metrics server task")?.context("metrics server")?;
+    anyhow::bail!("the metrics server stopped")
+}
+
+/// Runs the operator until SIGTERM/SIGINT (then stops the controllers, releases the lease and
+/// returns `Ok`) or loss of leadership (an error: the process exits non-zero and comes back
+/// as a follower).
 pub async fn run(config: config::Config) -> anyhow::Result<()> {
+    let timings = leader::Timings::new(config.lease_duration, config.lease_renew_deadline, config.lease_retry_period)
+        .map_err(|e| anyhow::anyhow!(e))?;
     let rates = match &config.rates_file {
         Some(p) => {
             cost::Rates::from_yaml(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
@@ -51,48 +80,84 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let compute = cloud::gce::GceCompute::new(&config.gcp_project, config.compute_endpoint.as_deref(), credentials)
         .await
         .context("creating the Compute Engine client")?;
-    let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+    // Signal handlers first: a SIGTERM while standing for the lease ends the process cleanly.
+    let mut signals = Box::pin(shutdown_signal()?);
+    let kube_config = kube::Config::infer().await.context("connecting to Kubernetes")?;
+    // The fence stops every GCE mutation, VM command and Kubernetes write once this replica
+    // is no longer sure it leads (see `fence`); the Lease itself is written on a client of
+    // its own, outside the fence.
+    let fence = if config.leader_election { fence::Fence::closed() } else { fence::Fence::always_open() };
+    let client = kube::client::ClientBuilder::try_from(kube_config.clone())
+        .context("connecting to Kubernetes")?
+        .with_layer(&fence::FenceLayer(fence.clone()))
+        .build();
+    // Reads only: allowed through the fence before this replica leads.
     let config = config::with_cluster_name(config, &client).await?;
     let metrics = Arc::new(metrics::Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
-    let server = tokio::spawn(server::serve(config.metrics_addr, metrics.clone(), ready.clone()));
+    let mut server = tokio::spawn(server::serve(config.metrics_addr, metrics.clone(), ready.clone()));
 
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term.recv() => {},
-        }
-    };
-    let lost_leadership: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = if config.leader_election {
-        let identity = std::env::var("POD_NAME")
-            .or_else(|_| std::env::var("HOSTNAME"))
-            .unwrap_or_else(|_| format!("projectvm-{}", std::process::id()));
-        ready.store(true, Ordering::Relaxed);
+    let mut leadership = if config.leader_election {
+        let lease_client = kube::Client::try_from(kube_config).context("connecting to Kubernetes")?;
         let cfg = leader::LeaseConfig {
             name: config.lease_name.clone(),
             namespace: config.lease_namespace.clone(),
-            identity,
-            lease_duration: Duration::from_secs(15),
-            renew_every: Duration::from_secs(5),
+            identity: leader::identity(),
+            timings,
         };
-        Box::pin(leader::acquire(client.clone(), cfg).await)
+        let store = leader::KubeLeases::new(lease_client, &cfg.namespace, &cfg.name);
+        let elector = leader::Elector::new(store, cfg, fence.clone(), ready.clone());
+        tokio::select! {
+            l = elector.acquire() => Some(l),
+            _ = &mut signals => {
+                tracing::info!("shutting down before leading");
+                return Ok(());
+            }
+            r = &mut server => return server_ended(r),
+        }
     } else {
-        Box::pin(futures::future::pending())
+        ready.store(true, Ordering::Relaxed);
+        None
     };
-    ready.store(true, Ordering::Relaxed);
     let edges = controller::Edges {
         client: client.clone(),
         cluster: Arc::new(controller::cluster::KubeCluster::new(client.clone())),
-        compute: Arc::new(compute),
-        vm: Arc::new(controller::vm::LiveVms::new()),
+        compute: Arc::new(fence::FencedCompute::new(Arc::new(compute), fence.clone())),
+        vm: Arc::new(fence::FencedVms::new(Arc::new(controller::vm::LiveVms::new()), fence.clone())),
     };
     let (ctx, wakeups) = controller::Context::new(edges, config, rates, metrics);
+    let (stop_controllers, controllers_stopping) = tokio::sync::oneshot::channel::<()>();
+    let controllers = controller::run(client, ctx.clone(), wakeups, async {
+        let _ = controllers_stopping.await;
+    });
+    tokio::pin!(controllers);
+    let mut stopped = false;
     tokio::select! {
-        _ = controller::run(client, ctx, wakeups, shutdown) => tracing::info!("controllers stopped"),
-        _ = lost_leadership => anyhow::bail!("lost leadership; exiting so a new leader can take over"),
-        r = server => { r.context("metrics server task")?.context("metrics server")?; }
+        _ = &mut controllers => stopped = true,
+        why = leader::lost(&mut leadership) => {
+            // The fence is already closed; drop the controllers and their tasks now.
+            ctx.tasks.abort_all();
+            anyhow::bail!("lost leadership ({why}); exiting so that this process comes back as a follower");
+        }
+        _ = &mut signals => tracing::info!("shutting down: stopping the controllers"),
+        r = &mut server => return server_ended(r),
+    }
+    // Let running reconciles finish (still leading and renewing), within a bound.
+    let _ = stop_controllers.send(());
+    if !stopped {
+        tokio::select! {
+            _ = &mut controllers => {}
+            _ = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!(grace = ?SHUTDOWN_GRACE, "controllers did not stop in time"),
+            why = leader::lost(&mut leadership) => {
+                ctx.tasks.abort_all();
+                anyhow::bail!("lost leadership while shutting down ({why})");
+            }
+        }
+    }
+    tracing::info!("controllers stopped");
+    ctx.tasks.abort_all();
+    if let Some(l) = leadership {
+        l.step_down().await;
     }
     Ok(())
 }

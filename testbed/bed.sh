@@ -13,6 +13,8 @@
 #
 # PROJECTVM_OPERATOR_BIN=PATH runs that operator binary instead of target/debug's (and `up`
 # then builds only the emulator), e.g. an older commit's build for a before/after benchmark.
+# The bed's lease timings are short (6s/4s/1s) so leader-election tests are quick;
+# PROJECTVM_LEASE_DURATION, _RENEW_DEADLINE and _RETRY_PERIOD override them.
 #
 # After `up`, STATE_DIR/env is a shell file with KUBECONFIG (admin), PATH, EMULATOR_URL,
 # GIT_STATE, METRICS_URL, OPERATOR_LOG and KSTATUS (the kstatus judge binary);
@@ -88,7 +90,11 @@ KC
 operator_start() {
   # shellcheck disable=SC1090
   source "$ENV"
-  if pid_alive "$STATE/operator.pid"; then kill "$(cat "$STATE/operator.pid")" 2>/dev/null || true; sleep 1; fi
+  if pid_alive "$STATE/operator.pid"; then
+    # SIGTERM: the operator finishes its reconciles and releases the lease, then exits.
+    kill "$(cat "$STATE/operator.pid")" 2>/dev/null || true
+    for _ in $(seq 1 60); do pid_alive "$STATE/operator.pid" || break; sleep 0.5; done
+  fi
   log "starting the operator (log: $STATE/operator.log)"
   # The environment the operator runs with, also read by tests that start another operator
   # process (tests/e2e/bed.rs `spawn_operator`) with some of it overridden.
@@ -100,6 +106,9 @@ PROJECTVM_COMPUTE_ENDPOINT=$EMULATOR_URL
 PROJECTVM_CREDENTIALS=anonymous
 PROJECTVM_METRICS_ADDR=${METRICS_URL#http://}
 POD_NAMESPACE=$OP_NS
+PROJECTVM_LEASE_DURATION=${PROJECTVM_LEASE_DURATION:-6s}
+PROJECTVM_LEASE_RENEW_DEADLINE=${PROJECTVM_LEASE_RENEW_DEADLINE:-4s}
+PROJECTVM_LEASE_RETRY_PERIOD=${PROJECTVM_LEASE_RETRY_PERIOD:-1s}
 PROJECTVM_LOG_FORMAT=json
 RUST_LOG=${RUST_LOG:-info,projectvm=debug,kube=warn}
 OPERATOR_BIN=${PROJECTVM_OPERATOR_BIN:-$ROOT/target/debug/projectvm-operator}

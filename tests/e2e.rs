@@ -16,6 +16,8 @@ mod clusters;
 mod errors;
 #[path = "e2e/kstatus.rs"]
 mod kstatus;
+#[path = "e2e/leader.rs"]
+mod leader;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "e2e/limits.rs"]

@@ -794,3 +794,56 @@ async fn an_instance_of_the_previous_version_stays_with_its_resource() {
     delete_until_done(&w, &mut pvm).await;
     assert_eq!(w.instance(&legacy).await.expect("left alone").id, foreign.id);
 }
+
+// --- one leader ------------------------------------------------------------------------------
+
+/// Once its renew deadline has passed, a replica's reconciles issue no Compute Engine
+/// mutation and no VM command: the refusals are transient errors (no panic, never Failed),
+/// and work resumes when it leads again.
+#[tokio::test]
+async fn past_the_renew_deadline_no_cloud_mutation_and_no_vm_command_is_issued() {
+    use projectvm::cloud::Compute;
+    use projectvm::fence::Fence;
+    let fence = Fence::closed();
+    fence.open_until(tokio::time::Instant::now() + Duration::from_secs(3600));
+    let w = World::fenced(fence.clone()).await;
+    let mut pvm = projectvm("fenced", REPO);
+    w.until_ready(&mut pvm).await;
+    let name = pvm.vm_status().unwrap().instance.as_ref().unwrap().name.clone().unwrap();
+
+    // The renew deadline passes; then a resize (stop + setMachineType) and a new resource
+    // (insert) come in, and timers fire.
+    fence.close();
+    let instances = |w: &World| {
+        let compute = w.compute.clone();
+        async move { compute.list_instances(harness::ZONE, &Default::default()).await.unwrap().len() }
+    };
+    let count = instances(&w).await;
+    let commands = w.vms.commands.lock().unwrap().len();
+    pvm.spec.machine.size = Some(projectvm::api::MachineSize::Large);
+    pvm.metadata.generation = Some(2);
+    let mut late = projectvm("late", REPO);
+    for _ in 0..5 {
+        for r in [w.reconcile(&mut pvm).await, w.reconcile(&mut late).await] {
+            assert!(!matches!(r, Err(projectvm::controller::Error::Internal(_))), "{r:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let i = w.instance(&name).await.unwrap();
+    assert_eq!((i.state.as_str(), i.machine_type.as_str()), ("RUNNING", "e2-medium"), "untouched");
+    assert_eq!(instances(&w).await, count, "no instance inserted");
+    assert_eq!(w.vms.commands.lock().unwrap().len(), commands, "no command sent to a VM");
+    for o in [&pvm, &late] {
+        if let Some(s) = o.vm_status() {
+            assert_ne!(s.phase, Some(Phase::Failed), "a refusal is transient: {s:#?}");
+        }
+    }
+
+    // Leading again, the same resources go ahead.
+    fence.open_until(tokio::time::Instant::now() + Duration::from_secs(3600));
+    w.until_ready(&mut late).await;
+    w.until(&mut pvm, "resized", SHORT, |s| {
+        s.phase == Some(Phase::Ready) && s.instance.as_ref().unwrap().machine_type.as_deref() == Some("e2-standard-4")
+    })
+    .await;
+}

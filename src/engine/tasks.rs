@@ -245,6 +245,17 @@ impl TaskRegistry {
         });
     }
 
+    /// Aborts every running task (this replica stopped leading or is shutting down).
+    pub fn abort_all(&self) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        for e in entries.values() {
+            if let State::Running { abort, .. } = &e.state {
+                abort.abort();
+            }
+        }
+        entries.clear();
+    }
+
     /// Number of tasks currently running (for metrics).
     pub fn running(&self) -> usize {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -355,5 +366,35 @@ mod tests {
         r.forget("o");
         assert_eq!(r.running(), 0);
         assert_eq!(r.view("o", StepId::Repository), TaskView::Idle);
+    }
+
+    #[tokio::test]
+    async fn abort_all_stops_every_task() {
+        let r = TaskRegistry::new(4);
+        let (done, seen) = tokio::sync::oneshot::channel::<()>();
+        let guard = Arc::new(Mutex::new(Some(done)));
+        for o in ["a", "b"] {
+            let g = guard.clone();
+            r.spawn(o, StepId::Repository, "fp", Duration::from_secs(5), Arc::new(|| {}), move |_| async move {
+                // Dropped (not run to the end) when aborted.
+                struct OnDrop(Arc<Mutex<Option<tokio::sync::oneshot::Sender<()>>>>);
+                impl Drop for OnDrop {
+                    fn drop(&mut self) {
+                        if let Some(tx) = self.0.lock().unwrap().take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+                let _d = OnDrop(g);
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                TaskOutcome::ok(Reason::Installed, "")
+            });
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(r.running(), 2);
+        r.abort_all();
+        assert_eq!(r.running(), 0);
+        tokio::time::timeout(Duration::from_secs(5), seen).await.expect("an aborted task is dropped").ok();
+        assert_eq!(r.view("a", StepId::Repository), TaskView::Idle);
     }
 }

@@ -25,6 +25,7 @@ use projectvm::controller::secrets::{SecretProblem, SshKey, Token};
 use projectvm::controller::vm::{HealthAnswer, OnOutput, VmAccess, parse_health};
 use projectvm::controller::{Context, Edges, Error, reconcile};
 use projectvm::cost::Rates;
+use projectvm::fence::{Fence, FencedCompute, FencedVms};
 use projectvm::metrics::Metrics;
 use projectvm::ssh::{ExecOutput, SshError, SshTarget};
 use projectvm_testbed::gce::{BackendChoice, Config as EmulatorConfig, RunningEmulator, serve};
@@ -342,25 +343,39 @@ pub struct World {
 
 impl World {
     pub async fn new() -> World {
-        Self::with_flags(&[]).await
+        Self::build(&[], None).await
     }
 
     /// A world whose operator runs with these extra command-line flags.
     pub async fn with_flags(flags: &[&str]) -> World {
+        Self::build(flags, None).await
+    }
+
+    /// A world whose cloud and VM edges sit behind a leadership fence, as the operator's do.
+    pub async fn fenced(fence: Arc<Fence>) -> World {
+        Self::build(&[], Some(fence)).await
+    }
+
+    async fn build(flags: &[&str], fence: Option<Arc<Fence>>) -> World {
         let mut cfg = EmulatorConfig::none_backend();
         cfg.backend = BackendChoice::None { boot_delay: Duration::from_millis(20) };
         cfg.operation_wait_timeout = Duration::from_secs(2);
         let emulator = serve(cfg, "127.0.0.1:0".parse().unwrap()).await.expect("emulator starts");
-        World::on(Arc::new(emulator), CLUSTER, flags).await
+        World::on(Arc::new(emulator), CLUSTER, flags, fence).await
     }
 
     /// Another cluster's operator on the same Google Cloud project (this world's emulator),
     /// with its own cluster name, in-memory cluster and VMs.
     pub async fn another_cluster(&self, cluster: &str) -> World {
-        World::on(self.emulator.clone(), cluster, &[]).await
+        World::on(self.emulator.clone(), cluster, &[], None).await
     }
 
-    async fn on(emulator: Arc<RunningEmulator>, cluster_name: &str, flags: &[&str]) -> World {
+    async fn on(
+        emulator: Arc<RunningEmulator>,
+        cluster_name: &str,
+        flags: &[&str],
+        fence: Option<Arc<Fence>>,
+    ) -> World {
         let compute = Arc::new(
             GceCompute::new(PROJECT, Some(&emulator.endpoint()), CredentialsMode::Anonymous).await.expect("client"),
         );
@@ -373,8 +388,13 @@ impl World {
         );
         // Never used: the scenarios call the pipeline below the finalizer.
         let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-        let edges =
-            Edges { client, cluster: cluster.clone(), compute: compute.clone() as Arc<dyn Compute>, vm: vms.clone() };
+        let (compute_edge, vm_edge): (Arc<dyn Compute>, Arc<dyn VmAccess>) = match fence {
+            Some(f) => {
+                (Arc::new(FencedCompute::new(compute.clone(), f.clone())), Arc::new(FencedVms::new(vms.clone(), f)))
+            }
+            None => (compute.clone(), vms.clone()),
+        };
+        let edges = Edges { client, cluster: cluster.clone(), compute: compute_edge, vm: vm_edge };
         let (ctx, _wakeups) = Context::new(edges, config, Rates::default(), Arc::new(Metrics::new()));
         World { emulator, ctx, cluster, vms, compute, http: reqwest::Client::new(), idle_waits: AtomicUsize::new(0) }
     }
