@@ -212,7 +212,9 @@ async fn real_machine_lifecycle() {
     eprintln!("TIMING insert → RUNNING: {:?}", t0.elapsed());
     let inst = get(&c).await.unwrap();
     assert_eq!(inst.status, Some(model::instance::Status::Running));
-    let ip = inst.network_interfaces[0].access_configs[0].nat_ip.clone().unwrap();
+    // Inserted without an access config: the machine is reached on its network address.
+    let ip = inst.network_interfaces[0].network_ip.clone().unwrap();
+    assert!(inst.network_interfaces[0].access_configs.is_empty(), "no access config asked for, none made");
 
     // pin the host key from guest attributes
     let kh = dir.join("known_hosts");
@@ -332,7 +334,9 @@ async fn booting_knob_refuses_non_root_logins_until_cleared() {
     poll_done(&ops, &op, Duration::from_secs(120)).await;
     let inst = c.get().set_project(P).set_zone(Z).set_instance(BOOTING).send().await.unwrap();
     assert_eq!(inst.status, Some(model::instance::Status::Running), "held machines are RUNNING");
-    let ip = inst.network_interfaces[0].access_configs[0].nat_ip.clone().unwrap();
+    // Inserted without an access config: the machine is reached on its network address.
+    let ip = inst.network_interfaces[0].network_ip.clone().unwrap();
+    assert!(inst.network_interfaces[0].access_configs.is_empty(), "no access config asked for, none made");
     let kh = dir.join("known_hosts");
     pin_host_key(&c, BOOTING, &ip, &kh).await;
 
