@@ -13,8 +13,10 @@
 #
 # PROJECTVM_OPERATOR_BIN=PATH runs that operator binary instead of target/debug's (and `up`
 # then builds only the emulator), e.g. an older commit's build for a before/after benchmark.
-# The bed's lease timings are short (6s/4s/1s) so leader-election tests are quick;
-# PROJECTVM_LEASE_DURATION, _RENEW_DEADLINE and _RETRY_PERIOD override them.
+# The bed's operator runs with the production lease timings (15s/10s/2s): shorter ones
+# (6s/4s/1s were tried) made a busy debug build miss its renew deadline under a full e2e run,
+# and nothing restarts the bed's operator the way a Deployment would. PROJECTVM_LEASE_DURATION,
+# _RENEW_DEADLINE and _RETRY_PERIOD override them.
 #
 # After `up`, STATE_DIR/env is a shell file with KUBECONFIG (admin), PATH, EMULATOR_URL,
 # GIT_STATE, METRICS_URL, OPERATOR_LOG and KSTATUS (the kstatus judge binary);
@@ -106,9 +108,9 @@ PROJECTVM_COMPUTE_ENDPOINT=$EMULATOR_URL
 PROJECTVM_CREDENTIALS=anonymous
 PROJECTVM_METRICS_ADDR=${METRICS_URL#http://}
 POD_NAMESPACE=$OP_NS
-PROJECTVM_LEASE_DURATION=${PROJECTVM_LEASE_DURATION:-6s}
-PROJECTVM_LEASE_RENEW_DEADLINE=${PROJECTVM_LEASE_RENEW_DEADLINE:-4s}
-PROJECTVM_LEASE_RETRY_PERIOD=${PROJECTVM_LEASE_RETRY_PERIOD:-1s}
+PROJECTVM_LEASE_DURATION=${PROJECTVM_LEASE_DURATION:-15s}
+PROJECTVM_LEASE_RENEW_DEADLINE=${PROJECTVM_LEASE_RENEW_DEADLINE:-10s}
+PROJECTVM_LEASE_RETRY_PERIOD=${PROJECTVM_LEASE_RETRY_PERIOD:-2s}
 PROJECTVM_LOG_FORMAT=json
 RUST_LOG=${RUST_LOG:-info,projectvm=debug,kube=warn}
 OPERATOR_BIN=${PROJECTVM_OPERATOR_BIN:-$ROOT/target/debug/projectvm-operator}

@@ -7,7 +7,7 @@
 //! - A leader sent SIGTERM releases the Lease: the standby takes over at its next try, far
 //!   sooner than the lease duration, and the process exits 0.
 //!
-//! The bed runs short lease timings (testbed/bed.sh: 6s / 4s / 1s).
+//! The bed runs the production lease timings (testbed/bed.sh: 15s / 10s / 2s).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
