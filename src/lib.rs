@@ -60,6 +60,34 @@ fn server_ended(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> anyho
     anyhow::bail!("the metrics server stopped")
 }
 
+/// A one-thread runtime for leader election, shut down (without blocking) when dropped.
+struct LeaseRuntime(Option<tokio::runtime::Runtime>);
+
+impl LeaseRuntime {
+    fn new() -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("lease")
+            .enable_all()
+            .build()
+            .context("starting the leader-election runtime")?;
+        Ok(Self(Some(rt)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("running").handle()
+    }
+}
+
+impl Drop for LeaseRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another one's async context would panic.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// Runs the operator until SIGTERM/SIGINT (then stops the controllers, releases the lease and
 /// returns `Ok`) or loss of leadership (an error: the process exits non-zero and comes back
 /// as a follower).
@@ -97,19 +125,28 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let mut server = tokio::spawn(server::serve(config.metrics_addr, metrics.clone(), ready.clone()));
 
+    // The Lease is taken and renewed on a runtime of its own, so reconcile work that keeps
+    // the main workers busy (SSH handshakes, large answers; slow in a debug build) can never
+    // delay a renewal past the renew deadline.
+    let lease_runtime = LeaseRuntime::new()?;
     let mut leadership = if config.leader_election {
-        let lease_client = kube::Client::try_from(kube_config).context("connecting to Kubernetes")?;
         let cfg = leader::LeaseConfig {
             name: config.lease_name.clone(),
             namespace: config.lease_namespace.clone(),
             identity: leader::identity(),
             timings,
         };
-        let store = leader::KubeLeases::new(lease_client, &cfg.namespace, &cfg.name);
-        let elector = leader::Elector::new(store, cfg, fence.clone(), ready.clone());
+        let (fence, ready) = (fence.clone(), ready.clone());
+        let mut acquire = lease_runtime.handle().spawn(async move {
+            // Made on the lease runtime: the client's connection worker runs there too.
+            let lease_client = kube::Client::try_from(kube_config).context("connecting to Kubernetes")?;
+            let store = leader::KubeLeases::new(lease_client, &cfg.namespace, &cfg.name);
+            anyhow::Ok(leader::Elector::new(store, cfg, fence, ready).acquire().await)
+        });
         tokio::select! {
-            l = elector.acquire() => Some(l),
+            l = &mut acquire => Some(l.context("the lease task")??),
             _ = &mut signals => {
+                acquire.abort();
                 tracing::info!("shutting down before leading");
                 return Ok(());
             }
