@@ -9,9 +9,9 @@ use super::CloudInstance;
 
 const MAX: usize = 63;
 
+/// The first 8 hex digits of the SHA-256 of `s`.
 fn short_hash(s: &str) -> String {
-    let d = Sha256::digest(s.as_bytes());
-    d[..4].iter().map(|b| format!("{b:02x}")).collect()
+    hash_hex(s, 8)
 }
 
 /// Lowercases and replaces anything outside `[a-z0-9-]` with `-`, collapsing runs.
@@ -77,9 +77,14 @@ fn kind_prefix(kind: &str) -> &'static str {
     }
 }
 
+/// The first `digits` hex digits of the SHA-256 of `s` (at most 64).
 fn hash_hex(s: &str, digits: usize) -> String {
     let d = Sha256::digest(s.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect::<String>()[..digits].to_string()
+    d.iter()
+        .flat_map(|b| [b >> 4, b & 0xf])
+        .take(digits)
+        .map(|n| char::from_digit(n.into(), 16).unwrap_or('0'))
+        .collect()
 }
 
 /// Whether `s` is a usable cluster name: a Compute Engine label value (lowercase
