@@ -22,6 +22,14 @@ pub mod types {
     pub const ROUTED: &str = "Routed";
     pub const CREDENTIALS_CURRENT: &str = "CredentialsCurrent";
     pub const READY: &str = "Ready";
+    /// Run: the work was launched on the VM.
+    pub const STARTED: &str = "Started";
+    /// Run: the work succeeded (as a Job's `Complete`).
+    pub const COMPLETE: &str = "Complete";
+    /// Run: the work failed, timed out, was cancelled or could not start.
+    pub const FAILED: &str = "Failed";
+    /// Run: the log and artifacts were copied to Cloud Storage.
+    pub const ARTIFACTS_UPLOADED: &str = "ArtifactsUploaded";
     /// kstatus: True while the operator has work pending.
     pub const RECONCILING: &str = "Reconciling";
     /// kstatus: True when a terminal reason stops progress until someone acts.
@@ -86,6 +94,13 @@ reasons! {
     Pending => Progress,
     Refreshing => Progress,
     Paused => Progress,
+    // Runs.
+    Queued => Progress,
+    Launched => Progress,
+    Succeeded => Progress,
+    Uploading => Progress,
+    Uploaded => Progress,
+    NotConfigured => Progress,
     // Retried by the operator.
     SSHUnavailable => Transient,
     VMBooting => Transient,
@@ -123,6 +138,17 @@ reasons! {
     RouteConflict => Terminal,
     AuthNoneNotAllowed => Terminal,
     InternalError => Terminal,
+    // Runs.
+    ProjectVMNotFound => Terminal,
+    VMStopped => Terminal,
+    Failed => Terminal,
+    TimedOut => Terminal,
+    Cancelled => Terminal,
+    Killed => Terminal,
+    LaunchFailed => Terminal,
+    RunLost => Terminal,
+    ArtifactUploadFailed => Terminal,
+    ArtifactsTooLarge => Terminal,
 }
 
 impl Reason {

@@ -154,6 +154,13 @@ pub struct Config {
     /// Seconds between steady-state checks of a resource that is Ready.
     #[arg(long, env = "PROJECTVM_RESYNC_SECONDS", default_value_t = 60)]
     pub resync_seconds: u64,
+    /// The most a Run may copy to Cloud Storage (its log and artifacts together), in bytes;
+    /// past it only the log is copied and the Run says `ArtifactsTooLarge`.
+    #[arg(long, env = "PROJECTVM_RUN_ARTIFACTS_MAX_BYTES", default_value_t = 1 << 30)]
+    pub run_artifacts_max_bytes: u64,
+    // Placeholder until the storage flags land (artifact bucket, prefix, endpoint).
+    #[arg(long, env = "PROJECTVM_ARTIFACT_PREFIX", default_value = "runs")]
+    pub artifact_prefix: String,
 }
 
 /// A `15s` / `1m30s` duration flag.

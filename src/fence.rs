@@ -255,6 +255,16 @@ impl VmAccess for FencedVms {
         self.inner.write_file(target, path, contents, mode, owner, timeout).await
     }
 
+    async fn exec_stream(
+        &self,
+        target: &SshTarget,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<crate::ssh::ByteStream, SshError> {
+        self.admit(target)?;
+        self.inner.exec_stream(target, command, timeout).await
+    }
+
     async fn forget(&self, host: &str) {
         self.inner.forget(host).await;
     }

@@ -3,7 +3,9 @@
 //!
 //! A map of the crate:
 //! - [`api`]: the custom resources (`ProjectVM`, `Workspace`) and their admission rules.
-//! - [`controller`]: the controllers and the shared reconcile pipeline.
+//! - [`controller`]: the ProjectVM and Workspace controllers and their shared reconcile pipeline.
+//! - [`run`]: the Run controller (work executed on a ProjectVM, its log and artifacts).
+//! - [`storage`]: the Cloud Storage edge Run artifacts are copied to.
 //! - [`engine`]: step graphs, pure planners, and the background task registry.
 //! - [`guest`]: the scripts steps run on the VM, and reading git's output.
 //! - [`cloud`]: the Compute Engine edge (a narrow trait and its google-cloud-compute-v1 implementation).
@@ -25,9 +27,11 @@ pub mod fence;
 pub mod guest;
 pub mod leader;
 pub mod metrics;
+pub mod run;
 pub mod server;
 pub mod shell;
 pub mod ssh;
+pub mod storage;
 pub mod telemetry;
 pub mod text;
 
@@ -161,6 +165,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         cluster: Arc::new(controller::cluster::KubeCluster::new(client.clone())),
         compute: Arc::new(fence::FencedCompute::new(Arc::new(compute), fence.clone())),
         vm: Arc::new(fence::FencedVms::new(Arc::new(controller::vm::LiveVms::new()), fence.clone())),
+        artifacts: None,
     };
     let (ctx, wakeups) = controller::Context::new(edges, config, rates, metrics);
     let (stop_controllers, controllers_stopping) = tokio::sync::oneshot::channel::<()>();

@@ -38,6 +38,9 @@ pub struct ProjectVMSpec {
     /// Software installed on the VM before the repository is synced.
     #[serde(default)]
     pub prerequisites: Prerequisites,
+    /// How the Runs that target this ProjectVM share it.
+    #[serde(default)]
+    pub runs: super::run::RunsPolicy,
 }
 
 fn projectvm_rules(schema: &mut Schema) {

@@ -29,10 +29,22 @@ pub async fn probe<K: VmKind>(ctx: &Context, report: &mut Report, obj: &K, targe
 async fn probe_over_ssh<K: VmKind>(ctx: &Context, report: &mut Report, obj: &K, target: &SshTarget) {
     let script = crate::guest::activity_probe(&obj.machine().user);
     match ctx.vm.exec(target, crate::guest::RUN_AS_USER, Some(script.as_bytes()), PROBE_LIMIT, None).await {
-        Ok(out) if crate::text::lossy(&out.stdout).contains("PROJECTVM_ACTIVE=1") => {
-            report.status.last_activity_at = Some(clock::time(report.now));
+        Ok(out) => {
+            let said = crate::text::lossy(&out.stdout);
+            if said.contains("PROJECTVM_ACTIVE=1") {
+                report.status.last_activity_at = Some(clock::time(report.now));
+            } else if let Some(ended) =
+                crate::guest::last_run_end(&said).and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            {
+                // A Run that ended since the last look is activity at its end: the idle
+                // timer starts again from there (never from a time in the future).
+                let recorded = report.status.last_activity_at.as_ref().map(clock::from_time);
+                let ended = ended.min(report.now);
+                if recorded.is_none_or(|r| r < ended) {
+                    report.status.last_activity_at = Some(clock::time(ended));
+                }
+            }
         }
-        Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "activity probe failed"),
     }
 }

@@ -10,7 +10,7 @@ use kube::{Api, Client};
 use super::Error;
 use super::owner::Owner;
 use super::route::RouteConflict;
-use super::secrets::{self, SecretProblem, SshKey, Token};
+use super::secrets::{self, SecretProblem, SecretValues, SshKey, Token};
 use crate::api::FIELD_MANAGER;
 use crate::api::{SecretKeyRef, Workspace};
 
@@ -21,6 +21,13 @@ pub trait Cluster: Send + Sync + 'static {
     async fn ssh_key(&self, owner: &Owner) -> Result<SshKey, Error>;
     /// A token from a referenced Secret, or why it cannot be used.
     async fn token(&self, namespace: &str, r: &SecretKeyRef) -> Result<Result<Token, SecretProblem>, Error>;
+    /// Every key of a referenced Secret (a Run's environment), or why it cannot be used.
+    async fn secret_values(&self, namespace: &str, name: &str) -> Result<Result<SecretValues, SecretProblem>, Error>;
+    /// Asks the ProjectVM controller to start a stopped VM: sets the start-request
+    /// annotation on the ProjectVM to `value`.
+    async fn request_start(&self, namespace: &str, project_vm: &str, value: &str) -> Result<(), Error>;
+    /// Deletes a finished Run whose `ttlAfterFinished` passed (only the object of that UID).
+    async fn delete_run(&self, namespace: &str, name: &str, uid: &str) -> Result<(), Error>;
     /// The generated code-server password, created on first use.
     async fn generated_password(&self, owner: &Owner) -> Result<Token, Error>;
     /// Applies a Workspace's Service, EndpointSlice and (when asked for) Ingress, or says
@@ -85,6 +92,30 @@ impl Cluster for KubeCluster {
 
     async fn token(&self, namespace: &str, r: &SecretKeyRef) -> Result<Result<Token, SecretProblem>, Error> {
         secrets::read_token(&self.client, namespace, r).await
+    }
+
+    async fn secret_values(&self, namespace: &str, name: &str) -> Result<Result<SecretValues, SecretProblem>, Error> {
+        secrets::read_values(&self.client, namespace, name).await
+    }
+
+    async fn request_start(&self, namespace: &str, project_vm: &str, value: &str) -> Result<(), Error> {
+        let api: Api<crate::api::ProjectVM> = Api::namespaced(self.client.clone(), namespace);
+        let patch = serde_json::json!({ "metadata": { "annotations": { crate::api::START_ANNOTATION: value } } });
+        api.patch(project_vm, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        Ok(())
+    }
+
+    async fn delete_run(&self, namespace: &str, name: &str, uid: &str) -> Result<(), Error> {
+        let api: Api<crate::api::Run> = Api::namespaced(self.client.clone(), namespace);
+        let dp = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions { uid: Some(uid.to_string()), resource_version: None }),
+            ..Default::default()
+        };
+        match api.delete(name, &dp).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn generated_password(&self, owner: &Owner) -> Result<Token, Error> {

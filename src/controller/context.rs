@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::cluster::Cluster;
 use super::vm::VmAccess;
-use crate::api::{ProjectVM, Workspace};
+use crate::api::{ProjectVM, Run, Workspace};
 use crate::cloud::{Compute, InstanceCache};
 use crate::config::Config;
 use crate::cost::Rates;
@@ -37,8 +37,15 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     pub(crate) wake_projectvm: mpsc::UnboundedSender<ObjectRef<ProjectVM>>,
     pub(crate) wake_workspace: mpsc::UnboundedSender<ObjectRef<Workspace>>,
+    pub(crate) wake_run: mpsc::UnboundedSender<ObjectRef<Run>>,
     /// The Workspace controller's watch cache, once it runs: who holds which Ingress host.
     workspace_store: std::sync::OnceLock<Store<Workspace>>,
+    /// The ProjectVM controller's watch cache: what Runs read of their ProjectVM.
+    projectvm_store: std::sync::OnceLock<Store<ProjectVM>>,
+    /// The Run controller's watch cache: the queue of each ProjectVM.
+    run_store: std::sync::OnceLock<Store<Run>>,
+    /// Where Run artifacts go; `None` without `--artifact-bucket`.
+    pub artifacts: Option<Arc<dyn crate::storage::ArtifactStore>>,
 }
 
 /// The edges a [`Context`] is built from.
@@ -47,12 +54,15 @@ pub struct Edges {
     pub cluster: Arc<dyn Cluster>,
     pub compute: Arc<dyn Compute>,
     pub vm: Arc<dyn VmAccess>,
+    /// Where Run artifacts go, when a bucket is configured.
+    pub artifacts: Option<Arc<dyn crate::storage::ArtifactStore>>,
 }
 
 /// Trigger streams for the controllers, fed by finishing tasks.
 pub struct Wakeups {
     pub(crate) projectvm: mpsc::UnboundedReceiver<ObjectRef<ProjectVM>>,
     pub(crate) workspace: mpsc::UnboundedReceiver<ObjectRef<Workspace>>,
+    pub(crate) run: mpsc::UnboundedReceiver<ObjectRef<Run>>,
 }
 
 impl Context {
@@ -68,6 +78,7 @@ impl Context {
         let selector = crate::cloud::naming::cluster_selector(&cluster_name);
         let (tp, rp) = mpsc::unbounded_channel();
         let (tw, rw) = mpsc::unbounded_channel();
+        let (tr, rr) = mpsc::unbounded_channel();
         let ctx = Context {
             client: edges.client,
             cluster: edges.cluster,
@@ -82,14 +93,44 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             wake_projectvm: tp,
             wake_workspace: tw,
+            wake_run: tr,
             workspace_store: std::sync::OnceLock::new(),
+            projectvm_store: std::sync::OnceLock::new(),
+            run_store: std::sync::OnceLock::new(),
+            artifacts: edges.artifacts,
         };
-        (Arc::new(ctx), Wakeups { projectvm: rp, workspace: rw })
+        (Arc::new(ctx), Wakeups { projectvm: rp, workspace: rw, run: rr })
     }
 
     /// Hands the Workspace watch cache to the route step (once; later calls are ignored).
     pub fn set_workspace_store(&self, store: Store<Workspace>) {
         let _ = self.workspace_store.set(store);
+    }
+
+    /// Hands the ProjectVM watch cache to the Run controller (once).
+    pub fn set_projectvm_store(&self, store: Store<ProjectVM>) {
+        let _ = self.projectvm_store.set(store);
+    }
+
+    /// A ProjectVM as the ProjectVM controller's cache has it; `None` before the cache
+    /// exists or when it does not hold the object.
+    pub fn cached_projectvm(&self, namespace: &str, name: &str) -> Option<Arc<ProjectVM>> {
+        self.projectvm_store.get()?.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Hands the Run watch cache to the Run controller's queue (once).
+    pub fn set_run_store(&self, store: Store<Run>) {
+        let _ = self.run_store.set(store);
+    }
+
+    /// Every Run the controller watches; empty before its cache exists.
+    pub fn runs(&self) -> Vec<Arc<Run>> {
+        self.run_store.get().map(|s| s.state()).unwrap_or_default()
+    }
+
+    /// Re-queues a Run's reconcile.
+    pub fn wake_run(&self, run: ObjectRef<Run>) {
+        let _ = self.wake_run.send(run);
     }
 
     /// Every Workspace the controller watches; empty before its cache exists.

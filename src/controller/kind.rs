@@ -112,6 +112,9 @@ impl VmKind for ProjectVM {
     const GRAPH: &'static [StepNode] = PROJECTVM_GRAPH;
     const ACTIVITY_OVER_SSH: bool = true;
 
+    fn watch_cache(ctx: &Context, store: kube::runtime::reflector::Store<Self>) {
+        ctx.set_projectvm_store(store);
+    }
     fn machine(&self) -> &MachineSpec {
         &self.spec.machine
     }

@@ -60,7 +60,7 @@ fn error_policy<K: kind::VmKind>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) ->
     Action::requeue(delay)
 }
 
-/// Runs both controllers until shutdown: over all namespaces, or only over those of
+/// Runs the three controllers (ProjectVM, Workspace, Run) until shutdown: over all namespaces, or only over those of
 /// `--watch-namespace` (the chart's namespaced mode, whose Roles grant nothing elsewhere).
 pub async fn run(
     client: Client,
@@ -76,13 +76,14 @@ pub async fn run(
         tracing::info!(namespaces = %namespaces.join(","), "watching only these namespaces");
     }
     let pvm = controller_for::<ProjectVM>(&client, &namespaces, wakeups.projectvm, ctx.clone(), shutdown.clone());
-    let ws = controller_for::<Workspace>(&client, &namespaces, wakeups.workspace, ctx.clone(), shutdown);
-    futures::future::join(pvm, ws).await;
+    let ws = controller_for::<Workspace>(&client, &namespaces, wakeups.workspace, ctx.clone(), shutdown.clone());
+    let runs = crate::run::run(client.clone(), ctx.clone(), wakeups.run, shutdown);
+    futures::future::join3(pvm, ws, runs).await;
 }
 
 /// One `Api` per watched namespace, or a single one over all namespaces; each with the
 /// namespace it is limited to.
-fn scoped_apis<K>(client: &Client, namespaces: &[String]) -> Vec<(Option<String>, Api<K>)>
+pub(crate) fn scoped_apis<K>(client: &Client, namespaces: &[String]) -> Vec<(Option<String>, Api<K>)>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
 {
@@ -102,7 +103,7 @@ type EventStream<K> = BoxStream<'static, Result<watcher::Event<K>, watcher::Erro
 /// until its `InitDone` and then replayed, in one piece, as a relist of the whole store:
 /// that namespace's fresh objects plus the others' as the store holds them. Objects deleted
 /// while a namespace's watch was down disappear with that relist, as with one watcher.
-fn merge_namespaces<K>(streams: Vec<(Option<String>, EventStream<K>)>, store: Store<K>) -> EventStream<K>
+pub(crate) fn merge_namespaces<K>(streams: Vec<(Option<String>, EventStream<K>)>, store: Store<K>) -> EventStream<K>
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
@@ -146,7 +147,7 @@ where
 /// Secrets in the watched namespaces, by metadata only: the mapper needs a Secret's
 /// namespace and name, never its data, so the operator holds no Secret data it did not ask
 /// for by name (a referenced token, its own SSH key and password).
-fn secret_metadata(
+pub(crate) fn secret_metadata(
     client: &Client,
     namespaces: &[String],
 ) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
@@ -159,7 +160,7 @@ fn secret_metadata(
 
 /// Hashes what a person or a tool changes: the spec (through the generation), labels,
 /// annotations (pause, start requests), finalizers and the deletion timestamp.
-fn spec_or_metadata_changed<K: Resource>(obj: &K) -> Option<u64> {
+pub(crate) fn spec_or_metadata_changed<K: Resource>(obj: &K) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     predicates::generation(obj).hash(&mut h);

@@ -139,6 +139,87 @@ pub async fn read_token(
     Ok(token_from_secret(namespace, r, &secret))
 }
 
+/// Longest value of one key a Run takes into its environment, and of all keys together.
+const MAX_ENV_VALUE_BYTES: usize = 64 * 1024;
+const MAX_ENV_TOTAL_BYTES: usize = 256 * 1024;
+
+/// Every key of an opted-in Secret as text, for a Run's environment. Values must be UTF-8
+/// without NUL bytes (an environment cannot hold them) and bounded in size; line breaks are
+/// fine, since they travel in a file, quoted. `Debug` of the result never prints values.
+pub fn values_from_secret(namespace: &str, name: &str, secret: &Secret) -> Result<SecretValues, SecretProblem> {
+    check_opt_in(namespace, name, &secret.metadata)?;
+    if secret.type_.as_deref() == Some(SERVICE_ACCOUNT_TOKEN) {
+        return Err(not_allowed(namespace, name, "is a service-account token, which projectvm never uses"));
+    }
+    let mut values = BTreeMap::new();
+    let mut total = 0;
+    let raw = secret.data.iter().flatten().map(|(k, v)| (k, v.0.as_slice()));
+    let strings = secret.string_data.iter().flatten().map(|(k, v)| (k, v.as_bytes()));
+    for (key, bytes) in raw.chain(strings) {
+        let invalid = |why: &str| SecretProblem {
+            reason: Reason::SecretNotAllowed,
+            message: format!("Secret {namespace}/{name} key {key:?} {why}"),
+        };
+        if bytes.len() > MAX_ENV_VALUE_BYTES {
+            return Err(invalid(&format!(
+                "is {} bytes, more than the {MAX_ENV_VALUE_BYTES} an environment variable may be",
+                bytes.len()
+            )));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| invalid("is not UTF-8 text"))?;
+        if text.contains('\0') {
+            return Err(invalid("contains a NUL byte, which no environment variable can hold"));
+        }
+        total += bytes.len();
+        if total > MAX_ENV_TOTAL_BYTES {
+            return Err(not_allowed(
+                namespace,
+                name,
+                &format!("holds more than the {MAX_ENV_TOTAL_BYTES} bytes a Run's environment may take"),
+            ));
+        }
+        values.insert(key.clone(), text.to_string());
+    }
+    Ok(SecretValues { values, version: secret.resource_version().unwrap_or_default() })
+}
+
+/// The keys of a Secret, read for a Run's environment. `Debug` shows only the key names.
+#[derive(Clone, Default)]
+pub struct SecretValues {
+    pub values: BTreeMap<String, String>,
+    pub version: String,
+}
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretValues").field("keys", &self.values.keys().collect::<Vec<_>>()).finish_non_exhaustive()
+    }
+}
+
+/// Reads a whole opted-in Secret for a Run's environment: metadata first, so the data of a
+/// Secret that has not opted in is never fetched.
+pub async fn read_values(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Result<SecretValues, SecretProblem>, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let missing = || SecretProblem {
+        reason: Reason::SecretNotFound,
+        message: format!("Secret {namespace}/{name} not found: create it (and label it {SECRET_OPT_IN_LABEL}=true)"),
+    };
+    let Some(meta) = api.get_metadata_opt(name).await? else {
+        return Ok(Err(missing()));
+    };
+    if let Err(p) = check_opt_in(namespace, name, &meta.metadata) {
+        return Ok(Err(p));
+    }
+    let Some(secret) = api.get_opt(name).await? else {
+        return Ok(Err(missing()));
+    };
+    Ok(values_from_secret(namespace, name, &secret))
+}
+
 /// The operator's SSH key pair for one resource. `Debug` never prints the private key.
 #[derive(Clone)]
 pub struct SshKey {
@@ -248,6 +329,24 @@ pub async fn ensure_password(client: &Client, owner: &Owner) -> Result<Token, Er
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_environment_values_keep_line_breaks_and_refuse_the_rest() {
+        let ok = secret(&[(SECRET_OPT_IN_LABEL, "true")], Some("Opaque"), b"line 1\nline 2");
+        let v = values_from_secret("n", "tok", &ok).unwrap();
+        assert_eq!(v.values["token"], "line 1\nline 2");
+        assert!(!format!("{v:?}").contains("line 1"), "Debug never shows values");
+        let unlabelled = secret(&[], Some("Opaque"), b"x");
+        assert_eq!(values_from_secret("n", "tok", &unlabelled).unwrap_err().reason, Reason::SecretNotAllowed);
+        for bad in [&b"a\0b"[..], &[0xff, 0xfe][..], &vec![b'x'; MAX_ENV_VALUE_BYTES + 1][..]] {
+            let s = secret(&[(SECRET_OPT_IN_LABEL, "true")], Some("Opaque"), bad);
+            let p = values_from_secret("n", "tok", &s).unwrap_err();
+            assert_eq!(p.reason, Reason::SecretNotAllowed);
+            assert!(p.message.contains("n/tok"));
+        }
+        let sa = secret(&[(SECRET_OPT_IN_LABEL, "true")], Some(SERVICE_ACCOUNT_TOKEN), b"x");
+        assert!(values_from_secret("n", "tok", &sa).is_err());
+    }
 
     fn secret(labels: &[(&str, &str)], type_: Option<&str>, value: &[u8]) -> Secret {
         Secret {

@@ -31,6 +31,13 @@ pub trait VmAccess: Send + Sync + 'static {
         owner: Option<&str>,
         timeout: Duration,
     ) -> Result<(), SshError>;
+    /// Runs `command` and streams its standard output (see [`SshPool::exec_stream`]).
+    async fn exec_stream(
+        &self,
+        target: &SshTarget,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<crate::ssh::ByteStream, SshError>;
     /// Drops pooled connections to `host` (the instance was replaced or deleted).
     async fn forget(&self, host: &str);
     /// GETs code-server's health URL once, bounded.
@@ -79,6 +86,15 @@ impl VmAccess for LiveVms {
         timeout: Duration,
     ) -> Result<(), SshError> {
         self.ssh.write_file(target, path, contents, mode, owner, timeout).await
+    }
+
+    async fn exec_stream(
+        &self,
+        target: &SshTarget,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<crate::ssh::ByteStream, SshError> {
+        self.ssh.exec_stream(target, command, timeout).await
     }
 
     async fn forget(&self, host: &str) {

@@ -20,6 +20,8 @@ pub enum StepId {
     CodeServer,
     Health,
     Route,
+    /// A Run's log and artifacts, copied to Cloud Storage (not in any VM kind's graph).
+    Artifacts,
 }
 
 impl StepId {
@@ -31,6 +33,7 @@ impl StepId {
             StepId::CodeServer => "CodeServer",
             StepId::Health => "Health",
             StepId::Route => "Route",
+            StepId::Artifacts => "Artifacts",
         }
     }
 }

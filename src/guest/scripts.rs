@@ -372,14 +372,18 @@ printf '%s\n' {fp} > {marker}
 }
 
 /// Prints `PROJECTVM_ACTIVE=1` when a person is active on the VM right now: a terminal
-/// session is open (utmp), or a process of the project user runs that the operator did not
-/// start (a build left running in tmux or with nohup counts). Prints `PROJECTVM_ACTIVE=0`
-/// otherwise.
+/// session, or a process of the project user that the operator did not start (a build left
+/// running in tmux or with nohup counts), or a Run's unit. Prints `PROJECTVM_ACTIVE=0`
+/// otherwise, and `PROJECTVM_LAST_RUN_END=<unix seconds>` for the most recent end of a Run
+/// (0 when none ended), so the idle timer starts again when the last Run ends.
 pub fn activity_probe(user: &str) -> String {
     format!(
         r#"set -u
 active=0
 if [ -n "$(who 2>/dev/null)" ]; then active=1; fi
+if systemctl list-units --plain --no-legend --state=activating,active,deactivating 'projectvm-run-*.service' 2>/dev/null | grep -q .; then
+  active=1
+fi
 for pid in $(pgrep -u {u} 2>/dev/null); do
   [ "$active" = 1 ] && break
   comm=$(cat /proc/$pid/comm 2>/dev/null || true)
@@ -390,10 +394,21 @@ for pid in $(pgrep -u {u} 2>/dev/null); do
   [ -e /proc/$pid ] && active=1
 done
 echo "PROJECTVM_ACTIVE=$active"
+last=$(find /home/{u}/runs -mindepth 2 -maxdepth 2 -name result -printf '%T@\n' 2>/dev/null | sort -n | tail -n 1)
+echo "PROJECTVM_LAST_RUN_END=${{last%.*}}"
 "#,
         u = shell_quote(user),
         marker = OPERATOR_ENV,
     )
+}
+
+/// The most recent end of a Run, from [`activity_probe`]'s output.
+pub fn last_run_end(probe_output: &str) -> Option<i64> {
+    probe_output
+        .lines()
+        .find_map(|l| l.strip_prefix("PROJECTVM_LAST_RUN_END="))
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|t| *t > 0)
 }
 
 /// YAML double-quoted scalar.

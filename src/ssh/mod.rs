@@ -20,6 +20,9 @@ pub use keys::{generate_keypair, host_key_fingerprint};
 pub use pool::{MAX_OUTPUT_BYTES, SshPool};
 pub use quote::write_file_command;
 
+/// A command's output as it streams in, for copying large files without holding them.
+pub type ByteStream = futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>;
+
 /// An SSH key pair in OpenSSH formats.
 #[derive(Clone)]
 pub struct SshKeyPair {

@@ -169,6 +169,51 @@ impl SshPool {
         }
     }
 
+    /// Runs `command` and hands its standard output over as a stream of chunks, read only
+    /// as fast as the consumer takes them (the SSH window then holds the remote side back),
+    /// so a large file never sits in memory. The stream ends with an error when the command
+    /// exits non-zero (its stderr's tail is the message), is killed, or passes `timeout`
+    /// (connecting included).
+    pub async fn exec_stream(
+        &self,
+        target: &SshTarget,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<super::ByteStream, SshError> {
+        tracing::debug!(host = %target.host, port = target.port, user = %target.user, command, "ssh exec (streamed)");
+        let deadline = Instant::now() + timeout;
+        let channel = match tokio::time::timeout_at(deadline, self.open_channel(target)).await {
+            Ok(c) => c?,
+            Err(_) => {
+                return Err(SshError::Unreachable {
+                    what: format!("connecting to {}:{} to run a command", target.host, target.port),
+                    limit: timeout,
+                });
+            }
+        };
+        let (mut reader, writer) = channel.split();
+        let err = |e: russh::Error| SshError::Channel(e.to_string());
+        writer.exec(true, command).await.map_err(err)?;
+        writer.eof().await.map_err(err)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(STREAM_CHUNKS);
+        let host = target.host.clone();
+        tokio::spawn(async move {
+            let pump = pump_stdout(&mut reader, &tx);
+            let ended = match tokio::time::timeout_at(deadline, pump).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let _ = tokio::time::timeout(CANCEL_GRACE, writer.signal(Sig::TERM)).await;
+                    Err(format!("reading from {host} took longer than {}", crate::clock::humanize(timeout)))
+                }
+            };
+            if let Err(message) = ended {
+                let _ = tx.send(Err(std::io::Error::other(message))).await;
+            }
+            let _ = tokio::time::timeout(CANCEL_GRACE, writer.close()).await;
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
     /// Writes `contents` to `path` on the target, as root (`sudo -n`), atomically (a temporary
     /// file in the same directory, renamed over the target) with `mode` and, when given,
     /// `owner` (`user` or `user:group`; missing parent directories are created `0755` and
@@ -355,6 +400,43 @@ async fn run(
             }
             out = &mut receive => return out,
         }
+    }
+}
+
+/// Chunks a streamed command may have in flight towards its consumer.
+const STREAM_CHUNKS: usize = 8;
+
+/// Forwards a streamed command's stdout; `Err` says how it ended badly. A consumer that went
+/// away ends it early (the command is then stopped with the channel).
+async fn pump_stdout(
+    reader: &mut ChannelReadHalf,
+    tx: &tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+) -> Result<(), String> {
+    let mut stderr = Vec::new();
+    let mut dropped = 0;
+    let mut exit_status = None;
+    let mut signal = None;
+    while let Some(msg) = reader.wait().await {
+        match msg {
+            ChannelMsg::Data { data } if tx.send(Ok(bytes::Bytes::copy_from_slice(&data))).await.is_err() => {
+                return Ok(());
+            }
+            ChannelMsg::Data { .. } => {}
+            ChannelMsg::ExtendedData { data, ext: 1 } => keep_tail(&mut stderr, &data, &mut dropped),
+            ChannelMsg::ExitStatus { exit_status: s } => exit_status = Some(s),
+            ChannelMsg::ExitSignal { signal_name, .. } => signal = Some(format!("{signal_name:?}")),
+            ChannelMsg::Failure => return Err("the server refused to run the command".into()),
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    let said = crate::text::lossy(&stderr);
+    let said = crate::text::tail(said.trim(), 1024);
+    match (exit_status, signal) {
+        (Some(0), _) => Ok(()),
+        (Some(s), _) => Err(format!("the command exited with status {s}: {said}")),
+        (None, Some(sig)) => Err(format!("the command was killed by signal {sig}: {said}")),
+        (None, None) => Err("the connection closed before the command exited".into()),
     }
 }
 

@@ -17,12 +17,15 @@ type Grants = BTreeMap<String, BTreeSet<String>>;
 /// What the operator's code calls in a namespace it watches (see the comments in the chart's
 /// templates/_rbac.tpl for where each verb is used).
 const OPERATOR: &[(&str, &[&str])] = &[
-    ("projectvms.projectvm.dev", &["list", "watch", "patch"]),
+    ("projectvms.projectvm.dev", &["get", "list", "watch", "patch"]),
     ("workspaces.projectvm.dev", &["list", "watch", "patch"]),
+    ("runs.projectvm.dev", &["list", "watch", "patch", "delete"]),
     ("projectvms.projectvm.dev/status", &["patch"]),
     ("workspaces.projectvm.dev/status", &["patch"]),
+    ("runs.projectvm.dev/status", &["patch"]),
     ("projectvms.projectvm.dev/finalizers", &["update"]),
     ("workspaces.projectvm.dev/finalizers", &["update"]),
+    ("runs.projectvm.dev/finalizers", &["update"]),
     ("secrets", &["get", "list", "watch", "create", "patch"]),
     ("services", &["get", "create", "patch"]),
     ("endpointslices.discovery.k8s.io", &["get", "create", "patch"]),
@@ -220,7 +223,11 @@ fn chart_grants_only_what_the_code_uses_in_both_modes() {
     let all_verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
     assert_eq!(
         rules_of(edit),
-        grants(&[&[("projectvms.projectvm.dev", &all_verbs), ("workspaces.projectvm.dev", &all_verbs)]])
+        grants(&[&[
+            ("projectvms.projectvm.dev", &all_verbs),
+            ("workspaces.projectvm.dev", &all_verbs),
+            ("runs.projectvm.dev", &all_verbs)
+        ]])
     );
     let view = agg("rel-projectvm-operator-view");
     assert_eq!(view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"], "true");
@@ -230,8 +237,10 @@ fn chart_grants_only_what_the_code_uses_in_both_modes() {
         grants(&[&[
             ("projectvms.projectvm.dev", read),
             ("workspaces.projectvm.dev", read),
+            ("runs.projectvm.dev", read),
             ("projectvms.projectvm.dev/status", read),
             ("workspaces.projectvm.dev/status", read),
+            ("runs.projectvm.dev/status", read),
         ]])
     );
     let without: Vec<String> =
@@ -554,7 +563,7 @@ fn namespaced_install_works_with_only_its_roles() {
             && can("rbac-e2e-viewer", "get", "workspaces.projectvm.dev"))
         .then_some(())
     });
-    for what in ["projectvms.projectvm.dev", "workspaces.projectvm.dev"] {
+    for what in ["projectvms.projectvm.dev", "workspaces.projectvm.dev", "runs.projectvm.dev"] {
         for verb in ["get", "list", "watch", "create", "update", "patch", "delete"] {
             assert!(can("rbac-e2e-editor", verb, what), "edit: {verb} {what}");
         }

@@ -129,6 +129,29 @@ impl Cluster for FakeCluster {
         })
     }
 
+    async fn secret_values(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Result<projectvm::controller::secrets::SecretValues, SecretProblem>, Error> {
+        let secrets = self.secrets.lock().unwrap();
+        Ok(match secrets.get(&(namespace.to_string(), name.to_string())) {
+            Some(secret) => projectvm::controller::secrets::values_from_secret(namespace, name, secret),
+            None => Err(SecretProblem {
+                reason: projectvm::conditions::Reason::SecretNotFound,
+                message: format!("Secret {namespace}/{name} not found"),
+            }),
+        })
+    }
+
+    async fn request_start(&self, _namespace: &str, _project_vm: &str, _value: &str) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn delete_run(&self, _namespace: &str, _name: &str, _uid: &str) -> Result<(), Error> {
+        Ok(())
+    }
+
     async fn generated_password(&self, owner: &Owner) -> Result<Token, Error> {
         let mut p = self.passwords.lock().unwrap();
         Ok(p.entry(owner.key()).or_insert_with(|| Token { value: "generated-pw".into(), version: "1".into() }).clone())
@@ -316,6 +339,16 @@ impl VmAccess for FakeVms {
         Ok(())
     }
 
+    async fn exec_stream(
+        &self,
+        _target: &SshTarget,
+        command: &str,
+        _timeout: Duration,
+    ) -> Result<projectvm::ssh::ByteStream, SshError> {
+        self.commands.lock().unwrap().push(command.to_string());
+        Err(SshError::Channel("the scripted guests stream nothing".into()))
+    }
+
     async fn forget(&self, _host: &str) {}
 
     async fn probe_health(&self, _url: &str) -> HealthAnswer {
@@ -394,7 +427,7 @@ impl World {
             }
             None => (compute.clone(), vms.clone()),
         };
-        let edges = Edges { client, cluster: cluster.clone(), compute: compute_edge, vm: vm_edge };
+        let edges = Edges { client, cluster: cluster.clone(), compute: compute_edge, vm: vm_edge, artifacts: None };
         let (ctx, _wakeups) = Context::new(edges, config, Rates::default(), Arc::new(Metrics::new()));
         World { emulator, ctx, cluster, vms, compute, http: reqwest::Client::new(), idle_waits: AtomicUsize::new(0) }
     }

@@ -27,20 +27,31 @@ ClusterRole (all namespaces) or of the Role in each watched namespace. Every ver
 code uses; the comments name where. Leases are in role.yaml (release namespace only).
 */}}
 {{- define "projectvm.operatorRules" -}}
-# The two kinds: list/watch for the controllers (src/controller/mod.rs, controller_for);
-# patch adds and removes the finalizer (kube's finalizer(), src/controller/reconcile.rs).
+# The three kinds: list/watch for the controllers (src/controller/mod.rs, controller_for;
+# src/run/mod.rs); patch adds and removes the finalizers (kube's finalizer(),
+# src/controller/reconcile.rs, src/run/reconcile.rs) and, on a ProjectVM, sets the
+# start-request annotation for a Run (request_start, src/controller/cluster.rs).
 - apiGroups: ["projectvm.dev"]
-  resources: ["projectvms", "workspaces"]
+  resources: ["projectvms", "workspaces", "runs"]
   verbs: ["list", "watch", "patch"]
+# A Run reads its ProjectVM by name when the watch cache does not have it yet
+# (src/run/reconcile.rs project_vm).
+- apiGroups: ["projectvm.dev"]
+  resources: ["projectvms"]
+  verbs: ["get"]
+# A finished Run past its ttlAfterFinished is deleted (delete_run, src/controller/cluster.rs).
+- apiGroups: ["projectvm.dev"]
+  resources: ["runs"]
+  verbs: ["delete"]
 # Status, written with server-side apply (write_status, src/controller/cluster.rs).
 - apiGroups: ["projectvm.dev"]
-  resources: ["projectvms/status", "workspaces/status"]
+  resources: ["projectvms/status", "workspaces/status", "runs/status"]
   verbs: ["patch"]
 # The Secrets and route objects made for a resource carry an owner reference with
 # blockOwnerDeletion; where the OwnerReferencesPermissionEnforcement admission plugin is on
 # (OpenShift, hardened clusters) setting it needs update on the owner's finalizers.
 - apiGroups: ["projectvm.dev"]
-  resources: ["projectvms/finalizers", "workspaces/finalizers"]
+  resources: ["projectvms/finalizers", "workspaces/finalizers", "runs/finalizers"]
   verbs: ["update"]
 # Secrets: list/watch by metadata only, never their data (the Secret watch that wakes the
 # resources using a Secret, src/controller/mod.rs secret_metadata); get for a Secret by
