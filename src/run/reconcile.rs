@@ -136,7 +136,12 @@ fn peers(ctx: &Context, run: &Run) -> Vec<plan::Peer> {
                 name: o.name_any(),
                 created: o.metadata.creation_timestamp.as_ref().map(clock::from_time),
                 active: st.start_time.is_some() && !finished,
-                waiting: st.start_time.is_none() && !finished && o.metadata.deletion_timestamp.is_none(),
+                // A Run held by something only a person can fix (a Secret not opted in)
+                // does not hold the Runs behind it.
+                waiting: st.start_time.is_none()
+                    && !finished
+                    && o.metadata.deletion_timestamp.is_none()
+                    && !st.reason.as_deref().and_then(Reason::parse).is_some_and(Reason::is_terminal),
             }
         })
         .collect()
