@@ -154,6 +154,17 @@ pub struct Config {
     /// Seconds between steady-state checks of a resource that is Ready.
     #[arg(long, env = "PROJECTVM_RESYNC_SECONDS", default_value_t = 60)]
     pub resync_seconds: u64,
+    /// Cloud Storage bucket Run artifacts are copied to. Without it, Runs that declare
+    /// artifacts cannot keep them. The operator's Google service account needs
+    /// `roles/storage.objectCreator` on it.
+    #[arg(long, env = "PROJECTVM_ARTIFACT_BUCKET")]
+    pub artifact_bucket: Option<String>,
+    /// Object name prefix for artifacts in the bucket (objects are `<prefix>/...`).
+    #[arg(long, env = "PROJECTVM_ARTIFACT_PREFIX", default_value = "runs")]
+    pub artifact_prefix: String,
+    /// Cloud Storage endpoint override (an emulator's URL; it must listen on port 80 or 443).
+    #[arg(long, env = "PROJECTVM_STORAGE_ENDPOINT")]
+    pub storage_endpoint: Option<String>,
 }
 
 /// A `15s` / `1m30s` duration flag.
@@ -198,5 +209,22 @@ mod tests {
         // An empty value (the chart's default) is all namespaces, not a namespace named "".
         assert!(parse(&["--watch-namespace", ""]).watched_namespaces().is_empty());
         assert_eq!(parse(&["--watch-namespace", " team-a , ,team-b"]).watched_namespaces(), ["team-a", "team-b"]);
+    }
+
+    #[test]
+    fn artifact_flags() {
+        let c = parse(&[]);
+        assert_eq!((c.artifact_bucket, c.artifact_prefix.as_str(), c.storage_endpoint), (None, "runs", None));
+        let c = parse(&[
+            "--artifact-bucket",
+            "arts",
+            "--artifact-prefix",
+            "ci/runs",
+            "--storage-endpoint",
+            "http://10.213.0.3",
+        ]);
+        assert_eq!(c.artifact_bucket.as_deref(), Some("arts"));
+        assert_eq!(c.artifact_prefix, "ci/runs");
+        assert_eq!(c.storage_endpoint.as_deref(), Some("http://10.213.0.3"));
     }
 }

@@ -8,6 +8,7 @@
 //! - [`guest`]: the scripts steps run on the VM, and reading git's output.
 //! - [`cloud`]: the Compute Engine edge (a narrow trait and its google-cloud-compute-v1 implementation).
 //! - [`ssh`]: the SSH edge (russh, pinned host keys, pooled connections).
+//! - [`storage`]: the Cloud Storage edge for Run artifacts (a narrow trait, google-cloud-storage, an in-memory double).
 //! - [`clock`]: durations and status timestamps; [`shell`]: quoting for VM commands.
 //! - [`text`]: cutting outside text on character boundaries.
 //! - [`leader`] and [`fence`]: one leader at a time, and nothing issued once it is unsure.
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod server;
 pub mod shell;
 pub mod ssh;
+pub mod storage;
 pub mod telemetry;
 pub mod text;
 
