@@ -138,7 +138,8 @@ impl Emulator {
         let child = Command::new("ip")
             .args(["netns", "exec", &ns])
             .arg(bin)
-            .args(["-scheme", "http", "-host", "0.0.0.0", "-port", "80", "-backend", "filesystem", "-log-level", "warn"])
+            .args(["-scheme", "http", "-host", "0.0.0.0", "-port", "80"])
+            .args(["-backend", "filesystem", "-log-level", "warn"])
             .arg("-filesystem-root")
             .arg(dir.join("data"))
             .stdin(Stdio::null())
@@ -222,7 +223,10 @@ impl Emulator {
     async fn object_names(&self) -> Vec<String> {
         let r = reqwest::get(format!("{}/storage/v1/b/{BUCKET}/o", self.url)).await.expect("list");
         let v: serde_json::Value = r.json().await.unwrap();
-        v["items"].as_array().map(|a| a.iter().filter_map(|o| o["name"].as_str().map(String::from)).collect()).unwrap_or_default()
+        v["items"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|o| o["name"].as_str().map(String::from)).collect())
+            .unwrap_or_default()
     }
 
     /// The server's own peak memory, for the record.
@@ -283,7 +287,7 @@ async fn generated_sha256(len: u64) -> String {
     let mut h = Sha256::new();
     let mut s = generated(len, None);
     while let Some(c) = s.next().await {
-        h.update(&c.unwrap());
+        h.update(c.unwrap());
     }
     hex(&h.finalize())
 }
@@ -330,7 +334,8 @@ async fn names_with_spaces_and_unicode() {
     let _one = SERIAL.lock().await;
     let emu = Emulator::start().await;
     let store = emu.store().await;
-    for name in ["runs/ns/r/my report (final).txt", "runs/ns/r/ünïcødé/ファイル名 ✓.bin", "runs/ns/r/a+b=c&d?e#f%20"] {
+    for name in ["runs/ns/r/my report (final).txt", "runs/ns/r/ünïcødé/ファイル名 ✓.bin", "runs/ns/r/a+b=c&d?e#f%20"]
+    {
         let up = store.upload(name, "application/octet-stream", 5, once(b"bytes")).await.unwrap();
         assert_eq!(up.url, format!("gs://artifacts/{name}"));
         assert_eq!(emu.read_back(name).await, Some((up.sha256, 5)), "{name}");
@@ -401,7 +406,8 @@ async fn a_stream_that_fails_midway_leaves_no_object() {
     let store = emu.store().await;
     // Below the resumable threshold (one request), and across several resumable chunks.
     for (object, len, fail_after) in [("runs/small.bin", 100_000, 70_000), ("runs/large.bin", 30 * MIB, 20 * MIB)] {
-        let e = store.upload(object, "application/octet-stream", len, generated(len, Some(fail_after))).await.unwrap_err();
+        let e =
+            store.upload(object, "application/octet-stream", len, generated(len, Some(fail_after))).await.unwrap_err();
         assert_eq!(e.kind, StorageErrorKind::Source, "{e}");
         assert!(e.message.contains(object) && e.message.contains("the SSH channel closed"), "{e}");
         assert_eq!(emu.read_back(object).await, None, "{object} must not exist");
