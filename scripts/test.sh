@@ -21,6 +21,8 @@ echo "=== unit and integration tests"
 PROJECTVM_ROOTFS=$(testbed/scripts/build-rootfs.sh)
 export PROJECTVM_ROOTFS
 testbed/scripts/net.sh up
+# tests/storage_contract.rs runs fake-gcs-server (built once from the Go module proxy, cached).
+testbed/scripts/fake-gcs.sh build >/dev/null
 cargo test --workspace --locked
 
 echo "=== end-to-end tests (test bed in $STATE)"

@@ -158,9 +158,18 @@ pub struct Config {
     /// past it only the log is copied and the Run says `ArtifactsTooLarge`.
     #[arg(long, env = "PROJECTVM_RUN_ARTIFACTS_MAX_BYTES", default_value_t = 1 << 30)]
     pub run_artifacts_max_bytes: u64,
-    // Placeholder until the storage flags land (artifact bucket, prefix, endpoint).
+    /// Cloud Storage bucket Run artifacts are copied to. Without it, Runs still run
+    /// and keep their log tail in status, and say their artifacts were not copied. The
+    /// operator's Google service account needs
+    /// `roles/storage.objectCreator` on it.
+    #[arg(long, env = "PROJECTVM_ARTIFACT_BUCKET")]
+    pub artifact_bucket: Option<String>,
+    /// Object name prefix for artifacts in the bucket (objects are `<prefix>/...`).
     #[arg(long, env = "PROJECTVM_ARTIFACT_PREFIX", default_value = "runs")]
     pub artifact_prefix: String,
+    /// Cloud Storage endpoint override (an emulator's URL; it must listen on port 80 or 443).
+    #[arg(long, env = "PROJECTVM_STORAGE_ENDPOINT")]
+    pub storage_endpoint: Option<String>,
 }
 
 /// A `15s` / `1m30s` duration flag.
@@ -205,5 +214,22 @@ mod tests {
         // An empty value (the chart's default) is all namespaces, not a namespace named "".
         assert!(parse(&["--watch-namespace", ""]).watched_namespaces().is_empty());
         assert_eq!(parse(&["--watch-namespace", " team-a , ,team-b"]).watched_namespaces(), ["team-a", "team-b"]);
+    }
+
+    #[test]
+    fn artifact_flags() {
+        let c = parse(&[]);
+        assert_eq!((c.artifact_bucket, c.artifact_prefix.as_str(), c.storage_endpoint), (None, "runs", None));
+        let c = parse(&[
+            "--artifact-bucket",
+            "arts",
+            "--artifact-prefix",
+            "ci/runs",
+            "--storage-endpoint",
+            "http://10.213.0.3",
+        ]);
+        assert_eq!(c.artifact_bucket.as_deref(), Some("arts"));
+        assert_eq!(c.artifact_prefix, "ci/runs");
+        assert_eq!(c.storage_endpoint.as_deref(), Some("http://10.213.0.3"));
     }
 }

@@ -10,6 +10,7 @@
 //! - [`guest`]: the scripts steps run on the VM, and reading git's output.
 //! - [`cloud`]: the Compute Engine edge (a narrow trait and its google-cloud-compute-v1 implementation).
 //! - [`ssh`]: the SSH edge (russh, pinned host keys, pooled connections).
+//! - [`storage`]: the Cloud Storage edge for Run artifacts (a narrow trait, google-cloud-storage, an in-memory double).
 //! - [`clock`]: durations and status timestamps; [`shell`]: quoting for VM commands.
 //! - [`text`]: cutting outside text on character boundaries.
 //! - [`leader`] and [`fence`]: one leader at a time, and nothing issued once it is unsure.
@@ -112,6 +113,9 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let compute = cloud::gce::GceCompute::new(&config.gcp_project, config.compute_endpoint.as_deref(), credentials)
         .await
         .context("creating the Compute Engine client")?;
+    // Run artifacts go to Cloud Storage with the same credentials, when a bucket is set.
+    let artifacts =
+        storage::store_from_config(&config, credentials).await.context("creating the Cloud Storage client")?;
     // Signal handlers first: a SIGTERM while standing for the lease ends the process cleanly.
     let mut signals = Box::pin(shutdown_signal()?);
     let kube_config = kube::Config::infer().await.context("connecting to Kubernetes")?;
@@ -165,7 +169,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         cluster: Arc::new(controller::cluster::KubeCluster::new(client.clone())),
         compute: Arc::new(fence::FencedCompute::new(Arc::new(compute), fence.clone())),
         vm: Arc::new(fence::FencedVms::new(Arc::new(controller::vm::LiveVms::new()), fence.clone())),
-        artifacts: None,
+        artifacts,
     };
     let (ctx, wakeups) = controller::Context::new(edges, config, rates, metrics);
     let (stop_controllers, controllers_stopping) = tokio::sync::oneshot::channel::<()>();

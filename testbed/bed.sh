@@ -3,6 +3,8 @@
 #   real control plane (etcd + kube-apiserver + kube-controller-manager),
 #   the Compute Engine emulator whose instances are systemd-nspawn machines,
 #   the HTTPS git host (public + private repository) and local apt repository,
+#   Cloud Storage (fake-gcs-server at http://10.213.0.3, bucket projectvm-artifacts) for Run
+#   artifacts,
 #   the operator's chart installed with helm, and the operator running as a local process
 #   with the chart's ServiceAccount credentials.
 #
@@ -19,7 +21,8 @@
 # _RENEW_DEADLINE and _RETRY_PERIOD override them.
 #
 # After `up`, STATE_DIR/env is a shell file with KUBECONFIG (admin), PATH, EMULATOR_URL,
-# GIT_STATE, METRICS_URL, OPERATOR_LOG and KSTATUS (the kstatus judge binary);
+# GIT_STATE, METRICS_URL, OPERATOR_LOG, KSTATUS (the kstatus judge binary), STORAGE_URL (the
+# Cloud Storage emulator; its JSON API is STORAGE_URL/storage/v1/...) and ARTIFACT_BUCKET;
 # GIT_STATE/{public,private}-demo.refs hold the demo repositories' commit SHAs (NAME=SHA lines).
 set -euo pipefail
 
@@ -37,6 +40,8 @@ ENV=$STATE/env
 OP_NS=projectvm-system
 RELEASE=projectvm-operator
 TOKEN_FILE=$STATE/git/tokens
+STORAGE_URL=http://10.213.0.3
+ARTIFACT_BUCKET=projectvm-artifacts
 
 pid_alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -106,6 +111,8 @@ PROJECTVM_GCP_PROJECT=testbed
 PROJECTVM_DEFAULT_ZONE=us-central1-a
 PROJECTVM_COMPUTE_ENDPOINT=$EMULATOR_URL
 PROJECTVM_CREDENTIALS=anonymous
+PROJECTVM_ARTIFACT_BUCKET=$ARTIFACT_BUCKET
+PROJECTVM_STORAGE_ENDPOINT=$STORAGE_URL
 PROJECTVM_METRICS_ADDR=${METRICS_URL#http://}
 POD_NAMESPACE=$OP_NS
 PROJECTVM_LEASE_DURATION=${PROJECTVM_LEASE_DURATION:-15s}
@@ -133,6 +140,8 @@ up() {
   if ! "$S/githost.sh" status "$STATE/git" >/dev/null 2>&1; then
     "$S/githost.sh" start "$STATE/git"
   fi
+  "$S/fake-gcs.sh" start "$STATE/gcs"
+  "$S/fake-gcs.sh" bucket "$STATE/gcs" "$ARTIFACT_BUCKET"
   "$S/make-repo.sh" "$STATE/git" public demo >"$STATE/git/public-demo.refs"
   "$S/make-repo.sh" "$STATE/git" private demo >"$STATE/git/private-demo.refs"
   [[ -s $TOKEN_FILE ]] || (umask 077; python3 -c 'import secrets; print("pvt_" + secrets.token_hex(20))' >"$TOKEN_FILE")
@@ -154,11 +163,15 @@ up() {
     echo "export OPERATOR_LOG=$STATE/operator.log"
     echo "export PROJECTVM_ROOTFS=$rootfs"
     echo "export KSTATUS=$kstatus"
+    echo "export STORAGE_URL=$STORAGE_URL"
+    echo "export ARTIFACT_BUCKET=$ARTIFACT_BUCKET"
   } >"$ENV"
   log "installing the chart"
   helm upgrade --install "$RELEASE" "$ROOT/charts/projectvm-operator" -n "$OP_NS" --create-namespace \
     --set gcp.project=testbed --set gcp.credentials.mode=anonymous \
-    --set-string gcp.computeEndpoint="http://$(cat "$STATE/gce/addr")" --wait=false >/dev/null
+    --set-string gcp.computeEndpoint="http://$(cat "$STATE/gce/addr")" \
+    --set-string artifacts.bucket="$ARTIFACT_BUCKET" --set-string gcp.storageEndpoint="$STORAGE_URL" \
+    --wait=false >/dev/null
   operator_kubeconfig
   operator_start
   log "test bed is up; source $ENV"
@@ -172,6 +185,7 @@ down() {
     pid_alive "$STATE/gce/pid" && kill -KILL "$(cat "$STATE/gce/pid")" 2>/dev/null || true
   fi
   "$S/githost.sh" stop "$STATE/git" 2>/dev/null || true
+  "$S/fake-gcs.sh" stop "$STATE/gcs" 2>/dev/null || true
   "$S/control-plane.sh" down "$STATE/cp" 2>/dev/null || true
   log "test bed is down"
 }

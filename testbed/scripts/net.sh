@@ -2,15 +2,37 @@
 # Test network for projectvm machines (fixed plan, others depend on it):
 #   bridge  pvmbr0   10.213.0.1/24  in the root namespace (gateway; no NAT, no forwarding out)
 #   netns   pvm-git  10.213.0.2/24  on veth pvmgit0 <-> eth0, joined to pvmbr0 (git + apt host)
+#   netns   pvm-gcs  10.213.0.3/24  on veth pvmgcs0 <-> eth0, joined to pvmbr0 (Cloud Storage
+#                                   emulator, fake-gcs-server on port 80; only the operator, in
+#                                   the root namespace, talks to it)
 # Machines get 10.213.0.16-250 on their own veths joined to pvmbr0 (done by the emulator).
 #   usage: net.sh up|down|status        (idempotent, as root)
 set -euo pipefail
 
 BR=pvmbr0
 BR_ADDR=10.213.0.1/24
-NS=pvm-git
-NS_ADDR=10.213.0.2/24
-HOST_VETH=pvmgit0   # root-namespace end of the git host's veth
+# namespace:address:root-namespace end of its veth
+HOSTS=(pvm-git:10.213.0.2/24:pvmgit0 pvm-gcs:10.213.0.3/24:pvmgcs0)
+
+host_up() { # netns addr veth
+  local ns=$1 addr=$2 veth=$3
+  if [ ! -e "/run/netns/$ns" ]; then
+    ip netns add "$ns"
+  fi
+  ip -n "$ns" link set lo up
+  if ! ip link show "$veth" >/dev/null 2>&1; then
+    # a stale eth0 inside the namespace (peer lost) would block the add
+    ip -n "$ns" link del eth0 2>/dev/null || true
+    ip link add "$veth" type veth peer name eth0 netns "$ns"
+  fi
+  ip link set "$veth" master "$BR"
+  ip link set "$veth" up
+  if ! ip -n "$ns" -4 addr show dev eth0 | grep -q "inet ${addr%/*}/"; then
+    ip -n "$ns" addr add "$addr" dev eth0
+  fi
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" route replace default via "${BR_ADDR%/*}" dev eth0
+}
 
 up() {
   if ! ip link show "$BR" >/dev/null 2>&1; then
@@ -22,36 +44,32 @@ up() {
     ip addr add "$BR_ADDR" dev "$BR"
   fi
   ip link set "$BR" up
-
-  if [ ! -e "/run/netns/$NS" ]; then
-    ip netns add "$NS"
-  fi
-  ip -n "$NS" link set lo up
-  if ! ip link show "$HOST_VETH" >/dev/null 2>&1; then
-    # a stale eth0 inside the namespace (peer lost) would block the add
-    ip -n "$NS" link del eth0 2>/dev/null || true
-    ip link add "$HOST_VETH" type veth peer name eth0 netns "$NS"
-  fi
-  ip link set "$HOST_VETH" master "$BR"
-  ip link set "$HOST_VETH" up
-  if ! ip -n "$NS" -4 addr show dev eth0 | grep -q "inet ${NS_ADDR%/*}/"; then
-    ip -n "$NS" addr add "$NS_ADDR" dev eth0
-  fi
-  ip -n "$NS" link set eth0 up
-  ip -n "$NS" route replace default via "${BR_ADDR%/*}" dev eth0
+  local h
+  for h in "${HOSTS[@]}"; do
+    IFS=: read -r ns addr veth <<<"$h"
+    host_up "$ns" "$addr" "$veth"
+  done
 }
 
 down() {
-  ip link del "$HOST_VETH" 2>/dev/null || true
-  if [ -e "/run/netns/$NS" ]; then
-    ip netns del "$NS" || true
-  fi
+  local h
+  for h in "${HOSTS[@]}"; do
+    IFS=: read -r ns _ veth <<<"$h"
+    ip link del "$veth" 2>/dev/null || true
+    if [ -e "/run/netns/$ns" ]; then
+      ip netns del "$ns" || true
+    fi
+  done
   ip link del "$BR" 2>/dev/null || true
 }
 
 status() {
   ip -br addr show dev "$BR" 2>/dev/null || echo "$BR: absent"
-  if [ -e "/run/netns/$NS" ]; then ip -n "$NS" -br addr; else echo "$NS: absent"; fi
+  local h
+  for h in "${HOSTS[@]}"; do
+    IFS=: read -r ns _ _ <<<"$h"
+    if [ -e "/run/netns/$ns" ]; then ip -n "$ns" -br addr | sed "s/^/$ns: /"; else echo "$ns: absent"; fi
+  done
 }
 
 case "${1:-}" in

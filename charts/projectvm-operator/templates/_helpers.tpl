@@ -67,4 +67,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and (eq $mode "anonymous") (not .Values.gcp.computeEndpoint) -}}
 {{- fail "gcp.credentials.mode=anonymous only works against an emulator: set gcp.computeEndpoint to its URL" -}}
 {{- end -}}
+{{- if and (eq $mode "anonymous") .Values.artifacts.bucket (not .Values.gcp.storageEndpoint) -}}
+{{- fail "gcp.credentials.mode=anonymous only works against an emulator: set gcp.storageEndpoint to the Cloud Storage emulator's URL, or leave artifacts.bucket empty" -}}
+{{- end -}}
 {{- end -}}
