@@ -26,10 +26,10 @@ mod limits;
 mod names;
 #[path = "e2e/projectvm.rs"]
 mod projectvm;
-#[path = "e2e/runs.rs"]
-mod runs;
 #[path = "e2e/rbac.rs"]
 mod rbac;
+#[path = "e2e/runs.rs"]
+mod runs;
 #[path = "e2e/scale.rs"]
 mod scale;
 #[path = "e2e/sharing.rs"]

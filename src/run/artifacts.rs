@@ -218,6 +218,158 @@ pub fn recorded(outcome: &TaskOutcome) -> Vec<ArtifactStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::vm::{HealthAnswer, OnOutput};
+    use crate::engine::StepId;
+    use crate::engine::tasks::TaskRegistry;
+    use crate::ssh::{ExecOutput, OutputChunk, SshError};
+    use crate::storage::memory::MemoryStore;
+
+    /// A VM with a log and some files: answers the listing and size scripts, streams `cat`.
+    struct Vm {
+        log: Vec<u8>,
+        files: Vec<(&'static str, Vec<u8>)>,
+    }
+
+    #[async_trait::async_trait]
+    impl VmAccess for Vm {
+        async fn exec(
+            &self,
+            _t: &SshTarget,
+            _command: &str,
+            stdin: Option<&[u8]>,
+            _timeout: Duration,
+            on_output: OnOutput<'_>,
+        ) -> Result<ExecOutput, SshError> {
+            let script = String::from_utf8_lossy(stdin.unwrap_or_default()).to_string();
+            let out: Vec<u8> = if script.contains("globstar") {
+                self.files.iter().flat_map(|(p, b)| format!("F {} {p}\0", b.len()).into_bytes()).collect()
+            } else {
+                format!("{}\n", self.log.len()).into_bytes()
+            };
+            if let Some(cb) = on_output {
+                cb(OutputChunk::Stdout(&out));
+            }
+            Ok(ExecOutput::default())
+        }
+        async fn write_file(
+            &self,
+            _: &SshTarget,
+            _: &str,
+            _: &[u8],
+            _: u32,
+            _: Option<&str>,
+            _: Duration,
+        ) -> Result<(), SshError> {
+            Ok(())
+        }
+        async fn exec_stream(
+            &self,
+            _t: &SshTarget,
+            command: &str,
+            _timeout: Duration,
+        ) -> Result<crate::ssh::ByteStream, SshError> {
+            let bytes = if command.ends_with("/log'") {
+                self.log.clone()
+            } else {
+                self.files
+                    .iter()
+                    .find(|(p, _)| command.ends_with(&format!("'{p}'")))
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default()
+            };
+            // In small chunks, as an SSH channel delivers them.
+            let chunks: Vec<std::io::Result<bytes::Bytes>> =
+                bytes.chunks(1000).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+            Ok(Box::pin(futures::stream::iter(chunks)))
+        }
+        async fn forget(&self, _: &str) {}
+        async fn probe_health(&self, _: &str) -> HealthAnswer {
+            unreachable!()
+        }
+    }
+
+    async fn upload_with(store: Arc<MemoryStore>, max_bytes: u64) -> TaskOutcome {
+        let vm = Vm {
+            log: b"line 1\nline 2\n".to_vec(),
+            files: vec![("out/a.bin", vec![7u8; 5000]), ("b c.txt", b"x".to_vec())],
+        };
+        let job = Job {
+            store,
+            vm: Arc::new(vm),
+            target: SshTarget {
+                host: "h".into(),
+                port: 22,
+                user: "project".into(),
+                pinned_host_key: String::new(),
+                private_key_openssh: String::new(),
+            },
+            paths: RunPaths::new("project", "0b9c6f3e-2b7a-4c59-9d0e-6f1f2a3b4c5d", "/home/project/repo").unwrap(),
+            patterns: vec!["out".into(), "b c.txt".into()],
+            object_prefix: object_prefix("runs", "ns", "r", "u"),
+            max_bytes,
+        };
+        let tasks = TaskRegistry::new(1);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let wake = Arc::new(move || {
+            let _ = tx.send(());
+        });
+        tasks.spawn("run/ns/r", StepId::Artifacts, "fp", Duration::from_secs(30), wake, move |p| upload(job, p));
+        loop {
+            rx.recv().await;
+            if let Some((_, outcome)) = tasks.take_finished("run/ns/r", StepId::Artifacts) {
+                return outcome;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_log_and_every_file_are_copied_with_their_digests() {
+        let store = Arc::new(MemoryStore::new("arts"));
+        let outcome = upload_with(store.clone(), 1 << 20).await;
+        assert!(outcome.success, "{outcome:?}");
+        let arts = recorded(&outcome);
+        let names: Vec<&str> = arts.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["run.log", "out/a.bin", "b c.txt"]);
+        assert_eq!(store.object("runs/ns/r-u/artifacts/out/a.bin").unwrap(), vec![7u8; 5000]);
+        assert_eq!(store.object("runs/ns/r-u/run.log").unwrap(), b"line 1\nline 2\n");
+        let a = &arts[1];
+        assert_eq!((a.size, a.url.as_str()), (5000, "gs://arts/runs/ns/r-u/artifacts/out/a.bin"));
+        use sha2::Digest;
+        let want: String = sha2::Sha256::digest(vec![7u8; 5000]).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(a.sha256, want);
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_only_the_log_is_copied() {
+        let store = Arc::new(MemoryStore::new("arts"));
+        let outcome = upload_with(store.clone(), 1000).await;
+        assert_eq!(outcome.reason, Reason::ArtifactsTooLarge);
+        assert!(
+            outcome.message.contains("1000 bytes") && outcome.message.contains("only the log"),
+            "{}",
+            outcome.message
+        );
+        assert_eq!(store.objects().keys().collect::<Vec<_>>(), ["runs/ns/r-u/run.log"]);
+        assert_eq!(recorded(&outcome).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_bucket_names_itself_and_the_permission() {
+        let store = Arc::new(MemoryStore::new("arts"));
+        store.fail_uploads(Some(StorageError::new(
+            StorageErrorKind::PermissionDenied { permission: "storage.objects.create".into() },
+            "HTTP 403",
+            false,
+        )));
+        let outcome = upload_with(store.clone(), 1 << 20).await;
+        assert_eq!(outcome.reason, Reason::ArtifactUploadFailed);
+        assert!(
+            outcome.message.contains("bucket arts") && outcome.message.contains("storage.objects.create"),
+            "{}",
+            outcome.message
+        );
+        assert!(store.objects().is_empty());
+    }
 
     #[test]
     fn object_names_and_messages() {

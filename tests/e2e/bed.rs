@@ -199,7 +199,12 @@ impl Bed {
 
     /// Runs a command on the VM with `input` on its stdin (keeps secrets off command lines).
     pub fn ssh_stdin(&self, ns: &str, kind: &str, name: &str, command: &str, input: &str) -> (i32, String) {
-        self.ssh_with(ns, kind, name, command, Some(input))
+        self.ssh_with(ns, kind, name, command, Some(input), None)
+    }
+
+    /// Runs a command on the VM with its stdout going to a local file (a plain copy).
+    pub fn ssh_to_file(&self, ns: &str, kind: &str, name: &str, command: &str, file: &std::path::Path) -> i32 {
+        self.ssh_with(ns, kind, name, command, None, Some(file)).0
     }
 
     pub fn emulator(&self, method: &str, path: &str, body: &str) {
@@ -214,10 +219,18 @@ impl Bed {
     /// Runs a command on a resource's VM over SSH as the operator does: the operator's key
     /// from its Secret, the host key pinned from status. Returns (exit code, stdout).
     pub fn ssh(&self, ns: &str, kind: &str, name: &str, command: &str) -> (i32, String) {
-        self.ssh_with(ns, kind, name, command, None)
+        self.ssh_with(ns, kind, name, command, None, None)
     }
 
-    fn ssh_with(&self, ns: &str, kind: &str, name: &str, command: &str, input: Option<&str>) -> (i32, String) {
+    fn ssh_with(
+        &self,
+        ns: &str,
+        kind: &str,
+        name: &str,
+        command: &str,
+        input: Option<&str>,
+        stdout_to: Option<&std::path::Path>,
+    ) -> (i32, String) {
         let obj = self.get(ns, kind, name);
         let ip = obj
             .pointer("/status/instance/externalIp")
@@ -257,7 +270,10 @@ impl Bed {
             .arg(format!("project@{ip}"))
             .arg(command)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(match stdout_to {
+                Some(f) => Stdio::from(std::fs::File::create(f).unwrap()),
+                None => Stdio::piped(),
+            })
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
