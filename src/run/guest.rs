@@ -115,6 +115,21 @@ echo "{COMMIT_MARKER}$commit"
     )
 }
 
+/// The command that writes one of the Run's files from stdin, as the VM user (the login
+/// user, no sudo): a private temporary file renamed over the target, so a symlink planted in
+/// the directory is replaced, never followed, and root never writes there.
+pub fn write_as_user(path: &str, mode: u32) -> String {
+    format!(
+        "{} sh -c {} sh {}",
+        crate::shell::OPERATOR_ENV,
+        shell_quote(&format!(
+            "set -e; umask 077; p=$1; t=$(mktemp -- \"$p.XXXXXX\"); trap 'rm -f -- \"$t\"' EXIT; cat > \"$t\"; chmod {:04o} -- \"$t\"; mv -f -- \"$t\" \"$p\"; trap - EXIT",
+            mode & 0o7777
+        )),
+        shell_quote(path)
+    )
+}
+
 /// The Run's command, as the wrapper starts it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Work {
@@ -124,8 +139,9 @@ pub enum Work {
     Script,
 }
 
-/// The wrapper systemd runs (as the VM user): reads and deletes the environment file, enters
-/// the working directory, and execs the work so the unit's main process is the work itself.
+/// The wrapper systemd runs (as the VM user): sends its output to the log, reads and deletes
+/// the environment file, enters the working directory, and execs the work so the unit's
+/// main process is the work itself.
 pub fn wrapper(p: &RunPaths, working_dir: Option<&str>, work: &Work, run_name: &str, commit: &str) -> String {
     let cd = match working_dir.map(|d| d.trim_end_matches('/')).filter(|d| !d.is_empty()) {
         Some(d) => format!("{}/{}", p.work(), d),
@@ -139,6 +155,7 @@ pub fn wrapper(p: &RunPaths, working_dir: Option<&str>, work: &Work, run_name: &
         r#"#!/bin/bash
 # Written by projectvm for Run {name}; started by systemd unit {unit}.
 set -u
+exec >>{log} 2>&1
 if [ -f {env} ]; then
   set -a; . {env}; set +a
   rm -f -- {env}
@@ -153,6 +170,7 @@ cd -- {cd} || {{ echo "projectvm: workingDir $(printf %q {cd}) does not exist in
         uid = shell_quote(&p.uid),
         commit = shell_quote(commit),
         cd = shell_quote(&cd),
+        log = shell_quote(&p.log()),
     )
 }
 
@@ -171,37 +189,39 @@ pub fn valid_env_name(name: &str) -> bool {
 }
 
 /// Starts the work under a transient systemd unit, at most once (run as root). Under a lock
-/// on the user's runs directory it counts the run units already active on the VM: with
-/// `max_concurrent` or more it prints `queued` and starts nothing. Prints one
-/// [`LAUNCH_MARKER`] line: `started`, `already` (launched before; nothing done), `queued` or
-/// `failed` (the unit could not be started; recorded as the Run's result).
+/// it counts the run units already active on the VM: with `max_concurrent` or more it prints
+/// `queued` and starts nothing. Prints one [`LAUNCH_MARKER`] line: `started`, `already`
+/// (launched before; nothing done), `queued`, `busy` (the lock was held too long) or `failed`
+/// (the unit could not be started; recorded as the Run's result).
+///
+/// Root only takes the lock (in `/run`, root's), counts units and calls `systemd-run`: every
+/// file in the Run's directory — which the project user owns, and a Run's work could have
+/// filled with symlinks — is written by the user, and the unit's output is redirected by the
+/// wrapper, as the user, never opened by systemd as root.
 pub fn launch(p: &RunPaths, timeout: Duration, max_concurrent: u32) -> String {
     format!(
         r#"set -u
 dir={dir}; unit={unit}; user={user}
-exec 9>>{lock}
+as_user() {{ runuser -u "$user" -- "$@"; }}
+exec 9>>/run/projectvm-runs.lock
 if ! flock -w 30 9; then echo "{LAUNCH_MARKER}busy"; exit 0; fi
-if [ -e "$dir/launched" ]; then echo "{LAUNCH_MARKER}already"; exit 0; fi
+if as_user test -e "$dir/launched"; then echo "{LAUNCH_MARKER}already"; exit 0; fi
 active=$(systemctl list-units --plain --no-legend --state=activating,active,deactivating,reloading 'projectvm-run-*.service' | wc -l)
 if [ "$active" -ge {max} ]; then echo "{LAUNCH_MARKER}queued active=$active"; exit 0; fi
-date +%s > "$dir/launched"
-cat > "$dir/finish.sh" <<'FINISH'
+as_user sh -c 'date +%s > "$1/launched"' sh "$dir" || {{ echo "{LAUNCH_MARKER}failed"; exit 0; }}
+as_user sh -c 'cat > "$1/finish.sh" && chmod 0755 "$1/finish.sh"' sh "$dir" <<'FINISH'
 #!/bin/sh
-# ExecStopPost of a projectvm Run: records how the work ended.
+# ExecStopPost of a projectvm Run (as the project user): records how the work ended.
 d=$(dirname "$0")
 printf 'result=%s code=%s status=%s at=%s\n' "${{SERVICE_RESULT:-}}" "${{EXIT_CODE:-}}" "${{EXIT_STATUS:-}}" "$(date +%s)" > "$d/result.tmp"
 mv -f "$d/result.tmp" "$d/result"
 FINISH
-chown -- "$user:" "$dir/launched" "$dir/finish.sh"
-chmod 0755 "$dir/finish.sh"
 if ! err=$(systemd-run --quiet --collect --unit "$unit" --uid "$user" --gid "$(id -g "$user")" \
     --working-directory "$dir" \
-    -p RuntimeMaxSec={secs} -p TimeoutStopSec=15 -p KillMode=control-group \
-    -p StandardInput=null -p "StandardOutput=append:$dir/log" -p "StandardError=append:$dir/log" \
+    -p RuntimeMaxSec={secs} -p TimeoutStopSec=15 -p KillMode=control-group -p StandardInput=null \
     -p "ExecStopPost=/bin/sh $dir/finish.sh" \
     /bin/bash "$dir/run.sh" 2>&1); then
-  printf 'result=launch-failed code= status= at=%s\n' "$(date +%s)" > "$dir/result"
-  chown -- "$user:" "$dir/result"
+  as_user sh -c 'printf "result=launch-failed code= status= at=%s\n" "$(date +%s)" > "$1/result"' sh "$dir"
   echo "$err" >&2
   echo "{LAUNCH_MARKER}failed"
   exit 0
@@ -211,7 +231,6 @@ echo "{LAUNCH_MARKER}started"
         dir = shell_quote(&p.dir()),
         unit = shell_quote(&p.unit()),
         user = shell_quote(&p.user),
-        lock = shell_quote(&format!("{}/.lock", p.runs_dir())),
         max = max_concurrent.max(1),
         secs = timeout.as_secs().max(1),
     )
@@ -489,6 +508,44 @@ mod tests {
     }
 
     #[test]
+    fn files_are_written_as_the_user_and_replace_symlinks() {
+        let dir = std::env::temp_dir().join(format!("pvm-run-write-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("victim"), "keep").unwrap();
+        std::os::unix::fs::symlink(dir.join("victim"), dir.join("env")).unwrap();
+        let target = dir.join("env");
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(write_as_user(&target.to_string_lossy(), 0o600))
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(b"A='1'\n").unwrap();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(std::fs::read_to_string(dir.join("victim")).unwrap(), "keep", "the symlink was not followed");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "A='1'\n");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::symlink_metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn root_writes_nothing_in_the_users_run_directory() {
+        // The directory is the project user's: a Run could have planted symlinks in it, so
+        // every write there goes through `as_user`, and systemd opens no file in it.
+        let script = launch(&paths(), Duration::from_secs(5), 1);
+        for line in script.lines().filter(|l| l.contains("\"$dir") || l.contains("$1/")) {
+            let redirect = line.replace("2>&1", "").contains('>');
+            let writes = redirect || line.contains("chown") || line.contains("chmod");
+            assert!(!writes || line.trim_start().starts_with("as_user"), "root writes in the run directory: {line}");
+        }
+        assert!(!script.contains("StandardOutput=append"), "the wrapper, as the user, opens the log");
+        assert!(wrapper(&paths(), None, &Work::Script, "r", "c").contains("exec >>'/home/project/runs/"));
+    }
+
+    #[test]
     fn the_wrapper_runs_argv_without_a_shell_and_reads_the_env_file_once() {
         let dir = std::env::temp_dir().join(format!("pvm-run-wrapper-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -512,10 +569,12 @@ mod tests {
             "c0ffee",
         )
         .replace(&p.dir(), &base);
+        std::fs::write(dir.join("log"), "earlier\n").unwrap();
         let out = Command::new("bash").arg("-c").arg(&script).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(text, format!("{secret}|{base}/work/sub|$(id)"));
+        assert!(out.stdout.is_empty(), "the work's output goes to the log, appended");
+        let text = std::fs::read_to_string(dir.join("log")).unwrap();
+        assert_eq!(text, format!("earlier\n{secret}|{base}/work/sub|$(id)"));
         assert!(!dir.join("env").exists(), "the env file is removed once read");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -294,16 +294,19 @@ async fn launch(ctx: &Arc<Context>, run: &Run, pvm: &ProjectVM, report: &mut Run
     };
     let wrapper = guest::wrapper(&p, run.spec.working_dir.as_deref(), &work, &run.name_any(), &commit);
     let (vars, note) = env;
-    let user = p.user.clone();
     let mut files: Vec<(String, Vec<u8>, u32)> =
         vec![(p.wrapper(), wrapper.into_bytes(), 0o700), (p.env_file(), guest::env_file(&vars).into_bytes(), 0o600)];
     if let Some(script) = &run.spec.script {
         files.push((p.script_file(), script.clone().into_bytes(), 0o600));
     }
     for (path, content, mode) in files {
-        if let Err(e) = ctx.vm.write_file(&target, &path, &content, mode, Some(&user), COMMAND_LIMIT).await {
-            return transient(report, "writing the Run's files", &e.to_string());
-        }
+        let written = ctx.vm.exec(&target, &guest::write_as_user(&path, mode), Some(&content), COMMAND_LIMIT, None).await;
+        let failure = match written {
+            Ok(out) if out.success() => continue,
+            Ok(out) => format!("exit {}: {}", out.exit_status, crate::text::tail(crate::text::lossy(&out.stderr).trim(), 512)),
+            Err(e) => e.to_string(),
+        };
+        return transient(report, "writing the Run's files", &failure);
     }
     let (_, out, err) = match run_script(
         ctx,
@@ -387,6 +390,14 @@ async fn observe(
     let Some(p) = paths(run, pvm) else {
         return Err(Error::Invalid("the Run's UID is not a UUID".into()));
     };
+    if matches!(Target::of(Some(pvm), ""), Target::Stopped { .. }) {
+        // Stopping the VM (by hand, runStrategy Halted, a resize) ended the work with it.
+        let message = format!(
+            "the VM of ProjectVM {pvm_name} was stopped while the Run ran, which ended the work; create the Run again to re-run it"
+        );
+        report.finished(RunPhase::Failed, Reason::VMStopped, &message, report.now);
+        return Ok(Duration::from_secs(1));
+    }
     let target = match access::target(ctx, pvm).await? {
         Ok(t) => t,
         Err(why) => {
@@ -581,13 +592,20 @@ async fn cleanup(ctx: &Arc<Context>, run: &Run) -> Result<Action, Error> {
     let ns = run.namespace().unwrap_or_default();
     let before = run.status.clone().unwrap_or_default();
     let launched = before.start_time.is_some();
-    let pvm = project_vm(ctx, &ns, &run.spec.project_vm_ref.name).await?;
-    let (Some(pvm), true) = (pvm, launched) else {
+    let Some(pvm) = project_vm(ctx, &ns, &run.spec.project_vm_ref.name).await? else {
         return Ok(Action::await_change());
     };
     let Some(p) = paths(run, &pvm) else {
         return Ok(Action::await_change());
     };
+    if !launched {
+        // Never launched: at most a prepared worktree is left. Removed when the VM can be
+        // reached now; deletion never waits for it.
+        if let Ok(target) = access::target(ctx, &pvm).await? {
+            let _ = run_script(ctx, &target, false, &guest::remove(&p), COMMAND_LIMIT).await;
+        }
+        return Ok(Action::await_change());
+    }
     let deleting_for = run
         .metadata
         .deletion_timestamp

@@ -184,6 +184,14 @@ fn a_run_succeeds_fails_or_times_out_with_its_log_and_artifacts() {
     assert_eq!(b.kstatus(&ns, "pvmrun", "bad").0, "Failed");
     assert!(b.event_reasons(&ns, Some("bad")).contains(&"Failed".to_string()));
 
+    // At a tag: its own commit, whatever the ProjectVM has synced.
+    let tag = b.refs("public")["v1.0"].clone();
+    b.apply(&ns, &run_manifest("tagged", "box", "  revision: v1.0\n  command: [git, rev-parse, HEAD]\n"));
+    let r = finished(b, &ns, "tagged", RUN_TIMEOUT);
+    assert_eq!(r["status"]["phase"], "Succeeded", "{r}");
+    assert_eq!(r["status"]["commit"], tag.as_str());
+    assert!(r["status"]["logTail"].as_str().unwrap().contains(&tag));
+
     // A timeout: stopped at the limit by systemd.
     b.apply(&ns, &run_manifest("slow", "box", "  timeout: 3s\n  script: |\n    echo sleeping\n    sleep 120\n"));
     let r = finished(b, &ns, "slow", RUN_TIMEOUT);
@@ -483,5 +491,50 @@ fn run_figures() {
     for line in table.lines() {
         record_figure(line);
     }
+    b.delete_namespace(&ns);
+}
+
+/// Puts the bed's operator back, even when the test failed.
+struct BedOperatorBack(&'static Bed);
+
+impl Drop for BedOperatorBack {
+    fn drop(&mut self) {
+        // Not `operator_restart`, which asserts: a second panic here would abort the run.
+        let _ = std::process::Command::new(crate::bed::repo_root().join("testbed/bed.sh"))
+            .args(["operator-start", self.0.state.to_str().unwrap()])
+            .output();
+    }
+}
+
+#[test]
+#[ignore = "needs the test bed: ./scripts/test.sh"]
+fn a_refused_bucket_is_named_and_the_run_keeps_its_result() {
+    let _guard = operator_exclusive();
+    let b = bed();
+    if storage(b).is_none() {
+        eprintln!("the bed has no Cloud Storage emulator; nothing to refuse");
+        return;
+    }
+    let ns = b.namespace("e2e-runs-bucket");
+    // The same operator, pointed at a bucket that does not exist, in place of the bed's.
+    b.operator_kill();
+    let _back = BedOperatorBack(b);
+    let op = b.spawn_operator("operator-no-bucket", &[("PROJECTVM_ARTIFACT_BUCKET", "no-such-bucket-e2e")]);
+    ready_pvm(b, &ns, "nb", "");
+    b.apply(&ns, &run_manifest("kept", "nb", "  script: echo made > out.txt\n  artifacts: [out.txt]\n"));
+    let r = finished(b, &ns, "kept", RUN_TIMEOUT);
+    assert_eq!(r["status"]["phase"], "Succeeded", "the work's result stands: {r}");
+    let refused = b.eventually("ArtifactUploadFailed", Duration::from_secs(120), || {
+        let r = b.get(&ns, "pvmrun", "kept");
+        let c = Bed::condition(&r, "ArtifactsUploaded")?;
+        (c["reason"] == "ArtifactUploadFailed").then_some(r)
+    });
+    let cond = Bed::condition(&refused, "ArtifactsUploaded").unwrap();
+    assert_eq!(cond["status"], "False");
+    assert!(cond["message"].as_str().unwrap().contains("no-such-bucket-e2e"), "names the bucket: {cond}");
+    let stalled = Bed::condition(&refused, "Stalled").unwrap();
+    assert_eq!((stalled["status"].as_str(), stalled["reason"].as_str()), (Some("True"), Some("ArtifactUploadFailed")));
+    assert!(b.event_reasons(&ns, Some("kept")).contains(&"ArtifactUploadFailed".to_string()));
+    drop(op);
     b.delete_namespace(&ns);
 }
