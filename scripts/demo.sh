@@ -2,22 +2,25 @@
 # Runs the operator's main job end to end on the embedded default: a local control plane,
 # the Compute Engine emulator whose instances are real machines, and the operator; then
 # applies the public Workspace example and prints its conditions as they turn True and the
-# URL to open. Needs root.
+# URL to open. Needs root (it re-runs itself with sudo when started as a user). Each stage
+# prints one line; what the stages print (apt, the Go and Rust builds) goes to a log file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# `sudo` resets PATH to its secure_path: put back where rustup and the Go distribution
-# install their tools, so both README commands work with and without it.
-for d in "$HOME/.cargo/bin" /root/.cargo/bin /usr/local/go/bin; do
-  [[ -d $d && ":$PATH:" != *":$d:"* ]] && PATH="$d:$PATH"
-done
-export PATH
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+as_root "$@"
+tool_path
 STATE=${PROJECTVM_DEMO_STATE:-/tmp/projectvm-demo}
+mkdir -p "$STATE"
+LOG=$STATE/demo.log
+: >"$LOG"
+echo "projectvm demo: details in $LOG"
 
-testbed/scripts/install-host-deps.sh
-testbed/bed.sh up "$STATE"
+stage "host packages (apt, Go, Node)" "$LOG" testbed/scripts/install-host-deps.sh
+stage "test bed (control plane, emulator, machines, operator)" "$LOG" testbed/bed.sh up "$STATE"
 # shellcheck disable=SC1091
 source "$STATE/env"
-kubectl apply -f examples/workspace-public.yaml
+kubectl apply -f examples/workspace-public.yaml >>"$LOG"
 name=$(kubectl apply -f examples/workspace-public.yaml --dry-run=client -o jsonpath='{.metadata.name}')
 ns=$(kubectl apply -f examples/workspace-public.yaml --dry-run=client -o jsonpath='{.metadata.namespace}')
 ns=${ns:-default}

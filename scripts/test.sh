@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit and integration tests, then the end-to-end suite on the
 # local test bed (real control plane, Compute Engine emulator with real machines, HTTPS
-# git, helm, kubectl, headless Chromium). Needs root (network namespaces, nspawn).
+# git, helm, kubectl, headless Chromium). Needs root (network namespaces, nspawn): it re-runs
+# itself with sudo when started as a user.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# `sudo` resets PATH to its secure_path: put back where rustup and the Go distribution
-# install their tools, so both README commands work with and without it.
-for d in "$HOME/.cargo/bin" /root/.cargo/bin /usr/local/go/bin; do
-  [[ -d $d && ":$PATH:" != *":$d:"* ]] && PATH="$d:$PATH"
-done
-export PATH
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+as_root "$@"
+tool_path
 STATE=${PROJECTVM_TESTBED_STATE:-/tmp/projectvm-testbed}
 
 testbed/scripts/install-host-deps.sh

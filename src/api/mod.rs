@@ -34,11 +34,90 @@ pub const RUN_FINALIZER: &str = "projectvm.dev/run-cleanup";
 /// refuses the reference (`SecretNotAllowed`) and never reads the Secret's data.
 pub const SECRET_OPT_IN_LABEL: &str = "projectvm.dev/allowed";
 
-/// The CRDs as YAML documents, in a stable order.
+/// The CRDs as YAML documents, in a stable order, with their descriptions as flowing
+/// paragraphs.
 pub fn crd_yaml() -> Vec<(&'static str, String)> {
+    let yaml = |crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition| {
+        let mut v = serde_json::to_value(crd).expect("CRD serializes");
+        reflow_descriptions(&mut v);
+        serde_yaml::to_string(&v).expect("CRD serializes")
+    };
     vec![
-        ("projectvm.dev_projectvms.yaml", serde_yaml::to_string(&ProjectVM::crd()).expect("CRD serializes")),
-        ("projectvm.dev_workspaces.yaml", serde_yaml::to_string(&Workspace::crd()).expect("CRD serializes")),
-        ("projectvm.dev_runs.yaml", serde_yaml::to_string(&Run::crd()).expect("CRD serializes")),
+        ("projectvm.dev_projectvms.yaml", yaml(ProjectVM::crd())),
+        ("projectvm.dev_workspaces.yaml", yaml(Workspace::crd())),
+        ("projectvm.dev_runs.yaml", yaml(Run::crd())),
     ]
+}
+
+/// Doc comments are wrapped at the source's width; `kubectl explain` would show each of
+/// those line ends as a hard break in mid-sentence. Every `description` becomes paragraphs
+/// (split at blank lines) whose lines are joined with spaces; list items (`- `) keep their
+/// own lines.
+pub fn reflow_descriptions(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                match child {
+                    serde_json::Value::String(text) if k == "description" => *text = reflow(text),
+                    other => reflow_descriptions(other),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(reflow_descriptions),
+        _ => {}
+    }
+}
+
+fn reflow(text: &str) -> String {
+    text.split("\n\n")
+        .map(|para| {
+            let mut out = String::new();
+            for line in para.lines().map(str::trim) {
+                if line.is_empty() {
+                    continue;
+                }
+                if !out.is_empty() {
+                    out.push(if line.starts_with("- ") { '\n' } else { ' ' });
+                }
+                out.push_str(line);
+            }
+            out
+        })
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_are_flowing_paragraphs() {
+        assert_eq!(reflow("open `status.url` and land in\nthe code."), "open `status.url` and land in the code.");
+        assert_eq!(reflow("One.\n\nTwo\nlines.\n- a\n- b"), "One.\n\nTwo lines.\n- a\n- b");
+        for (_, yaml) in crd_yaml() {
+            let v: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+            let mut broken = Vec::new();
+            fn walk(v: &serde_json::Value, broken: &mut Vec<String>) {
+                match v {
+                    serde_json::Value::Object(m) => m.iter().for_each(|(k, c)| match c {
+                        serde_json::Value::String(t) if k == "description" => {
+                            // A line break inside a paragraph must start a list item.
+                            for para in t.split("\n\n") {
+                                if para.lines().skip(1).any(|l| !l.starts_with("- ")) {
+                                    broken.push(t.clone());
+                                }
+                            }
+                        }
+                        c => walk(c, broken),
+                    }),
+                    serde_json::Value::Array(a) => a.iter().for_each(|c| walk(c, broken)),
+                    _ => {}
+                }
+            }
+            walk(&v, &mut broken);
+            assert!(broken.is_empty(), "descriptions with hard breaks: {broken:?}");
+        }
+    }
 }

@@ -19,6 +19,7 @@ use super::repository::{ProjectRepository, below_home_validation};
     singular = "projectvm",
     shortname = "pvm",
     namespaced,
+    category = "projectvm",
     doc = "A persistent Compute Engine VM for one project, kept running at the declared size with its prerequisites installed and its repository synced.",
     status = "ProjectVMStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
@@ -26,6 +27,8 @@ use super::repository::{ProjectRepository, below_home_validation};
     printcolumn = r#"{"name":"IP","type":"string","jsonPath":".status.instance.externalIp"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Cost","type":"string","jsonPath":".status.cost.display"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]

@@ -30,12 +30,15 @@ pub const DEFAULT_RUN_TIMEOUT: &str = "1h";
     singular = "run",
     shortname = "pvmrun",
     namespaced,
+    category = "projectvm",
     doc = "A command or script executed once on a ProjectVM, in a git worktree of its own, under a systemd unit that survives SSH drops and operator restarts; its log tail and artifacts are brought back.",
     status = "RunStatus",
     printcolumn = r#"{"name":"ProjectVM","type":"string","jsonPath":".spec.projectVMRef.name"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Exit","type":"integer","jsonPath":".status.exitCode"}"#,
     printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".status.duration"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.reason"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.message"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -343,7 +346,7 @@ mod tests {
         assert!(spec.pointer("/properties/projectVMRef").is_some(), "field is spelled projectVMRef");
         let cols = crd.pointer("/spec/versions/0/additionalPrinterColumns").unwrap().as_array().unwrap();
         let names: Vec<&str> = cols.iter().map(|c| c["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["ProjectVM", "Phase", "Exit", "Duration", "Age"]);
+        assert_eq!(names, ["ProjectVM", "Phase", "Exit", "Duration", "Reason", "Message", "Age"]);
         assert_eq!(crd.pointer("/spec/names/shortNames/0").unwrap(), "pvmrun");
     }
 
