@@ -14,9 +14,11 @@
 //! - [`clock`]: durations and status timestamps; [`shell`]: quoting for VM commands.
 //! - [`text`]: cutting outside text on character boundaries.
 //! - [`leader`] and [`fence`]: one leader at a time, and nothing issued once it is unsure.
+//! - [`cli`]: what the `kubectl projectvm` plugin prints.
 //! - [`conditions`], [`cost`], [`metrics`], [`server`], [`config`], [`telemetry`].
 
 pub mod api;
+pub mod cli;
 pub mod clock;
 pub mod cloud;
 pub mod conditions;

@@ -24,6 +24,8 @@ mod lifecycle;
 mod limits;
 #[path = "e2e/names.rs"]
 mod names;
+#[path = "e2e/plugin.rs"]
+mod plugin;
 #[path = "e2e/projectvm.rs"]
 mod projectvm;
 #[path = "e2e/rbac.rs"]

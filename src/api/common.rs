@@ -191,6 +191,8 @@ pub enum StopReason {
     IdleTimeout,
     /// Stopping to change the machine type.
     Resize,
+    /// A person asked with the stop-request annotation (`runStrategy: Manual`).
+    Requested,
 }
 
 impl StopReason {
@@ -199,6 +201,7 @@ impl StopReason {
             StopReason::Halted => "Halted",
             StopReason::IdleTimeout => "IdleTimeout",
             StopReason::Resize => "Resize",
+            StopReason::Requested => "Requested",
         }
     }
 }
@@ -334,6 +337,9 @@ pub struct PowerStatus {
     /// The last `projectvm.dev/start-requested` annotation value acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_start_request: Option<String>,
+    /// The last `projectvm.dev/stop-requested` annotation value acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_stop_request: Option<String>,
     /// The machine type being applied by a resize in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resizing_to: Option<String>,

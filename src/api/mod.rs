@@ -25,6 +25,9 @@ pub const PAUSED_ANNOTATION: &str = "projectvm.dev/paused";
 /// Annotation a person sets (to any new value, e.g. a timestamp) to start a stopped
 /// `Manual` VM without editing its spec.
 pub const START_ANNOTATION: &str = "projectvm.dev/start-requested";
+/// Annotation a person sets (to any new value) to stop a running `Manual` VM without editing
+/// its spec; idle shutdown and a later start request work as usual afterwards.
+pub const STOP_ANNOTATION: &str = "projectvm.dev/stop-requested";
 
 /// Finalizer on a Run: deleting it stops its work on the VM and removes its directory.
 pub const RUN_FINALIZER: &str = "projectvm.dev/run-cleanup";

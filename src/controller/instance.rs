@@ -10,8 +10,8 @@ use super::kind::VmKind;
 use super::observe::{Observed, operation_poll_interval};
 use super::status::{Report, stopped_message};
 use super::{Context, Error};
-use crate::api::START_ANNOTATION;
 use crate::api::{OperationKind, PendingOperation, PowerStatus, RunStrategy, StopReason};
+use crate::api::{START_ANNOTATION, STOP_ANNOTATION};
 use crate::clock;
 use crate::cloud::{CloudInstance, InstanceRequest, InstanceState, naming};
 use crate::conditions::{Reason, Update, types};
@@ -58,6 +58,7 @@ pub async fn act<K: VmKind>(
     let inst = observed.instance.as_ref();
     let machine = obj.machine();
     let start_request = obj.annotations().get(START_ANNOTATION).cloned();
+    let stop_request = obj.annotations().get(STOP_ANNOTATION).cloned();
     let (kind, result) = match action {
         InstanceAction::Create => {
             let req = InstanceRequest {
@@ -151,6 +152,10 @@ pub async fn act<K: VmKind>(
                     report.normal("IdleTimeout", format!("stopping: no activity for {idle} (last activity {last})"));
                 }
                 StopReason::Halted => report.normal("Stopping", "runStrategy is Halted"),
+                StopReason::Requested => {
+                    power(report).acknowledged_stop_request = stop_request.clone();
+                    report.normal("StopRequested", format!("stopping: annotation {STOP_ANNOTATION} was set"));
+                }
             }
             power(report).last_stop_reason = Some(*reason);
             report.set(Update::falsy(
@@ -203,6 +208,16 @@ pub async fn act<K: VmKind>(
                 "start request acknowledged: the VM is already running"
             };
             report.normal("StartRequestAcknowledged", note);
+            report.soon(TRANSITION_POLL);
+            return Ok(());
+        }
+        InstanceAction::AcknowledgeStopRequest => {
+            power(report).acknowledged_stop_request = stop_request;
+            let note = match machine.run_strategy {
+                RunStrategy::Always => "stop request ignored: runStrategy is Always, which would start the VM again",
+                _ => "stop request acknowledged: the VM is already stopped",
+            };
+            report.normal("StopRequestAcknowledged", note);
             report.soon(TRANSITION_POLL);
             return Ok(());
         }

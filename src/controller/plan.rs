@@ -6,7 +6,7 @@ use kube::ResourceExt;
 use super::kind::VmKind;
 use super::observe::{Observed, idle_expired};
 use super::status::Report;
-use crate::api::START_ANNOTATION;
+use crate::api::{START_ANNOTATION, STOP_ANNOTATION};
 use crate::cloud::naming::Ownership;
 use crate::engine::instance::{InstanceAction, InstanceInputs, plan_instance};
 
@@ -23,6 +23,7 @@ pub fn instance<K: VmKind>(report: &Report, obj: &K, observed: &Observed) -> Ins
         desired_metadata: &observed.desired_metadata,
         power: &power,
         start_request: obj.annotations().get(START_ANNOTATION).map(String::as_str),
+        stop_request: obj.annotations().get(STOP_ANNOTATION).map(String::as_str),
         idle_expired: idle_expired(report, obj, inst),
     })
 }

@@ -249,6 +249,11 @@ pub fn stopped_message(machine: &MachineSpec, last_stop: Option<StopReason>, las
             last_activity.unwrap_or_else(|| "never".into())
         ),
         Some(StopReason::Halted) => "stopped: runStrategy is Halted".to_string(),
+        Some(StopReason::Requested) => format!(
+            "stopped on request (annotation {}); set annotation {} to a new value to start it",
+            crate::api::STOP_ANNOTATION,
+            crate::api::START_ANNOTATION
+        ),
         _ if machine.run_strategy == RunStrategy::Manual => format!(
             "stopped; runStrategy Manual leaves it so. Set annotation {} to a new value to start it",
             crate::api::START_ANNOTATION

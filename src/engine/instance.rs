@@ -27,6 +27,8 @@ pub struct InstanceInputs<'a> {
     pub power: &'a PowerStatus,
     /// Value of the start-request annotation, if set.
     pub start_request: Option<&'a str>,
+    /// Value of the stop-request annotation, if set.
+    pub stop_request: Option<&'a str>,
     /// Whether the idle timeout has passed with no activity.
     pub idle_expired: bool,
 }
@@ -60,6 +62,9 @@ pub enum InstanceAction {
     SetMetadata,
     /// The start request was seen while the VM already runs: acknowledge it only.
     AcknowledgeStartRequest,
+    /// A stop request that needs no action (the VM is stopped, or `runStrategy` decides);
+    /// record it as seen.
+    AcknowledgeStopRequest,
     /// Running as desired: go on with the steps on the VM.
     Running,
     /// Stopped as desired.
@@ -101,6 +106,12 @@ pub fn plan_instance(i: &InstanceInputs<'_>) -> InstanceAction {
     }
 
     let requested = i.start_request.is_some_and(|r| i.power.acknowledged_start_request.as_deref() != Some(r));
+    let stop_requested = i.stop_request.is_some_and(|r| i.power.acknowledged_stop_request.as_deref() != Some(r));
+    match (i.run_strategy, running) {
+        (RunStrategy::Manual, true) if stop_requested => return InstanceAction::Stop(StopReason::Requested),
+        (_, _) if stop_requested => return InstanceAction::AcknowledgeStopRequest,
+        _ => {}
+    }
     match (i.run_strategy, running) {
         (RunStrategy::Always, false) => InstanceAction::Start(StartReason::Always),
         (RunStrategy::Halted, true) => InstanceAction::Stop(StopReason::Halted),
@@ -215,6 +226,7 @@ mod tests {
         rs: RunStrategy,
         power: PowerStatus,
         start_request: Option<&'static str>,
+        stop_request: Option<&'static str>,
         idle: bool,
         metadata: BTreeMap<String, String>,
         owned: bool,
@@ -229,6 +241,7 @@ mod tests {
                 rs: RunStrategy::Always,
                 power: PowerStatus::default(),
                 start_request: None,
+                stop_request: None,
                 idle: false,
                 metadata: [("ssh-keys".to_string(), "project:key".to_string())].into(),
                 owned: true,
@@ -245,6 +258,7 @@ mod tests {
                 desired_metadata: &self.metadata,
                 power: &self.power,
                 start_request: self.start_request,
+                stop_request: self.stop_request,
                 idle_expired: self.idle,
             })
         }
@@ -361,6 +375,27 @@ mod tests {
         c.instance = Some(inst(Running, "e2-medium"));
         c.start_request = Some("again");
         assert_eq!(c.plan(), InstanceAction::AcknowledgeStartRequest);
+    }
+
+    #[test]
+    fn stop_request_stops_a_running_manual_vm_once() {
+        let mut c = Case::new(Some(inst(Running, "e2-medium")));
+        c.rs = RunStrategy::Manual;
+        c.stop_request = Some("t1");
+        assert_eq!(c.plan(), InstanceAction::Stop(StopReason::Requested));
+        c.power.acknowledged_stop_request = Some("t1".into());
+        assert_eq!(c.plan(), InstanceAction::Running, "acted upon once");
+        // With Always it is only acknowledged: Always would start the VM again at once.
+        c.rs = RunStrategy::Always;
+        c.stop_request = Some("t2");
+        assert_eq!(c.plan(), InstanceAction::AcknowledgeStopRequest);
+        // A later start request still starts a stopped Manual VM.
+        let mut s = Case::new(Some(inst(Terminated, "e2-medium")));
+        s.rs = RunStrategy::Manual;
+        s.stop_request = Some("t1");
+        s.power.acknowledged_stop_request = Some("t1".into());
+        s.start_request = Some("t3");
+        assert_eq!(s.plan(), InstanceAction::Start(StartReason::Requested));
     }
 
     #[test]
