@@ -81,6 +81,14 @@ fn the_kubectl_plugin_opens_starts_stops_and_reports() {
     assert_eq!(logs.matches("first line").count(), 1, "each line once: {logs}");
     assert!(logs.contains("--- Succeeded, exit code 0"), "{logs}");
 
+    // The category: one `kubectl get` lists every kind; -o wide adds the reason.
+    let all = b.kubectl(&["-n", &ns, "get", "projectvm"]);
+    for what in ["projectvm.projectvm.dev/box", "workspace.projectvm.dev/desk", "run.projectvm.dev/hello"] {
+        assert!(all.contains(what), "{what} in:\n{all}");
+    }
+    let wide = b.kubectl(&["-n", &ns, "get", "pvmrun", "hello", "-o", "wide"]);
+    assert!(wide.lines().next().unwrap().contains("REASON") && wide.contains("Succeeded"), "{wide}");
+
     // Unknown names fail with a message, not a panic.
     let (success, text) = plugin(b, &["-n", &ns, "status", "nothing-here"]);
     assert!(!success && text.contains("no ProjectVM, Workspace or Run"), "{text}");
