@@ -49,14 +49,20 @@ pub use kind::object_key;
 use crate::api::{ProjectVM, Workspace};
 
 fn error_policy<K: kind::VmKind>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    backoff_after(&ctx, &object_key(&*obj), K::LABEL, err)
+}
+
+/// What every controller does after a failed reconcile: a deletion still under way is looked
+/// at again soon; anything else is retried with capped backoff in the object's consecutive
+/// failures.
+pub(crate) fn backoff_after(ctx: &Context, key: &str, label: &'static str, err: &Error) -> Action {
     if let Some(retry_in) = err.pending() {
         return Action::requeue(retry_in);
     }
-    let key = object_key(&*obj);
-    let n = ctx.record_failure(&key);
+    let n = ctx.record_failure(key);
     let delay = error_backoff(n);
     tracing::warn!(object = %key, error = %err, retry_in = ?delay, "reconcile failed");
-    ctx.metrics.reconcile_failed(K::LABEL);
+    ctx.metrics.reconcile_failed(label);
     Action::requeue(delay)
 }
 

@@ -27,18 +27,10 @@ use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
 use crate::api::{ProjectVM, Run, RunPhase};
-use crate::controller::{Context, Error, error_backoff};
+use crate::controller::{Context, Error};
 
 fn error_policy(run: Arc<Run>, err: &Error, ctx: Arc<Context>) -> Action {
-    if let Some(retry_in) = err.pending() {
-        return Action::requeue(retry_in);
-    }
-    let key = reconcile::key(&run);
-    let n = ctx.record_failure(&key);
-    let delay = error_backoff(n);
-    tracing::warn!(object = %key, error = %err, retry_in = ?delay, "run reconcile failed");
-    ctx.metrics.reconcile_failed(reconcile::LABEL);
-    Action::requeue(delay)
+    crate::controller::backoff_after(&ctx, &reconcile::key(&run), reconcile::LABEL, err)
 }
 
 /// Runs the Run controller until shutdown. Besides Runs it watches ProjectVMs (a VM that

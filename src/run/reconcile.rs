@@ -47,6 +47,7 @@ pub async fn reconcile(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error
     let started = Instant::now();
     let ns = run.namespace().ok_or_else(|| Error::Invalid("Run has no namespace".into()))?;
     let api: Api<Run> = Api::namespaced(ctx.client.clone(), &ns);
+    let run_key = run.clone();
     let result = finalizer(&api, RUN_FINALIZER, run, |event| async {
         let (run, deleting) = match event {
             FinalizerEvent::Apply(r) => (r, false),
@@ -65,6 +66,9 @@ pub async fn reconcile(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.observe_reconcile(LABEL, started.elapsed());
+    if result.is_ok() {
+        ctx.reset_failures(&key(&run_key));
+    }
     result
 }
 

@@ -140,15 +140,7 @@ impl SshPool {
             "ssh exec"
         );
         let deadline = Instant::now() + timeout;
-        let channel = match tokio::time::timeout_at(deadline, self.open_channel(target)).await {
-            Ok(c) => c?,
-            Err(_) => {
-                return Err(SshError::Unreachable {
-                    what: format!("connecting to {}:{} to run a command", target.host, target.port),
-                    limit: timeout,
-                });
-            }
-        };
+        let channel = self.open_channel_by(target, deadline, timeout).await?;
         let (mut reader, writer) = channel.split();
         match tokio::time::timeout_at(deadline, run(&mut reader, &writer, command, stdin, on_output)).await {
             Ok(Ok(out)) => Ok(out),
@@ -182,15 +174,7 @@ impl SshPool {
     ) -> Result<super::ByteStream, SshError> {
         tracing::debug!(host = %target.host, port = target.port, user = %target.user, command, "ssh exec (streamed)");
         let deadline = Instant::now() + timeout;
-        let channel = match tokio::time::timeout_at(deadline, self.open_channel(target)).await {
-            Ok(c) => c?,
-            Err(_) => {
-                return Err(SshError::Unreachable {
-                    what: format!("connecting to {}:{} to run a command", target.host, target.port),
-                    limit: timeout,
-                });
-            }
-        };
+        let channel = self.open_channel_by(target, deadline, timeout).await?;
         let (mut reader, writer) = channel.split();
         let err = |e: russh::Error| SshError::Channel(e.to_string());
         writer.exec(true, command).await.map_err(err)?;
@@ -279,6 +263,23 @@ impl SshPool {
         let conn = Arc::new(self.connect(t).await?);
         *guard = Some(conn.clone());
         Ok((conn, false))
+    }
+
+    /// A session channel, connecting first when needed, by `deadline` (`limit` is how long
+    /// that was, for the error).
+    async fn open_channel_by(
+        &self,
+        t: &SshTarget,
+        deadline: Instant,
+        limit: Duration,
+    ) -> Result<Channel<Msg>, SshError> {
+        match tokio::time::timeout_at(deadline, self.open_channel(t)).await {
+            Ok(c) => c,
+            Err(_) => Err(SshError::Unreachable {
+                what: format!("connecting to {}:{} to run a command", t.host, t.port),
+                limit,
+            }),
+        }
     }
 
     async fn open_channel(&self, t: &SshTarget) -> Result<Channel<Msg>, SshError> {
