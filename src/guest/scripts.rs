@@ -427,7 +427,8 @@ fail_install() {{
 version_of() {{
   local d v
   d=$(mktemp -d)
-  v=$(HOME=$d timeout 60 "$1" --version </dev/null 2>>"$log" | head -n 1 | cut -d' ' -f1) || true
+  # A first run logs a line (writing its default config) before the version line.
+  v=$(HOME=$d timeout 60 "$1" --version </dev/null 2>>"$log" | grep -m 1 -E '^[0-9]+\.' | cut -d' ' -f1) || true
   rm -rf "$d"
   printf '%s' "$v"
 }}
@@ -973,7 +974,11 @@ mod tests {
         let build = r.path(&format!("release-{version}"));
         std::fs::create_dir_all(build.join(&top).join("bin")).unwrap();
         let bin = build.join(&top).join("bin/code-server");
-        std::fs::write(&bin, format!("#!/bin/sh\necho {version} 0123abc with Code 1.100.3\n")).unwrap();
+        // Like code-server on its first run: a log line before the version.
+        let text = format!(
+            "#!/bin/sh\necho '[2026-12-01T14:42:31.393Z] info  Wrote default config file'\necho {version} 0123abc with Code 1.100.3\n"
+        );
+        std::fs::write(&bin, text).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         let tarball = r.path(&format!("{top}.tar.gz"));
         let ok = Command::new("tar").arg("-czf").arg(&tarball).arg("-C").arg(&build).arg(&top).status().unwrap();
