@@ -142,9 +142,6 @@ pub struct Config {
     /// SSH port on the VMs.
     #[arg(long, env = "PROJECTVM_SSH_PORT", default_value_t = 22)]
     pub ssh_port: u16,
-    /// Where code-server is installed from when an image lacks it.
-    #[arg(long, env = "PROJECTVM_CODE_SERVER_INSTALL_URL", default_value = "https://code-server.dev/install.sh")]
-    pub code_server_install_url: String,
     /// VPC network for new instances.
     #[arg(long, env = "PROJECTVM_NETWORK")]
     pub network: Option<String>,
@@ -170,6 +167,40 @@ pub struct Config {
     /// Cloud Storage endpoint override (an emulator's URL; it must listen on port 80 or 443).
     #[arg(long, env = "PROJECTVM_STORAGE_ENDPOINT")]
     pub storage_endpoint: Option<String>,
+    /// code-server version a Workspace gets; a VM with another one (or none) gets this one.
+    #[arg(long, env = "PROJECTVM_CODE_SERVER_VERSION", default_value = "4.100.3", value_parser = code_server_version)]
+    pub code_server_version: String,
+    /// Standalone release tarball to install code-server from, downloaded by the VM;
+    /// `{version}` is replaced by the version.
+    #[arg(
+        long,
+        env = "PROJECTVM_CODE_SERVER_URL",
+        default_value = "https://github.com/coder/code-server/releases/download/v{version}/code-server-{version}-linux-amd64.tar.gz"
+    )]
+    pub code_server_url: String,
+    /// sha256 of that tarball: required for installing (without it, only VMs that already
+    /// have the version serve Workspaces).
+    #[arg(long, env = "PROJECTVM_CODE_SERVER_SHA256", default_value = "", value_parser = sha256_flag)]
+    pub code_server_sha256: String,
+}
+
+/// A version becomes a directory name on the VM: no separators, no leading dot.
+fn code_server_version(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_'));
+    if ok { Ok(s.to_string()) } else { Err(format!("{s:?} is not a version such as 4.100.3")) }
+}
+
+/// 64 hex digits (kept lowercase, as sha256sum prints them), or empty for none.
+fn sha256_flag(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || (s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit())) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err("a sha256 is 64 hex digits".to_string())
+    }
 }
 
 /// A `15s` / `1m30s` duration flag.
@@ -180,6 +211,15 @@ fn duration_flag(s: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    /// Where code-server comes from, for the Workspace step.
+    pub fn code_server_source(&self) -> crate::guest::CodeServerSource {
+        crate::guest::CodeServerSource {
+            url_template: self.code_server_url.clone(),
+            version: self.code_server_version.clone(),
+            sha256: self.code_server_sha256.clone(),
+        }
+    }
+
     /// The namespaces to watch, without blanks and duplicates; empty means all namespaces.
     pub fn watched_namespaces(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
@@ -231,5 +271,29 @@ mod tests {
         assert_eq!(c.artifact_bucket.as_deref(), Some("arts"));
         assert_eq!(c.artifact_prefix, "ci/runs");
         assert_eq!(c.storage_endpoint.as_deref(), Some("http://10.213.0.3"));
+    }
+
+    #[test]
+    fn code_server_flags() {
+        let c = parse(&[]);
+        assert_eq!(
+            c.code_server_source().url(),
+            "https://github.com/coder/code-server/releases/download/v4.100.3/code-server-4.100.3-linux-amd64.tar.gz"
+        );
+        assert_eq!(c.code_server_sha256, "");
+        let sha = "AB".repeat(32);
+        let c = parse(&["--code-server-version", "4.101.0", "--code-server-sha256", &sha]);
+        assert_eq!(c.code_server_source().sha256, "ab".repeat(32));
+        assert!(c.code_server_source().url().contains("/v4.101.0/code-server-4.101.0-linux-amd64"));
+        let bad = |args: &[&str]| {
+            let mut argv = vec!["projectvm-operator", "--gcp-project", "p"];
+            argv.extend_from_slice(args);
+            Config::try_parse_from(argv).is_err()
+        };
+        assert!(bad(&["--code-server-version", "../etc"]));
+        assert!(bad(&["--code-server-version", ".hidden"]));
+        assert!(bad(&["--code-server-version", ""]));
+        assert!(bad(&["--code-server-sha256", "abc"]));
+        assert!(bad(&["--code-server-sha256", &"g".repeat(64)]));
     }
 }

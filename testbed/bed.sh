@@ -24,6 +24,9 @@
 # GIT_STATE, METRICS_URL, OPERATOR_LOG, KSTATUS (the kstatus judge binary), STORAGE_URL (the
 # Cloud Storage emulator; its JSON API is STORAGE_URL/storage/v1/...) and ARTIFACT_BUCKET;
 # GIT_STATE/{public,private}-demo.refs hold the demo repositories' commit SHAs (NAME=SHA lines).
+# Instances of image family $STOCK_IMAGE_FAMILY (in env) boot the stock image, without
+# code-server: the operator installs it from CODE_SERVER_URL (the git host serves a release
+# tarball build-rootfs.sh --release assembled; its sha256 is CODE_SERVER_SHA256).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -42,6 +45,8 @@ RELEASE=projectvm-operator
 TOKEN_FILE=$STATE/git/tokens
 STORAGE_URL=http://10.213.0.3
 ARTIFACT_BUCKET=projectvm-artifacts
+STOCK_IMAGE_FAMILY=debian-12-stock
+CODE_SERVER_URL='https://10.213.0.2/releases/code-server-{version}-linux-amd64.tar.gz'
 
 pid_alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -62,7 +67,7 @@ build_binaries() {
 }
 
 start_emulator() {
-  local rootfs=$1
+  local rootfs=$1 stock=$2
   mkdir -p "$STATE/gce"
   if pid_alive "$STATE/gce/pid"; then return; fi
   rm -f "$STATE/gce/addr"
@@ -70,7 +75,7 @@ start_emulator() {
   # Machine disks must be traversable by the machines' own users (overlayfs checks).
   umask 022
   setsid "$ROOT/target/debug/gce-emulator" --listen 127.0.0.1:0 --backend nspawn --rootfs "$rootfs" \
-    --state-dir "$STATE/gce" --ready-file "$STATE/gce/addr" --cleanup-on-exit \
+    --image-rootfs "$STOCK_IMAGE_FAMILY=$stock" --state-dir "$STATE/gce" --ready-file "$STATE/gce/addr" --cleanup-on-exit \
     >"$STATE/gce/emulator.log" 2>&1 </dev/null &
   echo $! >"$STATE/gce/pid"
   wait_for 30 "the emulator" test -s "$STATE/gce/addr"
@@ -113,6 +118,8 @@ PROJECTVM_COMPUTE_ENDPOINT=$EMULATOR_URL
 PROJECTVM_CREDENTIALS=anonymous
 PROJECTVM_ARTIFACT_BUCKET=$ARTIFACT_BUCKET
 PROJECTVM_STORAGE_ENDPOINT=$STORAGE_URL
+PROJECTVM_CODE_SERVER_URL=$CODE_SERVER_URL
+PROJECTVM_CODE_SERVER_SHA256=$CODE_SERVER_SHA256
 PROJECTVM_METRICS_ADDR=${METRICS_URL#http://}
 POD_NAMESPACE=$OP_NS
 PROJECTVM_LEASE_DURATION=${PROJECTVM_LEASE_DURATION:-15s}
@@ -130,11 +137,14 @@ ENV
 }
 
 up() {
-  local bin rootfs kstatus
+  local bin rootfs kstatus stock releases
   bin=$("$S/k8s-binaries.sh")
   kstatus=$("$S/kstatus.sh")
   export PATH=$bin:$PATH
   rootfs=$("$S/build-rootfs.sh")
+  stock=$("$S/build-rootfs.sh" --stock | tail -n 1)
+  releases=$("$S/build-rootfs.sh" --release | tail -n 1)
+  CODE_SERVER_SHA256=$(cat "$releases/code-server-4.100.3-linux-amd64.tar.gz.sha256")
   build_binaries
   "$S/net.sh" up
   if ! "$S/githost.sh" status "$STATE/git" >/dev/null 2>&1; then
@@ -150,7 +160,7 @@ up() {
     "$S/control-plane.sh" up "$STATE/cp" || { log "control plane did not start; retrying once"; "$S/control-plane.sh" up "$STATE/cp"; }
   fi
   export KUBECONFIG=$STATE/cp/admin.kubeconfig
-  start_emulator "$rootfs"
+  start_emulator "$rootfs" "$stock"
   local metrics_port
   metrics_port=$(free_port)
   {
@@ -165,12 +175,16 @@ up() {
     echo "export KSTATUS=$kstatus"
     echo "export STORAGE_URL=$STORAGE_URL"
     echo "export ARTIFACT_BUCKET=$ARTIFACT_BUCKET"
+    echo "export STOCK_IMAGE_FAMILY=$STOCK_IMAGE_FAMILY"
+    echo "export CODE_SERVER_URL='$CODE_SERVER_URL'"
+    echo "export CODE_SERVER_SHA256=$CODE_SERVER_SHA256"
   } >"$ENV"
   log "installing the chart"
   helm upgrade --install "$RELEASE" "$ROOT/charts/projectvm-operator" -n "$OP_NS" --create-namespace \
     --set gcp.project=testbed --set gcp.credentials.mode=anonymous \
     --set-string gcp.computeEndpoint="http://$(cat "$STATE/gce/addr")" \
     --set-string artifacts.bucket="$ARTIFACT_BUCKET" --set-string gcp.storageEndpoint="$STORAGE_URL" \
+    --set-string codeServer.install.url="$CODE_SERVER_URL" --set-string codeServer.install.sha256="$CODE_SERVER_SHA256" \
     --wait=false >/dev/null
   operator_kubeconfig
   operator_start

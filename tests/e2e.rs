@@ -36,5 +36,7 @@ mod runs;
 mod scale;
 #[path = "e2e/sharing.rs"]
 mod sharing;
+#[path = "e2e/stock.rs"]
+mod stock;
 #[path = "e2e/workspace.rs"]
 mod workspace;

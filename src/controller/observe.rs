@@ -362,7 +362,7 @@ pub async fn step_env<K: VmKind>(
     let mut env = StepEnv {
         instance_id: inst.id.clone(),
         address: address.to_string(),
-        code_server_install_url: ctx.config.code_server_install_url.clone(),
+        code_server_source: ctx.config.code_server_source(),
         external_ip: inst.external_ip.clone(),
         allow_auth_none: ctx.config.allow_auth_none,
         ..Default::default()

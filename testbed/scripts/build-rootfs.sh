@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
 # Build (cached) the root filesystem every test machine boots from.
-#   usage: build-rootfs.sh            (as root)
+#   usage: build-rootfs.sh            (as root) the prepared image, with code-server and its unit
+#          build-rootfs.sh --stock    the same image without code-server or its unit (what a
+#                                     stock cloud image looks like to the operator); cached as
+#                                     <key>-stock, derived from the prepared one
+#          build-rootfs.sh --release  a code-server standalone release tarball
+#                                     (code-server-<v>-linux-amd64/{bin/code-server,lib/node,out,...})
+#                                     assembled from the npm install below and this Node, with
+#                                     its .sha256, in $CACHE/testbed-releases (printed)
 #   stdout: the absolute path of the rootfs directory, as the LAST line; all else on stderr.
 #   cache:  ${PROJECTVM_CACHE:-$HOME/.cache/projectvm}/rootfs/<key>/   (+ <key>.ok marker)
 #           key = sha256 of this script, testbed/rootfs/**, the test CA cert, the Node
@@ -55,34 +62,24 @@ key=$(
   } | sha256sum | cut -c1-16
 )
 ROOT=$CACHE/rootfs/$key
-if [ "${1:-}" = --prune ]; then
+STOCK=$ROOT-stock
+RELEASES=$CACHE/testbed-releases
+MODE=${1:-}
+case "$MODE" in ""|--stock|--release|--prune) ;; *) log "unknown option $MODE"; exit 2 ;; esac
+if [ "$MODE" = --prune ]; then
   # remove every cached rootfs except the current one (stop machines that use them first)
   for d in "$CACHE/rootfs/"*; do
     [ -d "$d" ] || continue
-    case "$d" in "$ROOT"|"$ROOT.ok") continue ;; esac
+    case "$d" in "$ROOT"|"$ROOT.ok"|"$STOCK"|"$STOCK.ok") continue ;; esac
     if grep -qF "$d" /proc/mounts; then log "in use, kept: $d"; continue; fi
     log "pruning $d"; rm -rf "$d" "$d.ok"
   done
   exit 0
 fi
-if [ -e "$ROOT.ok" ] && [ -d "$ROOT" ] && [ -z "${PVM_ROOTFS_REBUILD:-}" ]; then
-  log "cached: $ROOT"
-  echo "$ROOT"
-  exit 0
-fi
-
-mkdir -p "$CACHE/rootfs"
-exec 9>"$CACHE/rootfs/.lock"
-flock 9
-if [ -e "$ROOT.ok" ] && [ -d "$ROOT" ] && [ -z "${PVM_ROOTFS_REBUILD:-}" ]; then
-  log "cached (built by another process): $ROOT"; echo "$ROOT"; exit 0
-fi
-t0=$(date +%s)
-# leftovers of interrupted builds
-rm -rf "$CACHE/rootfs/"*.tmp
-
 # --- code-server, installed on the host with the same Node ---------------------------------
 CS=$CACHE/code-server/$CODE_SERVER_VERSION-node$node_ver
+CS_PKG=$CS/prefix/node_modules/code-server
+ensure_code_server() {
 if [ ! -e "$CS/.ok" ]; then
   log "installing code-server $CODE_SERVER_VERSION with node $node_ver (takes minutes)"
   rm -rf "$CS"; mkdir -p "$CS/tmp" "$CS/bin"
@@ -125,7 +122,95 @@ if [ ! -e "$CS/.ok" ]; then
   fi
   touch "$CS/.ok"
 fi
-CS_PKG=$CS/prefix/node_modules/code-server
+}
+
+# code-server as one self-contained directory DEST: the package, its dependencies (which npm
+# hoisted next to it) as its own node_modules, and this Node as lib/node.
+assemble_code_server() {
+  local dest=$1 d n
+  mkdir -p "$dest/node_modules"
+  cp -a "$CS_PKG/." "$dest/"
+  for d in "$CS_PKG/../"*; do
+    n=$(basename "$d")
+    [ "$n" = code-server ] && continue
+    if [ -e "$dest/node_modules/$n" ]; then
+      log "dependency $n both hoisted and nested: layout needs care"; exit 1
+    fi
+    cp -a "$d" "$dest/node_modules/$n"
+  done
+  install -D -m 755 "$NODE_BIN" "$dest/lib/node"
+}
+
+if [ "$MODE" = --release ]; then
+  name=code-server-$CODE_SERVER_VERSION-linux-amd64
+  stamp="node=$node_ver script=$(sha256sum "$HERE/build-rootfs.sh" | cut -c1-16)"
+  if [ -s "$RELEASES/$name.tar.gz" ] && [ -s "$RELEASES/$name.tar.gz.sha256" ] &&
+     [ "$(cat "$RELEASES/.$name.stamp" 2>/dev/null)" = "$stamp" ]; then
+    log "cached: $RELEASES/$name.tar.gz"; echo "$RELEASES"; exit 0
+  fi
+  mkdir -p "$RELEASES"
+  exec 9>"$RELEASES/.lock"
+  flock 9
+  ensure_code_server
+  t0=$(date +%s)
+  work=$(mktemp -d "$RELEASES/.build.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  assemble_code_server "$work/$name"
+  # the standalone layout's launcher: the bundled Node on the bundled code, found through
+  # symlinks (install.sh links it from ~/.local/bin)
+  mkdir -p "$work/$name/bin"
+  cat > "$work/$name/bin/code-server" <<'LAUNCHER'
+#!/bin/sh
+# code-server launcher of the projectvm test bed's standalone release.
+set -eu
+root=$(dirname "$(dirname "$(readlink -f "$0")")")
+exec "$root/lib/node" "$root/out/node/entry.js" "$@"
+LAUNCHER
+  chmod 755 "$work/$name/bin/code-server"
+  HOME=$work/home "$work/$name/bin/code-server" --version >&2
+  log "packing $name.tar.gz"
+  tar -C "$work" --owner=0 --group=0 --numeric-owner --sort=name -cf - "$name" | nice -n 10 gzip -1 > "$work/$name.tar.gz"
+  (cd "$work" && sha256sum "$name.tar.gz" | cut -d' ' -f1 > "$name.tar.gz.sha256")
+  mv -f "$work/$name.tar.gz" "$work/$name.tar.gz.sha256" "$RELEASES/"
+  echo "$stamp" > "$RELEASES/.$name.stamp"
+  log "built $RELEASES/$name.tar.gz in $(( $(date +%s) - t0 )) s ($(du -h "$RELEASES/$name.tar.gz" | cut -f1))"
+  echo "$RELEASES"
+  exit 0
+fi
+
+# The stock variant: the prepared image minus code-server and its unit.
+make_stock() {
+  if [ -e "$STOCK.ok" ] && [ -d "$STOCK" ] && [ -z "${PVM_ROOTFS_REBUILD:-}" ]; then
+    log "cached: $STOCK"; return 0
+  fi
+  rm -rf "$STOCK.tmp" "$STOCK" "$STOCK.ok"
+  cp -a --reflink=auto "$ROOT" "$STOCK.tmp"
+  rm -rf "$STOCK.tmp/usr/lib/code-server" "$STOCK.tmp/usr/bin/code-server" \
+    "$STOCK.tmp/usr/lib/systemd/system/code-server@.service"
+  mv -T "$STOCK.tmp" "$STOCK"
+  touch "$STOCK.ok"
+  log "built $STOCK"
+}
+
+if [ -e "$ROOT.ok" ] && [ -d "$ROOT" ] && [ -z "${PVM_ROOTFS_REBUILD:-}" ] &&
+   { [ "$MODE" != --stock ] || [ -e "$STOCK.ok" ]; }; then
+  log "cached: $ROOT"
+  if [ "$MODE" = --stock ]; then echo "$STOCK"; else echo "$ROOT"; fi
+  exit 0
+fi
+
+mkdir -p "$CACHE/rootfs"
+exec 9>"$CACHE/rootfs/.lock"
+flock 9
+if [ -e "$ROOT.ok" ] && [ -d "$ROOT" ] && [ -z "${PVM_ROOTFS_REBUILD:-}" ]; then
+  log "cached (built by another process): $ROOT"
+  if [ "$MODE" = --stock ]; then make_stock; echo "$STOCK"; else echo "$ROOT"; fi
+  exit 0
+fi
+t0=$(date +%s)
+# leftovers of interrupted builds
+rm -rf "$CACHE/rootfs/"*.tmp
+ensure_code_server
 
 # --- base system ---------------------------------------------------------------------------
 TMPROOT=$CACHE/rootfs/$key.tmp
@@ -178,20 +263,8 @@ ln -s /etc/machine-id "$R/var/lib/dbus/machine-id"
 # emulator writes one
 rm -f "$R/etc/hostname"
 
-# code-server
-# the package itself, plus its dependencies (which npm hoisted next to it) as its own
-# node_modules, so /usr/lib/code-server is self-contained
-mkdir -p "$R/usr/lib/code-server/node_modules"
-cp -a "$CS_PKG/." "$R/usr/lib/code-server/"
-for d in "$CS_PKG/../"*; do
-  n=$(basename "$d")
-  [ "$n" = code-server ] && continue
-  if [ -e "$R/usr/lib/code-server/node_modules/$n" ]; then
-    log "dependency $n both hoisted and nested: layout needs care"; exit 1
-  fi
-  cp -a "$d" "$R/usr/lib/code-server/node_modules/$n"
-done
-install -D -m 755 "$NODE_BIN" "$R/usr/lib/code-server/lib/node"
+# code-server, self-contained in /usr/lib/code-server
+assemble_code_server "$R/usr/lib/code-server"
 # the node binary must find all its libraries in the image
 if chroot "$R" ldd /usr/lib/code-server/lib/node | grep -q 'not found'; then
   log "node needs libraries the image lacks:"; chroot "$R" ldd /usr/lib/code-server/lib/node >&2; exit 1
@@ -210,4 +283,4 @@ rm -rf "$ROOT" "$ROOT.ok"
 mv -T "$TMPROOT" "$ROOT"
 touch "$ROOT.ok"
 log "built $ROOT in $(( $(date +%s) - t0 )) s ($(du -sh "$ROOT" | cut -f1))"
-echo "$ROOT"
+if [ "$MODE" = --stock ]; then make_stock; echo "$STOCK"; else echo "$ROOT"; fi

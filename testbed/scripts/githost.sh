@@ -6,6 +6,9 @@
 #                                   https://10.213.0.2:443/{public,private}/NAME.git
 #                                   (also on port 8443: a repository on a non-default port)
 #                                   http://10.213.0.2:8081/apt/  (flat apt repo)
+#                                   https://10.213.0.2/releases/FILE  (files of
+#                                     $PROJECTVM_CACHE/testbed-releases: the code-server
+#                                     release tarball build-rootfs.sh --release makes)
 #                                 repos:  STATE_DIR/repos/{public,private}/NAME.git
 #                                 tokens: STATE_DIR/tokens (one a line; re-read per request)
 #                                 pid:    STATE_DIR/gitserver.pid   log: STATE_DIR/gitserver.log
@@ -18,6 +21,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${PROJECTVM_CACHE:-$HOME/.cache/projectvm}
 CA_DIR=$CACHE/testbed-ca
 APT_DIR=$CACHE/testbed-apt
+RELEASES_DIR=$CACHE/testbed-releases
 NS=pvm-git
 ADDR=10.213.0.2
 # stdlib only: the system interpreter, never a version manager shim
@@ -94,7 +98,7 @@ start() {
   ensure_ca
   ensure_apt_repo
   "$HERE/net.sh" up
-  mkdir -p "$state/repos/public" "$state/repos/private"
+  mkdir -p "$state/repos/public" "$state/repos/private" "$RELEASES_DIR"
   [ -e "$state/tokens" ] || install -m 600 /dev/null "$state/tokens"
   if pid_alive "$state/gitserver.pid"; then
     log "already running (pid $(cat "$state/gitserver.pid"))"
@@ -104,6 +108,7 @@ start() {
       --addr "$ADDR" --https-port 443 --https-port 8443 --http-port 8081 \
       --cert "$CA_DIR/server.crt" --key "$CA_DIR/server.key" \
       --repos "$state/repos" --tokens "$state/tokens" --apt-dir "$APT_DIR/apt" \
+      --releases-dir "$RELEASES_DIR" \
       --pidfile "$state/gitserver.pid" \
       >>"$state/gitserver.log" 2>&1 < /dev/null &
     local i pid=$!

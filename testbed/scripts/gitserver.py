@@ -9,6 +9,8 @@ run as a CGI program with the request body and the response streamed through.
                                                 of the tokens in --tokens (one a line, '#'
                                                 comments; the file is re-read per request)
   https://ADDR:HTTPS_PORT/healthz               200 "ok"
+  https://ADDR:HTTPS_PORT/releases/FILE         files of --releases-dir (e.g. a code-server
+                                                release tarball and its .sha256), no auth
   http://ADDR:HTTP_PORT/apt/...                 files of --apt-dir (flat apt repository)
   http://ADDR:HTTP_PORT/healthz                 200 "ok"
 
@@ -34,6 +36,7 @@ from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, Thread
 
 REALM = "pvm-git"
 REPO_RE = re.compile(r"^/(public|private)/([A-Za-z0-9][A-Za-z0-9._-]*\.git)(/.*)?$")
+RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 CHUNK = 64 * 1024
 
 
@@ -165,6 +168,8 @@ class GitHandler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
             return self._simple(200, "ok\n")
+        if path.startswith("/releases/"):
+            return self._release(path[len("/releases/"):])
         m = REPO_RE.match(path)
         if not m or "/../" in path + "/" or "/./" in path:
             return self._simple(404, "not found\n")
@@ -181,6 +186,23 @@ class GitHandler(BaseHTTPRequestHandler):
         if not os.path.isdir(os.path.join(root, name)):
             return self._simple(404, "repository not found\n")
         self._run_backend(root, "/" + name + rest)
+
+    def _release(self, name):
+        d = self.cfg.releases_dir
+        if not d or not RELEASE_RE.match(name) or self.command == "POST":
+            return self._simple(404, "not found\n")
+        f = os.path.join(d, name)
+        if not os.path.isfile(f):
+            return self._simple(404, "not found\n")
+        size = os.path.getsize(f)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        if self.command != "HEAD":
+            with open(f, "rb") as fh:
+                shutil.copyfileobj(fh, self.wfile, 1 << 20)
+        self.log_request(200)
 
     def _run_backend(self, root, path_info):
         query = self.path.split("?", 1)[1] if "?" in self.path else ""
@@ -329,6 +351,7 @@ def main():
     ap.add_argument("--repos", required=True, help="holds public/ and private/")
     ap.add_argument("--tokens", required=True)
     ap.add_argument("--apt-dir", help="directory served at /apt/")
+    ap.add_argument("--releases-dir", help="directory whose files are served at https://.../releases/")
     ap.add_argument("--pidfile")
     a = ap.parse_args()
 

@@ -31,6 +31,11 @@ try {
   // The explorer lists the folder's files once the workbench has loaded.
   const row = page.locator(`.explorer-folders-view .monaco-list-row[aria-label^="${expected}"], .explorer-folders-view .label-name:text-is("${expected}")`).first();
   await row.waitFor({ timeout: 120_000 });
+  // The folder is pre-trusted: VS Code's trust prompt must never show.
+  await page.waitForTimeout(2_000);
+  if (await page.getByText('Do you trust the authors', { exact: false }).count() > 0) {
+    throw new Error('the workspace trust prompt is shown');
+  }
   ok = true;
   console.log(`explorer shows ${expected}`);
   if (stay) {

@@ -38,7 +38,8 @@ pub struct StepEnv {
     pub password: Option<Token>,
     /// Why the referenced password Secret cannot be used.
     pub password_problem: Option<SecretProblem>,
-    pub code_server_install_url: String,
+    /// Where code-server is installed from when a VM lacks the wanted version.
+    pub code_server_source: crate::guest::CodeServerSource,
     /// The VM's external address, when it has one (the URL is then on the internet).
     pub external_ip: Option<String>,
     /// The operator's configuration admits `codeServer.auth: none`.

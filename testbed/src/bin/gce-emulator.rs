@@ -30,6 +30,10 @@ struct Args {
     /// Cached Debian root filesystem (testbed/scripts/build-rootfs.sh prints it).
     #[arg(long, env = "PROJECTVM_ROOTFS")]
     rootfs: Option<PathBuf>,
+    /// `FAMILY=PATH`: instances of that image family boot this root filesystem instead
+    /// (repeatable), e.g. a stock image without code-server.
+    #[arg(long, value_parser = image_rootfs)]
+    image_rootfs: Vec<(String, PathBuf)>,
     /// Where state.json and the machines' disks live (nspawn needs one).
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -57,6 +61,13 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+}
+
+fn image_rootfs(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((family, path)) if !family.is_empty() && !path.is_empty() => Ok((family.to_string(), PathBuf::from(path))),
+        _ => Err(format!("{s:?} is not FAMILY=PATH")),
+    }
 }
 
 #[tokio::main]
@@ -87,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
             let state_dir = args.state_dir.clone().context("--backend nspawn needs --state-dir")?;
             let mut n = NspawnConfig::new(rootfs, state_dir);
             n.bridge = args.bridge.clone();
+            n.image_rootfs = args.image_rootfs.clone();
             n.boot_timeout = Duration::from_secs(args.boot_timeout_secs);
             n.stop_timeout = Duration::from_secs(args.stop_timeout_secs);
             BackendChoice::Nspawn(n)

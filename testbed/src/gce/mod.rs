@@ -364,6 +364,7 @@ impl Emulator {
             machine_type: rec.machine_type.clone(),
             metadata: rec.metadata.iter().map(|m| (m.key.clone(), m.value.clone())).collect(),
             booting: false,
+            source_image: rec.disk.source_image.clone(),
         }
     }
 

@@ -21,11 +21,21 @@ pub struct MachineSpec {
     pub metadata: Vec<(String, String)>,
     /// The emulator's booting fault holds this machine: its next boot keeps `/run/nologin`.
     pub booting: bool,
+    /// The boot disk's `sourceImage` (`projects/P/global/images/family/F`), which picks the
+    /// root filesystem.
+    pub source_image: Option<String>,
 }
 
 impl MachineSpec {
     pub fn key(&self) -> MachineKey {
         MachineKey { project: self.project.clone(), zone: self.zone.clone(), name: self.name.clone() }
+    }
+
+    /// The image family named by the source image (`…/images/family/F`), if any.
+    pub fn image_family(&self) -> Option<&str> {
+        let image = self.source_image.as_deref()?;
+        let (_, family) = image.rsplit_once("/images/family/")?;
+        (!family.is_empty() && !family.contains('/')).then_some(family)
     }
 }
 

@@ -60,6 +60,9 @@ const INOTIFY_LIMITS: &[(&str, u64)] =
 pub struct NspawnConfig {
     /// The cached Debian root filesystem (read-only lower layer).
     pub rootfs: PathBuf,
+    /// Root filesystems for particular image families (e.g. a stock image without
+    /// code-server); any other family boots `rootfs`.
+    pub image_rootfs: Vec<(String, PathBuf)>,
     pub state_dir: PathBuf,
     pub bridge: String,
     pub gateway: Ipv4Addr,
@@ -76,6 +79,7 @@ impl NspawnConfig {
     pub fn new(rootfs: PathBuf, state_dir: PathBuf) -> Self {
         Self {
             rootfs,
+            image_rootfs: Vec::new(),
             state_dir,
             bridge: "pvmbr0".into(),
             gateway: Ipv4Addr::new(10, 213, 0, 1),
@@ -272,6 +276,12 @@ fn passwd_entry(root: &Path, user: &str) -> Option<PasswdEntry> {
     })
 }
 
+fn rootfs_for<'a>(cfg: &'a NspawnConfig, family: Option<&str>) -> &'a Path {
+    family
+        .and_then(|f| cfg.image_rootfs.iter().find(|(name, _)| name == f))
+        .map_or(cfg.rootfs.as_path(), |(_, r)| r.as_path())
+}
+
 fn in_group(root: &Path, group: &str, user: &str) -> Option<bool> {
     let text = fs::read_to_string(root.join("etc/group")).ok()?;
     text.lines().find_map(|l| {
@@ -281,9 +291,16 @@ fn in_group(root: &Path, group: &str, user: &str) -> Option<bool> {
 }
 
 impl NspawnBackend {
+    /// The root filesystem of the machine's image family, else the default one.
+    fn rootfs_for(&self, spec: &MachineSpec) -> &Path {
+        rootfs_for(&self.cfg, spec.image_family())
+    }
+
     pub fn new(cfg: NspawnConfig, exits: UnboundedSender<MachineExit>) -> anyhow::Result<Self> {
-        if !cfg.rootfs.join("usr/lib/systemd/systemd").exists() && !cfg.rootfs.join("lib/systemd/systemd").exists() {
-            bail!("--rootfs {} does not look like a root filesystem with systemd", cfg.rootfs.display());
+        for rootfs in std::iter::once(&cfg.rootfs).chain(cfg.image_rootfs.iter().map(|(_, r)| r)) {
+            if !rootfs.join("usr/lib/systemd/systemd").exists() && !rootfs.join("lib/systemd/systemd").exists() {
+                bail!("root filesystem {} does not look like one with systemd", rootfs.display());
+            }
         }
         fs::create_dir_all(cfg.state_dir.join("machines"))?;
         fs::create_dir_all(&cfg.lock_dir)?;
@@ -398,7 +415,7 @@ impl NspawnBackend {
         }
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
-            self.cfg.rootfs.display(),
+            self.rootfs_for(spec).display(),
             dir.join("upper").display(),
             dir.join("work").display()
         );
@@ -539,7 +556,7 @@ impl MachineBackend for NspawnBackend {
             fs::write(dir.join("disk-mode"), "copy")?;
             run(Command::new("cp")
                 .args(["-a", "--reflink=auto"])
-                .arg(format!("{}/.", self.cfg.rootfs.display()))
+                .arg(format!("{}/.", self.rootfs_for(spec).display()))
                 .arg(dir.join("merged")))?;
         }
         self.prepare_first_boot(spec)?;
@@ -859,5 +876,34 @@ impl MachineBackend for NspawnBackend {
         self.unmount_disk(spec);
         self.release_address(spec.address);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod image_tests {
+    use super::*;
+
+    #[test]
+    fn image_family_picks_the_rootfs() {
+        let mut cfg = NspawnConfig::new("/rootfs/prepared".into(), "/state".into());
+        cfg.image_rootfs = vec![("debian-stock".into(), "/rootfs/stock".into())];
+        let spec = |image: Option<&str>| MachineSpec {
+            project: "p".into(),
+            zone: "z".into(),
+            name: "n".into(),
+            id: 1,
+            address: Ipv4Addr::new(10, 213, 0, 16),
+            machine_type: "e2-medium".into(),
+            metadata: vec![],
+            booting: false,
+            source_image: image.map(str::to_string),
+        };
+        let stock = spec(Some("projects/p/global/images/family/debian-stock"));
+        assert_eq!(stock.image_family(), Some("debian-stock"));
+        assert_eq!(rootfs_for(&cfg, stock.image_family()), Path::new("/rootfs/stock"));
+        let other = spec(Some("projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts"));
+        assert_eq!(rootfs_for(&cfg, other.image_family()), Path::new("/rootfs/prepared"));
+        assert_eq!(spec(None).image_family(), None);
+        assert_eq!(spec(Some("projects/p/global/images/disk-1")).image_family(), None);
     }
 }
