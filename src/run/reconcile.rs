@@ -300,10 +300,13 @@ async fn launch(ctx: &Arc<Context>, run: &Run, pvm: &ProjectVM, report: &mut Run
         files.push((p.script_file(), script.clone().into_bytes(), 0o600));
     }
     for (path, content, mode) in files {
-        let written = ctx.vm.exec(&target, &guest::write_as_user(&path, mode), Some(&content), COMMAND_LIMIT, None).await;
+        let written =
+            ctx.vm.exec(&target, &guest::write_as_user(&path, mode), Some(&content), COMMAND_LIMIT, None).await;
         let failure = match written {
             Ok(out) if out.success() => continue,
-            Ok(out) => format!("exit {}: {}", out.exit_status, crate::text::tail(crate::text::lossy(&out.stderr).trim(), 512)),
+            Ok(out) => {
+                format!("exit {}: {}", out.exit_status, crate::text::tail(crate::text::lossy(&out.stderr).trim(), 512))
+            }
             Err(e) => e.to_string(),
         };
         return transient(report, "writing the Run's files", &failure);
