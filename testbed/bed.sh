@@ -5,6 +5,8 @@
 #   the HTTPS git host (public + private repository) and local apt repository,
 #   Cloud Storage (fake-gcs-server at http://10.213.0.3, bucket projectvm-artifacts) for Run
 #   artifacts,
+#   an ingress controller (Traefik at 10.213.0.4, IngressClass traefik, https on 443 with the
+#   certificates of the Ingresses' TLS Secrets; scripts/traefik.sh),
 #   the operator's chart installed with helm, and the operator running as a local process
 #   with the chart's ServiceAccount credentials.
 #
@@ -22,7 +24,9 @@
 #
 # After `up`, STATE_DIR/env is a shell file with KUBECONFIG (admin), PATH, EMULATOR_URL,
 # GIT_STATE, METRICS_URL, OPERATOR_LOG, KSTATUS (the kstatus judge binary), STORAGE_URL (the
-# Cloud Storage emulator; its JSON API is STORAGE_URL/storage/v1/...) and ARTIFACT_BUCKET;
+# Cloud Storage emulator; its JSON API is STORAGE_URL/storage/v1/...), ARTIFACT_BUCKET,
+# INGRESS_ADDR (Traefik), TESTBED_CA (the bed CA's certificate, which signs the git host's and
+# INGRESS_TLS_DIR's tls.crt/tls.key for *.ws.pvm.test);
 # GIT_STATE/{public,private}-demo.refs hold the demo repositories' commit SHAs (NAME=SHA lines).
 # Instances of image family $STOCK_IMAGE_FAMILY (in env) boot the stock image, without
 # code-server: the operator installs it from CODE_SERVER_URL (the git host serves a release
@@ -140,6 +144,7 @@ up() {
   local bin rootfs kstatus stock releases
   bin=$("$S/k8s-binaries.sh")
   kstatus=$("$S/kstatus.sh")
+  "$S/traefik.sh" build >/dev/null
   export PATH=$bin:$PATH
   rootfs=$("$S/build-rootfs.sh")
   stock=$("$S/build-rootfs.sh" --stock | tail -n 1)
@@ -160,6 +165,7 @@ up() {
     "$S/control-plane.sh" up "$STATE/cp" || { log "control plane did not start; retrying once"; "$S/control-plane.sh" up "$STATE/cp"; }
   fi
   export KUBECONFIG=$STATE/cp/admin.kubeconfig
+  "$S/traefik.sh" start "$STATE"
   start_emulator "$rootfs" "$stock"
   local metrics_port
   metrics_port=$(free_port)
@@ -178,6 +184,9 @@ up() {
     echo "export STOCK_IMAGE_FAMILY=$STOCK_IMAGE_FAMILY"
     echo "export CODE_SERVER_URL='$CODE_SERVER_URL'"
     echo "export CODE_SERVER_SHA256=$CODE_SERVER_SHA256"
+    echo "export INGRESS_ADDR=10.213.0.4"
+    echo "export TESTBED_CA=$("$S/githost.sh" ca | tail -n 1)/ca.crt"
+    echo "export INGRESS_TLS_DIR=$("$S/githost.sh" ws-cert | tail -n 1)"
   } >"$ENV"
   log "installing the chart"
   helm upgrade --install "$RELEASE" "$ROOT/charts/projectvm-operator" -n "$OP_NS" --create-namespace \
@@ -200,6 +209,7 @@ down() {
   fi
   "$S/githost.sh" stop "$STATE/git" 2>/dev/null || true
   "$S/fake-gcs.sh" stop "$STATE/gcs" 2>/dev/null || true
+  "$S/traefik.sh" stop "$STATE" 2>/dev/null || true
   "$S/control-plane.sh" down "$STATE/cp" 2>/dev/null || true
   log "test bed is down"
 }

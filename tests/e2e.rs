@@ -14,6 +14,8 @@ mod booting;
 mod clusters;
 #[path = "e2e/errors.rs"]
 mod errors;
+#[path = "e2e/ingress.rs"]
+mod ingress;
 #[path = "e2e/kstatus.rs"]
 mod kstatus;
 #[path = "e2e/leader.rs"]

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The test "git + apt host" at 10.213.0.2 (netns pvm-git).
 #   githost.sh ca                 create (once) the test CA + server cert; prints the CA dir
+#   githost.sh ws-cert            create (once) a certificate for *.ws.pvm.test (Workspace hosts
+#                                 behind the bed's ingress) from the test CA; prints its dir
+#                                 (tls.crt, tls.key: the names a TLS Secret uses)
 #   githost.sh apt-repo           build (once, cached) the local apt repo; prints its dir
 #   githost.sh start STATE_DIR    net.sh up, then run gitserver.py in netns pvm-git:
 #                                   https://10.213.0.2:443/{public,private}/NAME.git
@@ -60,6 +63,29 @@ EXT
   # another process may have won the race: keep the first complete CA
   if ! mv -T "$tmp" "$CA_DIR" 2>/dev/null; then rm -rf "$tmp"; fi
   log "created test CA in $CA_DIR"
+}
+
+WS_CERT_DIR=$CA_DIR/ws
+ensure_ws_cert() {
+  ensure_ca
+  if [ -s "$WS_CERT_DIR/tls.crt" ] && [ -s "$WS_CERT_DIR/tls.key" ]; then return 0; fi
+  local tmp
+  tmp=$(mktemp -d "$CA_DIR/ws.tmp.XXXXXX")
+  (
+    cd "$tmp"
+    openssl req -newkey rsa:2048 -nodes -sha256 -keyout tls.key -out tls.csr \
+      -subj "/CN=*.ws.pvm.test" 2>/dev/null
+    printf '%s\n' 'basicConstraints=critical,CA:FALSE' \
+      'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth' \
+      'subjectAltName=DNS:*.ws.pvm.test,DNS:ws.pvm.test' >tls.ext
+    openssl x509 -req -in tls.csr -CA "$CA_DIR/ca.crt" -CAkey "$CA_DIR/ca.key" -CAcreateserial \
+      -CAserial "$tmp/ca.srl" -days 3650 -sha256 -extfile tls.ext -out tls.crt 2>/dev/null
+    rm -f tls.csr tls.ext ca.srl
+    chmod 600 tls.key
+  )
+  # another process may have won the race: keep the first complete one
+  if ! mv -T "$tmp" "$WS_CERT_DIR" 2>/dev/null; then rm -rf "$tmp"; fi
+  log "created the *.ws.pvm.test certificate in $WS_CERT_DIR"
 }
 
 ensure_apt_repo() {
@@ -146,9 +172,10 @@ stop() {
 
 case "${1:-}" in
   ca) ensure_ca; echo "$CA_DIR" ;;
+  ws-cert) ensure_ws_cert; echo "$WS_CERT_DIR" ;;
   apt-repo) ensure_apt_repo; echo "$APT_DIR/apt" ;;
   start) start "${2:-}" ;;
   stop) stop "${2:-}" ;;
   status) if pid_alive "${2:?STATE_DIR}/gitserver.pid"; then echo running; else echo stopped; exit 1; fi ;;
-  *) sed -n '2,15p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,18p' "$0" >&2; exit 2 ;;
 esac

@@ -12,8 +12,10 @@ PKGS=(
   openssl git python3 dpkg-dev
   # code-server install on the host (ripgrep cache trick + native modules)
   ripgrep libkrb5-dev libx11-dev libxkbfile-dev libsecret-1-dev pkg-config build-essential
-  # browser tests
-  chromium chromium-driver
+  # browser tests (certutil: an NSS db trusting the bed CA for the HTTPS ingress test)
+  chromium chromium-driver libnss3-tools
+  # relays the API server into the ingress controller's namespace (testbed/scripts/traefik.sh)
+  socat
   # clients used by the tests; sshd for the SSH edge's own test (never started as a service)
   openssh-client openssh-server sudo curl jq ca-certificates
   # runs docs/argocd-health.lua in tests/gitops_health.rs

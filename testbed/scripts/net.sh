@@ -5,6 +5,8 @@
 #   netns   pvm-gcs  10.213.0.3/24  on veth pvmgcs0 <-> eth0, joined to pvmbr0 (Cloud Storage
 #                                   emulator, fake-gcs-server on port 80; only the operator, in
 #                                   the root namespace, talks to it)
+#   netns   pvm-ingress 10.213.0.4/24 on veth pvming0 <-> eth0, joined to pvmbr0 (ingress
+#                                   controller, Traefik on 443/80; it reaches the machines)
 # Machines get 10.213.0.16-250 on their own veths joined to pvmbr0 (done by the emulator).
 #   usage: net.sh up|down|status        (idempotent, as root)
 set -euo pipefail
@@ -12,7 +14,7 @@ set -euo pipefail
 BR=pvmbr0
 BR_ADDR=10.213.0.1/24
 # namespace:address:root-namespace end of its veth
-HOSTS=(pvm-git:10.213.0.2/24:pvmgit0 pvm-gcs:10.213.0.3/24:pvmgcs0)
+HOSTS=(pvm-git:10.213.0.2/24:pvmgit0 pvm-gcs:10.213.0.3/24:pvmgcs0 pvm-ingress:10.213.0.4/24:pvming0)
 
 host_up() { # netns addr veth
   local ns=$1 addr=$2 veth=$3

@@ -5,9 +5,15 @@
 //   node open-workspace.mjs URL PASSWORD|- EXPECTED_FILE SCREENSHOT.png [STAY_SECONDS]
 // With STAY_SECONDS the page stays open that long afterwards, as a person working would
 // (code-server's heartbeat then shows activity).
+// PASSWORD `@env` reads it from WORKSPACE_PASSWORD, so it is on no command line.
+// CHROMIUM_EXTRA_ARGS: a JSON array of further Chromium flags (e.g. --host-resolver-rules).
+// REQUIRE_SECURE_CONTEXT=1: fail unless the page is a secure context (trusted HTTPS) and
+// shows no "insecure context" notice.
 import { chromium } from 'playwright-core';
 
-const [url, password, expected, screenshot, stay] = process.argv.slice(2);
+const [url, passwordArg, expected, screenshot, stay] = process.argv.slice(2);
+const password = passwordArg === '@env' ? process.env.WORKSPACE_PASSWORD : passwordArg;
+const extraArgs = process.env.CHROMIUM_EXTRA_ARGS ? JSON.parse(process.env.CHROMIUM_EXTRA_ARGS) : [];
 if (!url || !password || !expected || !screenshot) {
   console.error('usage: open-workspace.mjs URL PASSWORD|- EXPECTED_FILE SCREENSHOT.png');
   process.exit(2);
@@ -16,7 +22,7 @@ if (!url || !password || !expected || !screenshot) {
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    '--disable-background-networking', '--disable-component-update', '--disable-sync', ...extraArgs],
 });
 let ok = false;
 const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
@@ -36,8 +42,16 @@ try {
   if (await page.getByText('Do you trust the authors', { exact: false }).count() > 0) {
     throw new Error('the workspace trust prompt is shown');
   }
-  ok = true;
   console.log(`explorer shows ${expected}`);
+  if (process.env.REQUIRE_SECURE_CONTEXT === '1') {
+    if (!(await page.evaluate(() => window.isSecureContext))) throw new Error('the page is not a secure context');
+    // code-server warns "... is being accessed in an insecure context" in a notification
+    await page.waitForTimeout(3_000);
+    const text = await page.evaluate(() => document.body.innerText);
+    if (/insecure context/i.test(text)) throw new Error('the page shows an "insecure context" notice');
+    console.log('secure context, no insecure-context notice');
+  }
+  ok = true;
   if (stay) {
     const until = Date.now() + Number(stay) * 1000;
     while (Date.now() < until) {

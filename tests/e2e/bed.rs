@@ -504,3 +504,65 @@ impl Drop for OperatorProcess {
         let _ = self.child.wait();
     }
 }
+
+/// One run of tests/browser/open-workspace.mjs: headless Chromium opens `url`, logs in with
+/// `password` (handed over in the environment, never on a command line) and waits for
+/// `expected` in the file explorer; the screenshot lands at `screenshot`.
+pub struct Browser<'a> {
+    pub url: &'a str,
+    pub password: Option<&'a str>,
+    pub expected: &'a str,
+    pub screenshot: &'a std::path::Path,
+    /// Keep using the page this long afterwards (code-server's heartbeat then shows activity).
+    pub stay_seconds: Option<u32>,
+    /// Further environment for the script (CHROMIUM_EXTRA_ARGS, REQUIRE_SECURE_CONTEXT, HOME).
+    pub env: Vec<(&'a str, String)>,
+}
+
+impl Browser<'_> {
+    /// Runs the script, bounded (its own waits plus the stay, plus a margin); Err with what
+    /// it printed when it fails or overruns.
+    pub fn open(&self) -> Result<String, String> {
+        let mut c = Command::new("node");
+        c.current_dir(repo_root().join("tests/browser")).arg("open-workspace.mjs").arg(self.url);
+        match self.password {
+            Some(p) => {
+                c.arg("@env").env("WORKSPACE_PASSWORD", p);
+            }
+            None => {
+                c.arg("-");
+            }
+        }
+        c.arg(self.expected).arg(self.screenshot);
+        if let Some(s) = self.stay_seconds {
+            c.arg(s.to_string());
+        }
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        let limit = Duration::from_secs(240 + u64::from(self.stay_seconds.unwrap_or(0)));
+        let out_path = self.screenshot.with_extension("log");
+        let log = std::fs::File::create(&out_path).map_err(|e| format!("{}: {e}", out_path.display()))?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let mut child =
+            c.stdin(Stdio::null()).stdout(log).stderr(err).spawn().map_err(|e| format!("node did not start: {e}"))?;
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                Ok(None) | Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+            }
+        };
+        let said = std::fs::read_to_string(&out_path).unwrap_or_default();
+        match status {
+            Some(s) if s.success() => Ok(said),
+            Some(s) => Err(format!("browser exited with {s}: {said}")),
+            None => Err(format!("browser did not finish within {limit:?}: {said}")),
+        }
+    }
+}

@@ -1,9 +1,7 @@
 //! Workspaces end to end: a public repository opened in a real browser, and a private one
 //! whose token must never show up anywhere but the helper file on the VM.
 
-use std::process::Command;
-
-use crate::bed::{Bed, READY_TIMEOUT, artifacts, base64_decode, bed, operator_shared, repo_root};
+use crate::bed::{Bed, Browser, READY_TIMEOUT, artifacts, base64_decode, bed, operator_shared, repo_root};
 
 /// The example manifest, pointed at this test's namespace.
 fn example(file: &str) -> String {
@@ -62,18 +60,17 @@ fn public_workspace_opens_in_a_browser() {
         b.kubectl(&["-n", &ns, "get", "secret", &format!("{name}-code-server"), "-o", "jsonpath={.data.password}"]);
     let password = String::from_utf8(base64_decode(pw_b64.trim())).unwrap();
     let shot = artifacts().join("workspace-public.png");
-    let out = Command::new("node")
-        .current_dir(repo_root().join("tests/browser"))
-        .args(["open-workspace.mjs", &url, &password, "README.md", shot.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "browser did not see README.md at {url}: {}{}\n(screenshot: {})",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        shot.display()
-    );
+    let browser = Browser {
+        url: &url,
+        password: Some(&password),
+        expected: "README.md",
+        screenshot: &shot,
+        stay_seconds: None,
+        env: Vec::new(),
+    };
+    if let Err(e) = browser.open() {
+        panic!("browser did not see README.md at {url}: {e}\n(screenshot: {})", shot.display());
+    }
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "screenshot is empty");
 
     let uid = obj["metadata"]["uid"].as_str().unwrap().to_string();
