@@ -392,12 +392,17 @@ fn idle_workspace_is_stopped_and_one_in_use_is_not() {
     let password = b.kubectl(&["-n", &ns, "get", "secret", &secret, "-o", "jsonpath={.data.password}"]);
     let password = String::from_utf8(crate::bed::base64_decode(password.trim())).unwrap();
     let shot = crate::bed::artifacts().join("workspace-in-use.png");
-    let out = std::process::Command::new("node")
-        .current_dir(crate::bed::repo_root().join("tests/browser"))
-        .args(["open-workspace.mjs", &url, &password, "README.md", shot.to_str().unwrap(), "120"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "browser session failed: {}", String::from_utf8_lossy(&out.stderr));
+    // The password reaches the browser script through its environment, never its argv.
+    let session = crate::bed::Browser {
+        url: &url,
+        password: Some(&password),
+        expected: "README.md",
+        screenshot: &shot,
+        stay_seconds: Some(120),
+        env: vec![],
+    }
+    .open();
+    assert!(session.is_ok(), "browser session failed: {}", session.unwrap_err());
     let unused = b.get(&ns, "ws", "unused");
     assert_eq!(unused["status"]["phase"], "Stopped", "the unused workspace is stopped");
     assert_eq!(Bed::condition(&unused, "Ready").unwrap()["reason"], "IdleTimeout");
