@@ -244,6 +244,16 @@ pub async fn act<K: VmKind>(
     }
 }
 
+/// The address the operator connects to: the internal one with `--use-internal-ip`, else the
+/// external one when the instance has it.
+pub fn reachable_address(
+    config: &crate::config::Config,
+    internal: Option<&String>,
+    external: Option<&String>,
+) -> Option<String> {
+    if config.use_internal_ip { internal.cloned() } else { external.or(internal).cloned() }
+}
+
 /// How the operator reaches a running instance.
 pub struct Access {
     pub address: String,
@@ -259,12 +269,7 @@ pub async fn access<K: VmKind>(
     inst: &CloudInstance,
     observed: &Observed,
 ) -> Result<Option<Access>, Error> {
-    let address = if ctx.config.use_internal_ip {
-        inst.internal_ip.clone()
-    } else {
-        inst.external_ip.clone().or_else(|| inst.internal_ip.clone())
-    };
-    let Some(address) = address else {
+    let Some(address) = reachable_address(&ctx.config, inst.internal_ip.as_ref(), inst.external_ip.as_ref()) else {
         report.set(Update::falsy(
             types::INSTANCE_READY,
             Reason::NoAddress,

@@ -23,11 +23,11 @@ pub async fn target(ctx: &Context, pvm: &ProjectVM) -> Result<Result<SshTarget, 
     let Some(inst) = status.instance else {
         return Ok(Err(format!("ProjectVM {name} has no instance yet")));
     };
-    let address = if ctx.config.use_internal_ip {
-        inst.internal_ip.clone()
-    } else {
-        inst.external_ip.clone().or_else(|| inst.internal_ip.clone())
-    };
+    let address = crate::controller::instance::reachable_address(
+        &ctx.config,
+        inst.internal_ip.as_ref(),
+        inst.external_ip.as_ref(),
+    );
     let (Some(host), Some(pinned_host_key)) = (address, inst.host_key.clone()) else {
         return Ok(Err(format!("ProjectVM {name} has no address or pinned host key yet")));
     };
