@@ -555,7 +555,8 @@ async fn running_timeout_stops_a_busy_vm_and_a_start_request_starts_it_again() {
     assert_eq!(vm.vm_status().unwrap().phase, Some(Phase::Stopped));
     vm.metadata.annotations = Some([(projectvm::api::START_ANNOTATION.to_string(), "now".to_string())].into());
     w.until_ready(&mut vm).await;
-    let since = vm.vm_status().unwrap().power.as_ref().unwrap().running_since.as_ref().map(projectvm::clock::from_micro_time);
+    let since =
+        vm.vm_status().unwrap().power.as_ref().unwrap().running_since.as_ref().map(projectvm::clock::from_micro_time);
     assert!(since.unwrap() > long_ago + chrono::Duration::hours(12), "a new running period");
 }
 

@@ -80,6 +80,15 @@ pub async fn act<K: VmKind>(
                 service_account_email: None,
                 tags: vec!["projectvm".into()],
             };
+            // What it will cost, before it costs anything: in the status and, once, an event.
+            if report.status.cost.is_none() {
+                let will_run = machine.run_strategy != RunStrategy::Halted;
+                let compute = ctx.rates.compute_hourly(&req.machine_type);
+                let disk = ctx.rates.disk_hourly(machine.disk_size_gb);
+                report.status.cost = Some(crate::cost::estimate(compute, disk, will_run, report.now));
+                let note = crate::cost::estimate_note(&ctx.rates, &req.machine_type, machine.disk_size_gb, will_run);
+                report.normal("CostEstimate", format!("creating {note}"));
+            }
             let what = format!("creating instance {name} ({}) in {zone}", req.machine_type);
             report.set(Update::falsy(types::INSTANCE_READY, Reason::Provisioning, what.clone()));
             report.progress("Instance", what, None);

@@ -141,7 +141,9 @@ impl Report {
         self.set(Update::falsy(types::READY, reason, message.clone()));
 
         match reason {
-            Reason::Stopped | Reason::IdleTimeout | Reason::RunningTimeout => return self.settle(Phase::Stopped, "Stopped", "VM is stopped"),
+            Reason::Stopped | Reason::IdleTimeout | Reason::RunningTimeout => {
+                return self.settle(Phase::Stopped, "Stopped", "VM is stopped");
+            }
             _ => {}
         }
         let phase =
