@@ -126,6 +126,64 @@ pub fn cost_view(namespace: &str, rows: &[CostRow]) -> String {
     table(&["KIND", "NAME", "PHASE", "RATE", "ACCRUED", "EST. MONTHLY"], &lines, 60)
 }
 
+/// The largest manifest `cost -f` reads.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
+/// `cost -f FILE`: what each ProjectVM and Workspace in a manifest would cost, before it is
+/// applied (documents of other kinds are skipped), and the total.
+pub fn estimate_view(manifest: &str, rates: &crate::cost::Rates) -> anyhow::Result<String> {
+    use serde::Deserialize as _;
+    let money = |v: f64| format!("${v:.2}");
+    let mut lines: Vec<Vec<String>> = Vec::new();
+    let mut monthly = 0.0;
+    for (i, doc) in serde_yaml::Deserializer::from_str(manifest).enumerate() {
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| anyhow::anyhow!("document {}: {e}", i + 1))?;
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+        let group = value.get("apiVersion").and_then(|k| k.as_str()).unwrap_or_default();
+        if !group.starts_with("projectvm.dev/") {
+            continue;
+        }
+        let name = value.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("?");
+        let machine = match kind {
+            "ProjectVM" => serde_yaml::from_value::<crate::api::ProjectVM>(value.clone()).map(|o| o.spec.machine),
+            "Workspace" => serde_yaml::from_value::<crate::api::Workspace>(value.clone()).map(|o| o.spec.machine),
+            _ => continue,
+        }
+        .map_err(|e| anyhow::anyhow!("{kind} {name}: {e}"))?;
+        let machine_type = machine.desired_machine_type();
+        let will_run = machine.run_strategy != crate::api::RunStrategy::Halted;
+        let compute = rates.compute_hourly(&machine_type);
+        let disk = rates.disk_hourly(machine.disk_size_gb);
+        let e = crate::cost::estimate(compute, disk, will_run, chrono::Utc::now());
+        monthly += e.estimated_monthly;
+        let known = if rates.machine_types.contains_key(&machine_type) { "" } else { " (no rate known)" };
+        lines.push(vec![
+            kind.into(),
+            name.into(),
+            format!("{machine_type}{known}"),
+            format!("{} GB", machine.disk_size_gb),
+            format!("{}/h", money(e.hourly_rate)),
+            money(e.estimated_monthly),
+        ]);
+    }
+    if lines.is_empty() {
+        anyhow::bail!("the manifest has no ProjectVM or Workspace");
+    }
+    lines.push(vec![
+        "TOTAL".into(),
+        format!("{} resource(s)", lines.len()),
+        String::new(),
+        String::new(),
+        String::new(),
+        money(monthly),
+    ]);
+    let mut out = table(&["KIND", "NAME", "MACHINE TYPE", "DISK", "RATE", "EST. MONTHLY"], &lines, 60);
+    out.push_str(
+        "Estimates assume running all month (Halted: disk only); idle shutdown and maxRunningTime lower them.\n",
+    );
+    Ok(out)
+}
+
 /// `open NAME`: where to go and how to log in.
 pub fn open_view(url: Option<&str>, password: Option<&str>, password_source: &str, ready: bool) -> String {
     let mut out = String::new();
@@ -214,6 +272,23 @@ mod tests {
         );
         let healthy = status_view(Kind::Run, "n", "r", None, &conds[..1]);
         assert!(!healthy.contains("):\n"), "nothing failing: {healthy}");
+    }
+
+    #[test]
+    fn estimates_a_manifest_before_it_is_applied() {
+        let manifest = "apiVersion: v1\nkind: Secret\nmetadata: {name: t}\n---\napiVersion: projectvm.dev/v1alpha1\nkind: ProjectVM\nmetadata: {name: big}\nspec:\n  size: xlarge\n  diskSizeGb: 200\n  repository: {url: https://git.example/a.git}\n---\napiVersion: projectvm.dev/v1alpha1\nkind: Workspace\nmetadata: {name: parked}\nspec:\n  runStrategy: Halted\n  repository: {url: https://git.example/b.git}\n";
+        let v = estimate_view(manifest, &crate::cost::Rates::default()).unwrap();
+        assert!(v.contains("e2-standard-8"), "{v}");
+        assert!(v.contains("$203.66"), "xlarge all month with 200 GB: {v}");
+        assert!(v.contains("$2.00"), "a Halted Workspace pays its 50 GB disk only: {v}");
+        assert!(v.contains("$205.66"), "total: {v}");
+        assert!(!v.contains("Secret"), "{v}");
+        assert!(estimate_view("apiVersion: v1\nkind: ConfigMap\n", &crate::cost::Rates::default()).is_err());
+        let bad = estimate_view(
+            "apiVersion: projectvm.dev/v1alpha1\nkind: ProjectVM\nmetadata: {name: x}\nspec: {size: huge}\n",
+            &crate::cost::Rates::default(),
+        );
+        assert!(bad.unwrap_err().to_string().contains("ProjectVM x"));
     }
 
     #[test]

@@ -88,6 +88,7 @@ reasons! {
     Stopping => Progress,
     Stopped => Progress,
     IdleTimeout => Progress,
+    RunningTimeout => Progress,
     Resizing => Progress,
     Waiting => Progress,
     InProgress => Progress,

@@ -146,6 +146,40 @@ pub fn cost(power: &PowerStatus, compute_hourly: f64, disk_hourly: f64, now: Dat
     }
 }
 
+/// The cost block of a VM that does not exist yet: nothing accrued, and the month predicted
+/// from the spec alone (running all month unless it is to stay stopped).
+pub fn estimate(compute_hourly: f64, disk_hourly: f64, will_run: bool, now: DateTime<Utc>) -> CostStatus {
+    let running = if will_run { compute_hourly } else { 0.0 };
+    let estimated_monthly = HOURS_PER_MONTH * (running + disk_hourly);
+    CostStatus {
+        hourly_rate: round(compute_hourly + disk_hourly, 6),
+        hours_used: 0.0,
+        accrued: 0.0,
+        estimated_monthly: round(estimated_monthly, 2),
+        display: Some("$0.00".into()),
+        computed_at: Some(crate::clock::time(now)),
+    }
+}
+
+/// What the estimate says before a VM is made, e.g. `e2-standard-8 with a 200 GB disk:
+/// about $211.64 a month running all month ($0.2790/h)`.
+pub fn estimate_note(rates: &Rates, machine_type: &str, disk_gb: i32, will_run: bool) -> String {
+    let compute = rates.compute_hourly(machine_type);
+    let disk = rates.disk_hourly(disk_gb);
+    let e = estimate(compute, disk, will_run, Utc::now());
+    let unknown = if rates.machine_types.contains_key(machine_type) {
+        String::new()
+    } else {
+        format!("; no rate is known for {machine_type}, so compute is not counted (add it to the rates file)")
+    };
+    let how = if will_run { "running all month" } else { "kept stopped (disk only)" };
+    format!(
+        "{machine_type} with a {disk_gb} GB disk: about ${:.2} a month {how} (${:.4}/h while running){unknown}",
+        e.estimated_monthly,
+        compute + disk
+    )
+}
+
 fn round(v: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (v * f).round() / f
@@ -155,6 +189,20 @@ fn round(v: f64, digits: i32) -> f64 {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn estimates_before_the_vm_exists() {
+        let rates = Rates::default();
+        let e = estimate(rates.compute_hourly("e2-standard-8"), rates.disk_hourly(200), true, t(0));
+        assert_eq!(e.accrued, 0.0);
+        assert_eq!(e.estimated_monthly, round(730.0 * 0.268024 + 200.0 * 0.04, 2));
+        let halted = estimate(rates.compute_hourly("e2-standard-8"), rates.disk_hourly(200), false, t(0));
+        assert_eq!(halted.estimated_monthly, 8.0, "disk only");
+        let note = estimate_note(&rates, "e2-standard-8", 200, true);
+        assert!(note.contains("$203.66 a month running all month"), "{note}");
+        let odd = estimate_note(&rates, "n2-highmem-96", 50, true);
+        assert!(odd.contains("no rate is known for n2-highmem-96"), "{odd}");
+    }
 
     fn t(h: i64) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::hours(h)

@@ -526,6 +526,40 @@ async fn idle_vm_stops_and_a_busy_one_keeps_running() {
     assert!(seen > two_hours_ago + chrono::Duration::minutes(100), "activity recorded");
 }
 
+#[tokio::test]
+async fn running_timeout_stops_a_busy_vm_and_a_start_request_starts_it_again() {
+    let w = World::new().await;
+    let mut vm = projectvm("capped", &format!("{REPO}  runStrategy: Manual\n  maxRunningTime: 12h\n"));
+    w.until_ready(&mut vm).await;
+    // Someone is at work, and the VM has been up for thirteen hours.
+    w.guest(|g| g.active = true);
+    let long_ago = chrono::Utc::now() - chrono::Duration::hours(13);
+    let s = vm.status.as_mut().unwrap();
+    s.power.as_mut().unwrap().running_since = Some(projectvm::clock::micro_time(long_ago));
+    s.last_started_at = Some(projectvm::clock::time(long_ago));
+    w.until(&mut vm, "guardrail stop", SHORT, |s| s.phase == Some(Phase::Stopped)).await;
+    let s = vm.vm_status().unwrap();
+    assert_eq!(harness::condition(s, "Ready").reason, "RunningTimeout");
+    let message = &harness::condition(s, "InstanceReady").message;
+    assert!(message.contains("maxRunningTime 12h"), "{message}");
+    assert!(message.contains(&long_ago.to_rfc3339()[..16]), "names when it started: {message}");
+    assert!(message.contains(projectvm::api::START_ANNOTATION), "says how to start it: {message}");
+    assert!(w.cluster.events_of("capped").iter().any(|e| e.reason == "RunningTimeout"));
+    let name = s.instance.as_ref().unwrap().name.clone().unwrap();
+    assert_eq!(w.instance(&name).await.unwrap().state, projectvm::cloud::InstanceState::Terminated);
+
+    // It stays stopped until someone asks, then runs for another period.
+    for _ in 0..3 {
+        w.reconcile(&mut vm).await.unwrap();
+    }
+    assert_eq!(vm.vm_status().unwrap().phase, Some(Phase::Stopped));
+    vm.metadata.annotations = Some([(projectvm::api::START_ANNOTATION.to_string(), "now".to_string())].into());
+    w.until_ready(&mut vm).await;
+    let since =
+        vm.vm_status().unwrap().power.as_ref().unwrap().running_since.as_ref().map(projectvm::clock::from_micro_time);
+    assert!(since.unwrap() > long_ago + chrono::Duration::hours(12), "a new running period");
+}
+
 // --- deletion ------------------------------------------------------------------------------
 
 #[tokio::test]

@@ -189,6 +189,8 @@ pub enum StopReason {
     Halted,
     /// No activity for `idleTimeout`.
     IdleTimeout,
+    /// Running for `maxRunningTime`.
+    RunningTimeout,
     /// Stopping to change the machine type.
     Resize,
     /// A person asked with the stop-request annotation (`runStrategy: Manual`).
@@ -200,6 +202,7 @@ impl StopReason {
         match self {
             StopReason::Halted => "Halted",
             StopReason::IdleTimeout => "IdleTimeout",
+            StopReason::RunningTimeout => "RunningTimeout",
             StopReason::Resize => "Resize",
             StopReason::Requested => "Requested",
         }
@@ -331,7 +334,7 @@ pub struct PowerStatus {
     /// When the instance was created; disk cost accrues from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<MicroTime>,
-    /// Why the VM was last stopped by the operator (`IdleTimeout`, `Halted` or `Resize`).
+    /// Why the VM was last stopped by the operator (`IdleTimeout`, `RunningTimeout`, `Halted`, `Resize` or `Requested`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_stop_reason: Option<StopReason>,
     /// The last `projectvm.dev/start-requested` annotation value acted upon.

@@ -39,6 +39,13 @@ pub struct MachineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"), length(max = 32))]
     pub idle_timeout: Option<String>,
+    /// Stop the VM once it has been running this long, even while someone is working on it,
+    /// e.g. `12h`: a cost guardrail. The stop is recorded with reason `RunningTimeout`; set
+    /// the annotation `projectvm.dev/start-requested` to a new value to start it again for
+    /// another period. Not allowed with `runStrategy: Always`, which would start it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"), length(max = 32))]
+    pub max_running_time: Option<String>,
     /// A step that makes no progress for this long fails the resource with reason
     /// `StepTimedOut`, e.g. `15m`.
     #[serde(default = "default_progress_timeout")]
@@ -77,6 +84,11 @@ impl MachineSpec {
         self.idle_timeout.as_deref().and_then(crate::clock::parse_duration)
     }
 
+    /// `maxRunningTime` as a duration, when set.
+    pub fn running_limit(&self) -> Option<std::time::Duration> {
+        self.max_running_time.as_deref().and_then(crate::clock::parse_duration)
+    }
+
     /// The machine type the spec asks for.
     pub fn desired_machine_type(&self) -> String {
         match (&self.machine_type, self.size) {
@@ -96,6 +108,14 @@ pub(crate) const MACHINE_RULES: &[(&str, &str)] = &[
         "idleTimeout needs runStrategy Manual or Halted: with Always the VM would be started again right after an idle stop",
     ),
     ("!has(self.idleTimeout) || duration(self.idleTimeout) >= duration('1m')", "idleTimeout must be at least 1m"),
+    (
+        "!has(self.maxRunningTime) || self.runStrategy != 'Always'",
+        "maxRunningTime needs runStrategy Manual or Halted: with Always the VM would be started again right after the stop",
+    ),
+    (
+        "!has(self.maxRunningTime) || duration(self.maxRunningTime) >= duration('1m')",
+        "maxRunningTime must be at least 1m",
+    ),
     ("duration(self.progressTimeout) >= duration('1m')", "progressTimeout must be at least 1m"),
     ("self.user != 'root'", "user must not be root"),
     (

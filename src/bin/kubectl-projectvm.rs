@@ -3,6 +3,7 @@
 //! API server with the current kubeconfig, as kubectl would; the views are in
 //! `projectvm::cli`.
 
+use std::io::Read as _;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -38,8 +39,17 @@ enum Command {
     Stop { name: String },
     /// Conditions as a table, with the failing step's whole message.
     Status { name: String },
-    /// Cost of the ProjectVMs and Workspaces in the namespace, with the total.
-    Cost,
+    /// Cost of the ProjectVMs and Workspaces in the namespace, with the total; with `-f`,
+    /// what the ProjectVMs and Workspaces in a manifest would cost, before applying it.
+    Cost {
+        /// A manifest file (`-` for standard input) to estimate instead of the namespace.
+        #[arg(short = 'f', long)]
+        filename: Option<std::path::PathBuf>,
+        /// A rates file in the operator's `--rates-file` format (default: the built-in
+        /// e2/us-central1 prices).
+        #[arg(long, requires = "filename")]
+        rates: Option<std::path::PathBuf>,
+    },
     /// A Run's log tail; `-f` follows it until the Run ends.
     Logs {
         run: String,
@@ -58,6 +68,10 @@ async fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // An estimate of a manifest needs no cluster.
+    if let Command::Cost { filename: Some(file), rates } = &args.command {
+        return estimate(file, rates.as_deref());
+    }
     let config = kube::Config::infer().await.context("reading the kubeconfig")?;
     let ns = args.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
     let client = Client::try_from(config).context("connecting to Kubernetes")?;
@@ -66,7 +80,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Start { name } => request(&client, &ns, &name, START_ANNOTATION, "start").await,
         Command::Stop { name } => request(&client, &ns, &name, STOP_ANNOTATION, "stop").await,
         Command::Status { name } => status(&client, &ns, &name).await,
-        Command::Cost => cost(&client, &ns).await,
+        Command::Cost { .. } => cost(&client, &ns).await,
         Command::Logs { run, follow } => logs(&client, &ns, &run, follow).await,
     }
 }
@@ -181,6 +195,23 @@ async fn cost(client: &Client, ns: &str) -> anyhow::Result<()> {
         });
     }
     print!("{}", cli::cost_view(ns, &rows));
+    Ok(())
+}
+
+fn estimate(file: &std::path::Path, rates: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let read = |p: &std::path::Path| -> anyhow::Result<String> {
+        if p == std::path::Path::new("-") {
+            std::io::read_to_string(std::io::stdin().take(cli::MAX_MANIFEST_BYTES)).context("reading standard input")
+        } else {
+            let f = std::fs::File::open(p).with_context(|| format!("reading {}", p.display()))?;
+            std::io::read_to_string(f.take(cli::MAX_MANIFEST_BYTES)).with_context(|| format!("reading {}", p.display()))
+        }
+    };
+    let rates = match rates {
+        Some(p) => projectvm::cost::Rates::from_yaml(&read(p)?).with_context(|| format!("parsing {}", p.display()))?,
+        None => projectvm::cost::Rates::default(),
+    };
+    print!("{}", cli::estimate_view(&read(file)?, &rates)?);
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use kube::ResourceExt;
 
 use super::kind::VmKind;
 use super::observe::{Observed, operation_poll_interval};
-use super::status::{Report, stopped_message};
+use super::status::{Report, running_timeout_message, stopped_message};
 use super::{Context, Error};
 use crate::api::{OperationKind, PendingOperation, PowerStatus, RunStrategy, StopReason};
 use crate::api::{START_ANNOTATION, STOP_ANNOTATION};
@@ -40,8 +40,13 @@ pub fn stopped<K: VmKind>(report: &mut Report, obj: &K) {
     finish_resize(report, &obj.machine().desired_machine_type(), "; the VM stays stopped as it was");
     let last_stop = report.status.power.as_ref().and_then(|p| p.last_stop_reason);
     let activity = report.status.last_activity_at.as_ref().map(|t| clock::from_time(t).to_rfc3339());
-    let message = stopped_message(obj.machine(), last_stop, activity);
-    let reason = if last_stop == Some(StopReason::IdleTimeout) { Reason::IdleTimeout } else { Reason::Stopped };
+    let started = report.status.last_started_at.as_ref().map(|t| clock::from_time(t).to_rfc3339());
+    let message = stopped_message(obj.machine(), last_stop, activity, started);
+    let reason = match last_stop {
+        Some(StopReason::IdleTimeout) => Reason::IdleTimeout,
+        Some(StopReason::RunningTimeout) => Reason::RunningTimeout,
+        _ => Reason::Stopped,
+    };
     report.set(Update::falsy(types::INSTANCE_READY, reason, message));
 }
 
@@ -75,6 +80,15 @@ pub async fn act<K: VmKind>(
                 service_account_email: None,
                 tags: vec!["projectvm".into()],
             };
+            // What it will cost, before it costs anything: in the status and, once, an event.
+            if report.status.cost.is_none() {
+                let will_run = machine.run_strategy != RunStrategy::Halted;
+                let compute = ctx.rates.compute_hourly(&req.machine_type);
+                let disk = ctx.rates.disk_hourly(machine.disk_size_gb);
+                report.status.cost = Some(crate::cost::estimate(compute, disk, will_run, report.now));
+                let note = crate::cost::estimate_note(&ctx.rates, &req.machine_type, machine.disk_size_gb, will_run);
+                report.normal("CostEstimate", format!("creating {note}"));
+            }
             let what = format!("creating instance {name} ({}) in {zone}", req.machine_type);
             report.set(Update::falsy(types::INSTANCE_READY, Reason::Provisioning, what.clone()));
             report.progress("Instance", what, None);
@@ -150,6 +164,10 @@ pub async fn act<K: VmKind>(
                         .unwrap_or_else(|| "never".into());
                     let idle = machine.idle_timeout.clone().unwrap_or_default();
                     report.normal("IdleTimeout", format!("stopping: no activity for {idle} (last activity {last})"));
+                }
+                StopReason::RunningTimeout => {
+                    let message = running_timeout_message(machine, report.status.last_started_at.as_ref());
+                    report.normal("RunningTimeout", format!("stopping: {message}"));
                 }
                 StopReason::Halted => report.normal("Stopping", "runStrategy is Halted"),
                 StopReason::Requested => {

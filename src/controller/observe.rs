@@ -406,6 +406,17 @@ pub fn idle_expired<K: VmKind>(report: &Report, obj: &K, inst: Option<&CloudInst
     since.is_some_and(|t| clock::elapsed(report.now, t) >= timeout)
 }
 
+/// How long until `maxRunningTime` is reached, when it is set and the VM runs: zero once
+/// it has passed.
+pub fn running_time_left<K: VmKind>(report: &Report, obj: &K, inst: Option<&CloudInstance>) -> Option<Duration> {
+    let limit = obj.machine().running_limit()?;
+    if inst.is_none_or(|i| i.state != InstanceState::Running) {
+        return None;
+    }
+    let since = report.status.power.as_ref()?.running_since.as_ref().map(clock::from_micro_time)?;
+    Some(limit.saturating_sub(clock::elapsed(report.now, since)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

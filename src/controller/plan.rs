@@ -4,7 +4,7 @@
 use kube::ResourceExt;
 
 use super::kind::VmKind;
-use super::observe::{Observed, idle_expired};
+use super::observe::{Observed, idle_expired, running_time_left};
 use super::status::Report;
 use crate::api::{START_ANNOTATION, STOP_ANNOTATION};
 use crate::cloud::naming::Ownership;
@@ -25,5 +25,6 @@ pub fn instance<K: VmKind>(report: &Report, obj: &K, observed: &Observed) -> Ins
         start_request: obj.annotations().get(START_ANNOTATION).map(String::as_str),
         stop_request: obj.annotations().get(STOP_ANNOTATION).map(String::as_str),
         idle_expired: idle_expired(report, obj, inst),
+        running_expired: running_time_left(report, obj, inst).is_some_and(|left| left.is_zero()),
     })
 }

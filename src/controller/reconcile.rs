@@ -4,7 +4,7 @@
 //! reconcile returns.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::FutureExt;
@@ -110,6 +110,10 @@ async fn pipeline<K: VmKind>(ctx: &Arc<Context>, report: &mut Report, obj: &K) -
             let env = observe::step_env(ctx, obj, inst, &access.address).await?;
             steps::run(ctx, report, kind::step_subject(ctx, obj, &env), &access.target, &env).await;
             activity::probe(ctx, report, obj, &access.target).await;
+            // Back when maxRunningTime is reached, not a resync later.
+            if let Some(left) = observe::running_time_left(report, obj, Some(inst)) {
+                report.soon(left.max(Duration::from_secs(1)));
+            }
         }
         InstanceAction::Stopped => instance::stopped(report, obj),
         action => instance::act(ctx, report, obj, &action, &observed).await?,

@@ -141,7 +141,9 @@ impl Report {
         self.set(Update::falsy(types::READY, reason, message.clone()));
 
         match reason {
-            Reason::Stopped | Reason::IdleTimeout => return self.settle(Phase::Stopped, "Stopped", "VM is stopped"),
+            Reason::Stopped | Reason::IdleTimeout | Reason::RunningTimeout => {
+                return self.settle(Phase::Stopped, "Stopped", "VM is stopped");
+            }
             _ => {}
         }
         let phase =
@@ -240,13 +242,36 @@ impl Report {
     }
 }
 
+/// What a `RunningTimeout` stop says: the limit and when the running period began.
+pub fn running_timeout_message(
+    machine: &MachineSpec,
+    started: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+) -> String {
+    format!(
+        "running for maxRunningTime {} (running since {})",
+        machine.max_running_time.clone().unwrap_or_default(),
+        started.map(|t| crate::clock::from_time(t).to_rfc3339()).unwrap_or_else(|| "unknown".into())
+    )
+}
+
 /// The message of a stopped VM's `InstanceReady`, saying why it is stopped.
-pub fn stopped_message(machine: &MachineSpec, last_stop: Option<StopReason>, last_activity: Option<String>) -> String {
+pub fn stopped_message(
+    machine: &MachineSpec,
+    last_stop: Option<StopReason>,
+    last_activity: Option<String>,
+    last_started: Option<String>,
+) -> String {
     match last_stop {
         Some(StopReason::IdleTimeout) => format!(
             "stopped after idleTimeout {} without activity (last activity {})",
             machine.idle_timeout.clone().unwrap_or_default(),
             last_activity.unwrap_or_else(|| "never".into())
+        ),
+        Some(StopReason::RunningTimeout) => format!(
+            "stopped after running for maxRunningTime {} (running since {}); set annotation {} to a new value to start it again",
+            machine.max_running_time.clone().unwrap_or_default(),
+            last_started.unwrap_or_else(|| "unknown".into()),
+            crate::api::START_ANNOTATION
         ),
         Some(StopReason::Halted) => "stopped: runStrategy is Halted".to_string(),
         Some(StopReason::Requested) => format!(

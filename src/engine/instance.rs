@@ -31,6 +31,8 @@ pub struct InstanceInputs<'a> {
     pub stop_request: Option<&'a str>,
     /// Whether the idle timeout has passed with no activity.
     pub idle_expired: bool,
+    /// Whether the VM has been running for `maxRunningTime`.
+    pub running_expired: bool,
 }
 
 /// Why the operator starts a VM.
@@ -117,6 +119,8 @@ pub fn plan_instance(i: &InstanceInputs<'_>) -> InstanceAction {
         (RunStrategy::Halted, true) => InstanceAction::Stop(StopReason::Halted),
         (RunStrategy::Manual, false) if requested => InstanceAction::Start(StartReason::Requested),
         (RunStrategy::Manual, true) if requested => InstanceAction::AcknowledgeStartRequest,
+        // The cost guardrail wins over activity: it stops a VM in use.
+        (RunStrategy::Manual, true) if i.running_expired => InstanceAction::Stop(StopReason::RunningTimeout),
         (RunStrategy::Manual, true) if i.idle_expired => InstanceAction::Stop(StopReason::IdleTimeout),
         (RunStrategy::Halted, false) if requested => InstanceAction::AcknowledgeStartRequest,
         (_, true) => InstanceAction::Running,
@@ -228,6 +232,7 @@ mod tests {
         start_request: Option<&'static str>,
         stop_request: Option<&'static str>,
         idle: bool,
+        running_too_long: bool,
         metadata: BTreeMap<String, String>,
         owned: bool,
         unlabelled: bool,
@@ -243,6 +248,7 @@ mod tests {
                 start_request: None,
                 stop_request: None,
                 idle: false,
+                running_too_long: false,
                 metadata: [("ssh-keys".to_string(), "project:key".to_string())].into(),
                 owned: true,
                 unlabelled: false,
@@ -260,6 +266,7 @@ mod tests {
                 start_request: self.start_request,
                 stop_request: self.stop_request,
                 idle_expired: self.idle,
+                running_expired: self.running_too_long,
             })
         }
     }
@@ -362,6 +369,20 @@ mod tests {
         assert_eq!(c.plan(), InstanceAction::Stop(StopReason::IdleTimeout));
         c.idle = false;
         assert_eq!(c.plan(), InstanceAction::Running);
+    }
+
+    #[test]
+    fn running_timeout_stops_an_active_vm_and_a_start_request_starts_it_again() {
+        let mut c = Case::new(Some(inst(Running, "e2-medium")));
+        c.rs = RunStrategy::Manual;
+        c.running_too_long = true;
+        assert_eq!(c.plan(), InstanceAction::Stop(StopReason::RunningTimeout), "activity does not keep it up");
+        c.idle = true;
+        assert_eq!(c.plan(), InstanceAction::Stop(StopReason::RunningTimeout), "the guardrail is the reason");
+        c.instance = Some(inst(Terminated, "e2-medium"));
+        assert_eq!(c.plan(), InstanceAction::Stopped, "stays stopped");
+        c.start_request = Some("again");
+        assert_eq!(c.plan(), InstanceAction::Start(StartReason::Requested));
     }
 
     #[test]

@@ -71,6 +71,11 @@ fn the_kubectl_plugin_opens_starts_stops_and_reports() {
     assert!(cost.contains("box") && cost.contains("desk"), "{cost}");
     assert!(cost.lines().last().unwrap().starts_with("TOTAL") && cost.contains("2 resource(s)"), "{cost}");
 
+    // cost -f: an estimate of the examples before they are applied, with no cluster needed.
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/projectvm.yaml");
+    let estimate = ok(b, &["cost", "-f", examples]);
+    assert!(estimate.contains("EST. MONTHLY") && estimate.lines().any(|l| l.starts_with("TOTAL")), "{estimate}");
+
     // logs: a Run's output, followed to its end.
     b.apply(
         &ns,
