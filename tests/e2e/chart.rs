@@ -101,7 +101,7 @@ fn crds_upgrade_from_v0_1_0_keeps_new_fields() {
     // it; with field validation off, silently). This is what an upgrade must not leave.
     let pruned = cp.kubectl_output(
         &["apply", "--validate=false", "-f", "-"],
-        Some(&projectvm("pruned", "  maxRunningTime: 12h\n")),
+        Some(&projectvm("pruned", "  runStrategy: Manual\n  maxRunningTime: 12h\n")),
     );
     assert!(pruned.status.success(), "{}", text(&pruned));
     assert_eq!(spec_field(&cp, "pvm", "pruned", "maxRunningTime"), None, "0.1.0's CRD has no maxRunningTime");
@@ -118,15 +118,15 @@ fn crds_upgrade_from_v0_1_0_keeps_new_fields() {
     must(c.output().unwrap(), "the README's From 0.1.x block");
     let status = must(helm(&["status", RELEASE, "-n", NS, "-o", "json"]), "helm status");
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(status["info"]["status"], "deployed");
+    assert_eq!(status["info"]["status"], "deployed", "{}", status["info"]);
     assert_eq!(status["version"], 2, "one upgrade on top of 0.1.0");
-    assert_eq!(status["chart"]["metadata"]["version"], "0.2.0", "{status}");
 
     // The CRDs now belong to the release, are kept on uninstall, and have the new schema.
     for crd in CRDS {
         let o: serde_json::Value = serde_json::from_str(&cp.kubectl(&["get", "crd", crd, "-o", "json"])).unwrap();
         let meta = &o["metadata"];
         assert_eq!(meta["labels"]["app.kubernetes.io/managed-by"], "Helm", "{crd}");
+        assert_eq!(meta["labels"]["helm.sh/chart"], "projectvm-operator-0.2.0", "{crd}: rendered by this chart");
         assert_eq!(meta["annotations"]["meta.helm.sh/release-name"], RELEASE, "{crd}");
         assert_eq!(meta["annotations"]["helm.sh/resource-policy"], "keep", "{crd}");
     }
@@ -134,9 +134,10 @@ fn crds_upgrade_from_v0_1_0_keeps_new_fields() {
 
     // The new field survives now, on both kinds, with strict field validation (kubectl's
     // default) — the API server would refuse it if the schema did not know it.
-    for (kind, manifest) in
-        [("pvm", projectvm("after", "  maxRunningTime: 12h\n")), ("ws", workspace("after", "  maxRunningTime: 12h\n"))]
-    {
+    for (kind, manifest) in [
+        ("pvm", projectvm("after", "  runStrategy: Manual\n  maxRunningTime: 12h\n")),
+        ("ws", workspace("after", "  runStrategy: Manual\n  maxRunningTime: 12h\n")),
+    ] {
         let out = cp.kubectl_output(&["apply", "-f", "-"], Some(&manifest));
         assert!(out.status.success(), "{kind} with maxRunningTime after the upgrade: {}", text(&out));
         assert_eq!(spec_field(&cp, kind, "after", "maxRunningTime").as_deref(), Some("12h"), "{kind}");
