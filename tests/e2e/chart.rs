@@ -145,6 +145,31 @@ fn crds_upgrade_from_v0_1_0_keeps_new_fields() {
     // And the object made under 0.1.0 is still there.
     assert_eq!(cp.get("default", "ws", "before")["metadata"]["name"], "before");
 
+    // The optional objects, rendered with everything on, are valid for a real API server
+    // (kubectl's strict field validation; the PrometheusRule needs prometheus-operator's CRD,
+    // which this cluster lacks: tests/chart_render.rs checks it with promtool).
+    let everything = [
+        "gcp.project=testbed",
+        "replicas=2",
+        "podDisruptionBudget.enabled=true",
+        "networkPolicy.enabled=true",
+        "networkPolicy.apiServer.cidrs={127.0.0.1/32}",
+        "grafana.dashboard.enabled=true",
+        "topologySpreadConstraints[0].maxSkew=1",
+        "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+        "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+    ];
+    let mut args = vec!["template", RELEASE, chart.as_str(), "-n", NS];
+    for s in &everything {
+        args.extend(["--set", s]);
+    }
+    let rendered = must(helm(&args), "helm template with everything on");
+    for kind in ["PodDisruptionBudget", "NetworkPolicy", "ConfigMap", "Deployment"] {
+        assert!(rendered.contains(&format!("\nkind: {kind}\n")), "{kind} not rendered");
+    }
+    let dry = cp.kubectl_output(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
+    assert!(dry.status.success(), "the API server refused the chart's objects:\n{}", text(&dry));
+
     // Uninstalling leaves the CRDs and every resource (crds.keep).
     must(helm(&["uninstall", RELEASE, "-n", NS, "--wait", "--timeout=60s"]), "helm uninstall");
     for crd in CRDS {
@@ -179,7 +204,8 @@ fn every_dashboard_and_alert_metric_is_exported() {
     let b = bed();
     let ns = b.namespace("e2e-chart-metrics");
     // A Ready VM with an idle timeout (Manual: idle shutdown needs it), and one that fails
-    // (a repository that does not exist), so per-object, idle and failure series all exist.
+    // (a repository that does not exist), so per-object, idle and failure series all exist
+    // (a family without a sample is not rendered at all).
     b.apply(
         &ns,
         "apiVersion: projectvm.dev/v1alpha1\nkind: ProjectVM\nmetadata:\n  name: watched\nspec:\n  size: small\n  runStrategy: Manual\n  idleTimeout: 1h\n  repository:\n    url: https://git.pvm.test/public/demo.git\n    depth: 1\n",
@@ -187,6 +213,14 @@ fn every_dashboard_and_alert_metric_is_exported() {
     b.apply(
         &ns,
         "apiVersion: projectvm.dev/v1alpha1\nkind: ProjectVM\nmetadata:\n  name: failing\nspec:\n  size: small\n  repository:\n    url: https://git.pvm.test/public/does-not-exist.git\n",
+    );
+    // And one whose reconciles fail: its namespace allows no Secrets, so the operator cannot
+    // store its SSH key (the API server refuses it: a reconcile error, retried).
+    let refused = b.namespace("e2e-chart-errors");
+    b.kubectl(&["-n", &refused, "create", "quota", "no-secrets", "--hard=secrets=0"]);
+    b.apply(
+        &refused,
+        "apiVersion: projectvm.dev/v1alpha1\nkind: ProjectVM\nmetadata:\n  name: refused\nspec:\n  size: small\n  repository:\n    url: https://git.pvm.test/public/demo.git\n",
     );
     b.wait_condition(&ns, "pvm", "watched", "Ready", READY_TIMEOUT);
     b.eventually("failing to report RepositoryNotFound", READY_TIMEOUT, || {
@@ -217,6 +251,7 @@ fn every_dashboard_and_alert_metric_is_exported() {
     let line = format!("projectvm_ready{{kind=\"projectvm\",namespace=\"{ns}\",name=\"watched\"}} 1");
     assert!(metrics.lines().any(|l| l == line), "no {line} in /metrics:\n{metrics}");
     b.delete_namespace(&ns);
+    b.delete_namespace(&refused);
 }
 
 #[test]
