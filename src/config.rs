@@ -33,6 +33,10 @@ fn parse_cluster_name(s: &str) -> Result<String, String> {
 /// The configuration with its cluster name settled: the one given, or else the uid of the
 /// `kube-system` Namespace (stable for the cluster's life, unique per cluster). Start-up
 /// fails with what to do when neither is available.
+fn shard_flag(s: &str) -> Result<crate::shard::ShardSelector, String> {
+    crate::shard::ShardSelector::parse(s)
+}
+
 pub async fn with_cluster_name(mut config: Config, client: &kube::Client) -> anyhow::Result<Config> {
     config.cluster_name = config.cluster_name.filter(|n| !n.is_empty());
     if let Some(name) = &config.cluster_name {
@@ -139,6 +143,13 @@ pub struct Config {
     /// when empty. The chart's namespaced mode grants Roles in exactly these.
     #[arg(long, env = "PROJECTVM_WATCH_NAMESPACE", value_delimiter = ',')]
     pub watch_namespace: Vec<String>,
+    /// Reconcile only the ProjectVMs and Workspaces whose labels match this label selector
+    /// (and the Runs of those ProjectVMs), to split the objects among several operators, each
+    /// with its own `--lease-name`. Following Flux, shards select
+    /// `sharding.fluxcd.io/key in (NAME)` and the default operator `!sharding.fluxcd.io/key`.
+    /// Empty: everything.
+    #[arg(long, env = "PROJECTVM_SHARD_SELECTOR", default_value = "", value_parser = shard_flag)]
+    pub shard_selector: crate::shard::ShardSelector,
     /// SSH port on the VMs.
     #[arg(long, env = "PROJECTVM_SSH_PORT", default_value_t = 22)]
     pub ssh_port: u16,

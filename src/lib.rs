@@ -32,6 +32,7 @@ pub mod leader;
 pub mod metrics;
 pub mod run;
 pub mod server;
+pub mod shard;
 pub mod shell;
 pub mod ssh;
 pub mod storage;

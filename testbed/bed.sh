@@ -17,6 +17,8 @@
 #
 # PROJECTVM_OPERATOR_BIN=PATH runs that operator binary instead of target/debug's (and `up`
 # then builds only the emulator), e.g. an older commit's build for a before/after benchmark.
+# The bed's operator is the default shard (--shard-selector !sharding.fluxcd.io/key, as the
+# chart runs it when shards are configured) and reports events as POD_NAME=bed-operator.
 # The bed's operator runs with the production lease timings (15s/10s/2s): shorter ones
 # (6s/4s/1s were tried) made a busy debug build miss its renew deadline under a full e2e run,
 # and nothing restarts the bed's operator the way a Deployment would. PROJECTVM_LEASE_DURATION,
@@ -126,6 +128,8 @@ PROJECTVM_CODE_SERVER_URL=$CODE_SERVER_URL
 PROJECTVM_CODE_SERVER_SHA256=$CODE_SERVER_SHA256
 PROJECTVM_METRICS_ADDR=${METRICS_URL#http://}
 POD_NAMESPACE=$OP_NS
+POD_NAME=bed-operator
+PROJECTVM_SHARD_SELECTOR=!sharding.fluxcd.io/key
 PROJECTVM_LEASE_DURATION=${PROJECTVM_LEASE_DURATION:-15s}
 PROJECTVM_LEASE_RENEW_DEADLINE=${PROJECTVM_LEASE_RENEW_DEADLINE:-10s}
 PROJECTVM_LEASE_RETRY_PERIOD=${PROJECTVM_LEASE_RETRY_PERIOD:-2s}

@@ -38,6 +38,8 @@ mod rbac;
 mod runs;
 #[path = "e2e/scale.rs"]
 mod scale;
+#[path = "e2e/shards.rs"]
+mod shards;
 #[path = "e2e/sharing.rs"]
 mod sharing;
 #[path = "e2e/stock.rs"]

@@ -41,6 +41,7 @@ pub async fn cleanup<K: VmKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action
     if obj.machine().deletion_policy == DeletionPolicy::Orphan {
         report.normal("Orphaned", format!("deletionPolicy is Orphan: instance {name} in {zone} is kept"));
         publish(&ctx, &owner, &report).await;
+        ctx.metrics.forget(K::LABEL, &owner.namespace, &owner.name);
         return Ok(Action::await_change());
     }
     report.status.phase = Some(Phase::Deleting);

@@ -102,6 +102,13 @@ impl Context {
         (Arc::new(ctx), Wakeups { projectvm: rp, workspace: rw, run: rr })
     }
 
+    /// Drops what this operator holds for an object that is gone from its watch (deleted, or
+    /// moved to another shard): its running step tasks and its metric series.
+    pub fn forget_object(&self, owner: &super::owner::Owner) {
+        self.tasks.forget(&owner.key());
+        self.metrics.forget(owner.label, &owner.namespace, &owner.name);
+    }
+
     /// Hands the Workspace watch cache to the route step (once; later calls are ignored).
     pub fn set_workspace_store(&self, store: Store<Workspace>) {
         let _ = self.workspace_store.set(store);

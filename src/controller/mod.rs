@@ -76,6 +76,7 @@ pub async fn run(
 ) {
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
     let namespaces = ctx.config.watched_namespaces();
+    tracing::info!(shard = %ctx.config.shard_selector, "reconciling this shard");
     if namespaces.is_empty() {
         tracing::info!("watching all namespaces");
     } else {
@@ -153,6 +154,15 @@ where
 /// Secrets in the watched namespaces, by metadata only: the mapper needs a Secret's
 /// namespace and name, never its data, so the operator holds no Secret data it did not ask
 /// for by name (a referenced token, its own SSH key and password).
+/// The watch of this operator's share of the ProjectVMs and Workspaces (see [`crate::shard`]).
+pub(crate) fn shard_watch(ctx: &Context) -> watcher::Config {
+    let config = watcher::Config::default();
+    match ctx.config.shard_selector.as_watch_selector() {
+        Some(selector) => config.labels(selector),
+        None => config,
+    }
+}
+
 pub(crate) fn secret_metadata(
     client: &Client,
     namespaces: &[String],
@@ -194,9 +204,16 @@ async fn controller_for<K>(
     let (reader, writer) = reflector::store();
     let watches = scoped_apis::<K>(client, namespaces)
         .into_iter()
-        .map(|(ns, api)| (ns, watcher(api, watcher::Config::default()).default_backoff().boxed()))
+        .map(|(ns, api)| (ns, watcher(api, shard_watch(&ctx)).default_backoff().boxed()))
         .collect();
+    let leaving = ctx.clone();
     let changes = merge_namespaces(watches, reader.clone())
+        .inspect(move |event| {
+            // Deleted, or relabelled into another shard: its tasks and series go with it.
+            if let Ok(watcher::Event::Delete(obj)) = event {
+                leaving.forget_object(&obj.owner());
+            }
+        })
         .reflect(writer)
         .applied_objects()
         .predicate_filter(spec_or_metadata_changed::<K>, Default::default());

@@ -56,11 +56,10 @@ pub async fn run(
     ctx.set_run_store(controller.store());
     let by_vm = controller.store();
     let by_secret = controller.store();
-    let projectvms = futures::stream::select_all(
-        crate::controller::scoped_apis::<ProjectVM>(&client, &namespaces)
-            .into_iter()
-            .map(|(_, api)| watcher(api, watcher::Config::default()).default_backoff().touched_objects().boxed()),
-    );
+    let projectvms =
+        futures::stream::select_all(crate::controller::scoped_apis::<ProjectVM>(&client, &namespaces).into_iter().map(
+            |(_, api)| watcher(api, crate::controller::shard_watch(&ctx)).default_backoff().touched_objects().boxed(),
+        ));
     controller
         .watches_stream(projectvms, move |pvm| {
             let ns = pvm.namespace();

@@ -47,6 +47,10 @@ pub async fn reconcile(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error
     let started = Instant::now();
     let ns = run.namespace().ok_or_else(|| Error::Invalid("Run has no namespace".into()))?;
     let api: Api<Run> = Api::namespaced(ctx.client.clone(), &ns);
+    if !in_this_shard(&ctx, &run, &ns).await? {
+        // Another shard's operator owns it: touch nothing, not even the finalizer.
+        return Ok(Action::await_change());
+    }
     let run_key = run.clone();
     let result = finalizer(&api, RUN_FINALIZER, run, |event| async {
         let (run, deleting) = match event {
@@ -70,6 +74,21 @@ pub async fn reconcile(run: Arc<Run>, ctx: Arc<Context>) -> Result<Action, Error
         ctx.reset_failures(&key(&run_key));
     }
     result
+}
+
+/// Whether this operator's shard owns the Run: the shard of its ProjectVM, or, when that
+/// ProjectVM does not exist, the shard the Run's own labels select (the default shard for
+/// an unlabelled Run), so exactly one operator reports it missing.
+async fn in_this_shard(ctx: &Context, run: &Run, ns: &str) -> Result<bool, Error> {
+    let selector = &ctx.config.shard_selector;
+    if selector.is_all() || ctx.cached_projectvm(ns, &run.spec.project_vm_ref.name).is_some() {
+        return Ok(true);
+    }
+    let api: Api<ProjectVM> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(match api.get_metadata_opt(&run.spec.project_vm_ref.name).await? {
+        Some(pvm) => selector.matches(pvm.labels()),
+        None => selector.matches(run.labels()),
+    })
 }
 
 /// The start-request annotation value this Run sets on its ProjectVM.
