@@ -140,6 +140,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     // the main workers busy (SSH handshakes, large answers; slow in a debug build) can never
     // delay a renewal past the renew deadline.
     let lease_runtime = LeaseRuntime::new()?;
+    metrics.set_leader(&config.lease_name, !config.leader_election);
     let mut leadership = if config.leader_election {
         let cfg = leader::LeaseConfig {
             name: config.lease_name.clone(),
@@ -167,6 +168,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         ready.store(true, Ordering::Relaxed);
         None
     };
+    metrics.set_leader(&config.lease_name, true);
     let edges = controller::Edges {
         client: client.clone(),
         cluster: Arc::new(controller::cluster::KubeCluster::new(client.clone())),
@@ -185,6 +187,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         _ = &mut controllers => stopped = true,
         why = leader::lost(&mut leadership) => {
             // The fence is already closed; drop the controllers and their tasks now.
+            ctx.metrics.set_leader(&ctx.config.lease_name, false);
             ctx.tasks.abort_all();
             anyhow::bail!("lost leadership ({why}); exiting so that this process comes back as a follower");
         }
@@ -206,6 +209,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     tracing::info!("controllers stopped");
     ctx.tasks.abort_all();
     if let Some(l) = leadership {
+        ctx.metrics.set_leader(&ctx.config.lease_name, false);
         l.step_down().await;
     }
     Ok(())

@@ -530,6 +530,7 @@ async fn idle_vm_stops_and_a_busy_one_keeps_running() {
 async fn running_timeout_stops_a_busy_vm_and_a_start_request_starts_it_again() {
     let w = World::new().await;
     let mut vm = projectvm("capped", &format!("{REPO}  runStrategy: Manual\n  maxRunningTime: 12h\n"));
+    vm.metadata.creation_timestamp = Some(projectvm::clock::time(chrono::Utc::now()));
     w.until_ready(&mut vm).await;
     // Someone is at work, and the VM has been up for thirteen hours.
     w.guest(|g| g.active = true);
@@ -547,6 +548,17 @@ async fn running_timeout_stops_a_busy_vm_and_a_start_request_starts_it_again() {
     assert!(w.cluster.events_of("capped").iter().any(|e| e.reason == "RunningTimeout"));
     let name = s.instance.as_ref().unwrap().name.clone().unwrap();
     assert_eq!(w.instance(&name).await.unwrap().state, projectvm::cloud::InstanceState::Terminated);
+
+    let metrics = w.ctx.metrics.render();
+    assert!(
+        metrics.contains("projectvm_vm_running{kind=\"projectvm\",namespace=\"team\",name=\"capped\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("projectvm_time_to_ready_seconds_count{kind=\"projectvm\"} 1"),
+        "first Ready once: {metrics}"
+    );
+    assert!(vm.vm_status().unwrap().first_ready_at.is_some());
 
     // It stays stopped until someone asks, then runs for another period.
     for _ in 0..3 {

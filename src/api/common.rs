@@ -384,6 +384,9 @@ pub struct VmStatus {
     /// When the VM was last started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_started_at: Option<Time>,
+    /// When the resource first became Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_ready_at: Option<Time>,
     /// Last activity seen: for a ProjectVM, an open terminal session or a process of the
     /// project user the operator did not start; for a Workspace, code-server's heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]

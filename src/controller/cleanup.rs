@@ -146,6 +146,6 @@ async fn delete<K: VmKind>(
 
 async fn publish(ctx: &Context, owner: &Owner, report: &Report) {
     for e in &report.events {
-        ctx.cluster.publish(owner, e).await;
+        ctx.publish(owner, e).await;
     }
 }

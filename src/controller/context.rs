@@ -102,6 +102,14 @@ impl Context {
         (Arc::new(ctx), Wakeups { projectvm: rp, workspace: rw, run: rr })
     }
 
+    /// Publishes an event about `owner`; a Warning also counts as a failure by its reason.
+    pub async fn publish(&self, owner: &super::owner::Owner, event: &kube::runtime::events::Event) {
+        if event.type_ == kube::runtime::events::EventType::Warning {
+            self.metrics.failure(owner.label, &event.reason);
+        }
+        self.cluster.publish(owner, event).await;
+    }
+
     /// Drops what this operator holds for an object that is gone from its watch (deleted, or
     /// moved to another shard): its running step tasks and its metric series.
     pub fn forget_object(&self, owner: &super::owner::Owner) {

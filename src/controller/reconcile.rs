@@ -77,6 +77,7 @@ pub async fn apply<K: VmKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, 
     }
     if !matches!(outcome, Ok(Flow::Paused)) {
         report.summarize(K::GRAPH, obj.machine());
+        writer::first_ready(&ctx, &*obj, &mut report);
     }
     writer::write(&ctx, &*obj, &report).await?;
     match outcome {

@@ -121,7 +121,7 @@ async fn apply(ctx: &Arc<Context>, run: &Run) -> Result<Action, Error> {
         ctx.cluster.write_status(&owner, value).await?;
     }
     for event in events(&before, &report.status) {
-        ctx.cluster.publish(&owner, &event).await;
+        ctx.publish(&owner, &event).await;
     }
     let finished_now =
         report.status.phase.is_some_and(RunPhase::finished) && !before.phase.is_some_and(RunPhase::finished);
@@ -649,7 +649,7 @@ async fn cleanup(ctx: &Arc<Context>, run: &Run) -> Result<Action, Error> {
             action: "Delete".into(),
             secondary: None,
         };
-        ctx.cluster.publish(&owner, &event).await;
+        ctx.publish(&owner, &event).await;
         Ok(Action::await_change())
     };
     let target = match access::target(ctx, &pvm).await? {
@@ -672,7 +672,7 @@ async fn cleanup(ctx: &Arc<Context>, run: &Run) -> Result<Action, Error> {
             let _ = ctx.cluster.write_status(&Owner::new(LABEL, run), value).await;
         }
         for event in events(&before, &report.status) {
-            ctx.cluster.publish(&Owner::new(LABEL, run), &event).await;
+            ctx.publish(&Owner::new(LABEL, run), &event).await;
         }
         wake_peers(ctx, run);
     }

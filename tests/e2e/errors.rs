@@ -94,6 +94,11 @@ fn malformed_manifests_are_refused_by_the_api_server() {
         ("  repository: {url: 'https://h.example/r.git', path: '/home/project/../../etc'}\n", "'.' or '..'"),
         ("  repository: {url: 'https://h.example/r.git', path: \"/tmp/a\\nb\"}\n", "spec.repository.path"),
         ("  idleTimeout: 2h\n  repository: {url: 'https://h.example/r.git'}\n", "idleTimeout needs runStrategy"),
+        ("  maxRunningTime: 12h\n  repository: {url: 'https://h.example/r.git'}\n", "maxRunningTime needs runStrategy"),
+        (
+            "  runStrategy: Manual\n  maxRunningTime: 30s\n  repository: {url: 'https://h.example/r.git'}\n",
+            "maxRunningTime must be at least 1m",
+        ),
         (
             "  runStrategy: Manual\n  idleTimeout: 2 hours\n  repository: {url: 'https://h.example/r.git'}\n",
             "spec.idleTimeout",

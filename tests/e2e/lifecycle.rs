@@ -105,6 +105,34 @@ fn resize_restores_the_previous_power_state() {
 
 #[test]
 #[ignore = "needs the test bed: ./scripts/test.sh"]
+fn max_running_time_stops_a_vm_in_use_and_a_start_request_starts_it_again() {
+    let _guard = operator_shared();
+    let b = bed();
+    let ns = b.namespace("e2e-max-running");
+    b.apply(&ns, &pvm("capped", "  runStrategy: Manual\n  maxRunningTime: 1m\n"));
+    b.wait_condition(&ns, "pvm", "capped", "Ready", READY_TIMEOUT);
+    let first_started = epoch_seconds(b.get(&ns, "pvm", "capped")["status"]["lastStartedAt"].as_str().unwrap());
+    // Someone is at work: the guardrail stops it anyway.
+    let (code, _) = b.ssh(&ns, "pvm", "capped", "nohup sleep 900 >/dev/null 2>&1 & echo started");
+    assert_eq!(code, 0);
+    let o = wait_phase(b, &ns, "capped", "Stopped", Duration::from_secs(180));
+    let ready = Bed::condition(&o, "Ready").unwrap();
+    assert_eq!(ready["reason"], "RunningTimeout", "{ready}");
+    let message = Bed::condition(&o, "InstanceReady").unwrap()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("maxRunningTime 1m") && message.contains("running since"), "{message}");
+    assert!(b.event_reasons(&ns, Some("capped")).iter().any(|r| r == "RunningTimeout"));
+    let uid = o["metadata"]["uid"].as_str().unwrap().to_string();
+    assert_eq!(instance_status(b, &uid), "TERMINATED");
+    // The start-request annotation starts it for another period.
+    b.kubectl(&["-n", &ns, "annotate", "pvm", "capped", "projectvm.dev/start-requested=again", "--overwrite"]);
+    b.wait_condition(&ns, "pvm", "capped", "Ready", READY_TIMEOUT);
+    let again = epoch_seconds(b.get(&ns, "pvm", "capped")["status"]["lastStartedAt"].as_str().unwrap());
+    assert!(again > first_started + 50.0, "a new running period: {first_started} then {again}");
+    b.delete_namespace(&ns);
+}
+
+#[test]
+#[ignore = "needs the test bed: ./scripts/test.sh"]
 fn idle_vm_is_stopped_and_an_active_one_is_not() {
     let _guard = operator_shared();
     let b = bed();
