@@ -228,6 +228,11 @@ fn every_dashboard_and_alert_metric_is_exported() {
         (c["reason"] == "RepositoryNotFound").then_some(())
     });
 
+    // Someone working on the VM (a process of its user for longer than the activity probe's
+    // 30 s period at this idle timeout) gives it a last activity time.
+    let (code, _) = b.ssh(&ns, "pvm", "watched", "sleep 40");
+    assert_eq!(code, 0, "ssh to the VM");
+
     let wanted = listed_metrics();
     assert!(wanted.len() >= 10, "{wanted:?}");
     let mut missing = vec![];
