@@ -199,6 +199,9 @@ up() {
     --set-string artifacts.bucket="$ARTIFACT_BUCKET" --set-string gcp.storageEndpoint="$STORAGE_URL" \
     --set-string codeServer.install.url="$CODE_SERVER_URL" --set-string codeServer.install.sha256="$CODE_SERVER_SHA256" \
     --wait=false >/dev/null
+  # The CRDs are templates of the release: created with it, but not waited for by Helm.
+  kubectl wait --for=condition=Established --timeout=60s \
+    crd/projectvms.projectvm.dev crd/workspaces.projectvm.dev crd/runs.projectvm.dev >/dev/null
   operator_kubeconfig
   operator_start
   log "test bed is up; source $ENV"

@@ -10,6 +10,8 @@
 mod bed;
 #[path = "e2e/booting.rs"]
 mod booting;
+#[path = "e2e/chart.rs"]
+mod chart;
 #[path = "e2e/clusters.rs"]
 mod clusters;
 #[path = "e2e/errors.rs"]

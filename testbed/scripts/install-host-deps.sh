@@ -20,6 +20,8 @@ PKGS=(
   openssh-client openssh-server sudo curl jq ca-certificates
   # runs docs/argocd-health.lua in tests/gitops_health.rs
   lua5.4
+  # promtool: checks and unit-tests the chart's alert rules in tests/chart_monitoring.rs
+  prometheus
 )
 # shellcheck disable=SC2206
 [ -n "${PVM_EXTRA_PKGS:-}" ] && PKGS+=(${PVM_EXTRA_PKGS})

@@ -566,3 +566,85 @@ impl Browser<'_> {
         }
     }
 }
+
+/// A throwaway control plane (etcd + kube-apiserver + controller-manager on free loopback
+/// ports, `testbed/scripts/control-plane.sh`, which waits a bounded time for readiness) in
+/// `STATE/<name>`, for tests that need a cluster of their own: a second cluster, or cluster-
+/// scoped objects (CRDs) the bed's other tests must not see change. Torn down on drop, pass
+/// or fail.
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub kubeconfig: String,
+}
+
+impl ControlPlane {
+    pub fn up(b: &Bed, name: &str) -> ControlPlane {
+        let dir = b.state.join(name);
+        let cluster = ControlPlane { kubeconfig: dir.join("admin.kubeconfig").display().to_string(), dir };
+        // A previous run that died without its guard: start from nothing.
+        cluster.script("down");
+        let out = cluster.script("up");
+        assert!(out.status.success(), "control plane {name} did not start: {}", String::from_utf8_lossy(&out.stderr));
+        cluster
+    }
+
+    fn script(&self, cmd: &str) -> Output {
+        let mut c = Command::new(repo_root().join("testbed/scripts/control-plane.sh"));
+        c.args([cmd, &self.dir.display().to_string()]);
+        for (k, v) in &bed().env {
+            c.env(k, v);
+        }
+        c.stdin(Stdio::null()).output().expect("control-plane.sh runs")
+    }
+
+    /// A program from the bed's PATH (kubectl, helm) aimed at this control plane.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        for (k, v) in &bed().env {
+            c.env(k, v);
+        }
+        c.env("KUBECONFIG", &self.kubeconfig);
+        c
+    }
+
+    pub fn output(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut c = self.command(program);
+        c.args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap_or_else(|e| panic!("{program} does not run from the bed's PATH: {e}"));
+        if let Some(input) = stdin {
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.output("kubectl", args, stdin)
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = self.kubectl_output(args, None);
+        assert!(
+            out.status.success(),
+            "kubectl ({}) {args:?}: {}",
+            self.dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    pub fn get(&self, ns: &str, kind: &str, name: &str) -> Value {
+        serde_json::from_str(&self.kubectl(&["-n", ns, "get", kind, name, "-o", "json"])).unwrap()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let out = self.script("down");
+        if !out.status.success() {
+            eprintln!("control plane teardown ({}): {}", self.dir.display(), String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}

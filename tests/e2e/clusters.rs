@@ -4,14 +4,12 @@
 //! An instance labelled for another cluster under a resource's name is never adopted or
 //! deleted (`InstanceNameConflict`).
 
-use std::io::Write as _;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::bed::{Bed, READY_TIMEOUT, bed, operator_shared, repo_root};
+use crate::bed::{Bed, ControlPlane, READY_TIMEOUT, bed, operator_shared, repo_root};
 
 const NS: &str = "e2e-clusters";
 
@@ -19,70 +17,6 @@ fn manifest(name: &str) -> String {
     format!(
         "apiVersion: projectvm.dev/v1alpha1\nkind: ProjectVM\nmetadata:\n  name: {name}\nspec:\n  size: small\n  repository:\n    url: https://git.pvm.test/public/demo.git\n    depth: 1\n"
     )
-}
-
-/// A second control plane (etcd + kube-apiserver + controller-manager on free loopback
-/// ports, `testbed/scripts/control-plane.sh`), torn down on drop, pass or fail.
-struct SecondCluster {
-    dir: PathBuf,
-    kubeconfig: String,
-}
-
-impl SecondCluster {
-    fn up(b: &Bed) -> SecondCluster {
-        let dir = b.state.join("cluster-b");
-        let cluster = SecondCluster { kubeconfig: dir.join("admin.kubeconfig").display().to_string(), dir };
-        // A previous run that died without its guard: start from nothing.
-        cluster.script("down");
-        let out = cluster.script("up");
-        assert!(out.status.success(), "second control plane did not start: {}", String::from_utf8_lossy(&out.stderr));
-        cluster
-    }
-
-    fn script(&self, cmd: &str) -> Output {
-        let mut c = Command::new(repo_root().join("testbed/scripts/control-plane.sh"));
-        c.args([cmd, &self.dir.display().to_string()]);
-        for (k, v) in &bed().env {
-            c.env(k, v);
-        }
-        c.stdin(Stdio::null()).output().expect("control-plane.sh runs")
-    }
-
-    fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut c = Command::new("kubectl");
-        for (k, v) in &bed().env {
-            c.env(k, v);
-        }
-        c.env("KUBECONFIG", &self.kubeconfig)
-            .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().expect("kubectl runs");
-        if let Some(input) = stdin {
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        }
-        child.wait_with_output().unwrap()
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        let out = self.kubectl_output(args, None);
-        assert!(out.status.success(), "kubectl (cluster B) {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-
-    fn get(&self, ns: &str, kind: &str, name: &str) -> Value {
-        serde_json::from_str(&self.kubectl(&["-n", ns, "get", kind, name, "-o", "json"])).unwrap()
-    }
-}
-
-impl Drop for SecondCluster {
-    fn drop(&mut self) {
-        let out = self.script("down");
-        if !out.status.success() {
-            eprintln!("second control plane teardown: {}", String::from_utf8_lossy(&out.stderr));
-        }
-    }
 }
 
 fn ready(obj: &Value) -> bool {
@@ -105,7 +39,7 @@ fn same_name_in_two_clusters_gets_two_instances_and_deletes_only_its_own() {
     let _guard = operator_shared();
     let b = bed();
     let cluster_a = bed_cluster_name(b);
-    let second = SecondCluster::up(b);
+    let second = ControlPlane::up(b, "cluster-b");
     second.kubectl(&["apply", "-f", &repo_root().join("crds").display().to_string()]);
     second.kubectl(&[
         "wait",

@@ -71,3 +71,33 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail "gcp.credentials.mode=anonymous only works against an emulator: set gcp.storageEndpoint to the Cloud Storage emulator's URL, or leave artifacts.bucket empty" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* A NetworkPolicy egress rule to TCP ports on CIDRs (dict "cidrs" LIST "ports" LIST); no cidrs: any address. */}}
+{{- define "projectvm.egressRule" -}}
+{{- with .cidrs }}
+to:
+  {{- range . }}
+  - ipBlock:
+      cidr: {{ . | quote }}
+  {{- end }}
+{{- end }}
+ports:
+  {{- range .ports }}
+  - port: {{ . }}
+    protocol: TCP
+  {{- end }}
+{{- end -}}
+
+{{/* topologySpreadConstraints, each given the pod selector labels unless it has a labelSelector. */}}
+{{- define "projectvm.topologySpreadConstraints" -}}
+{{- $selector := include "projectvm.selectorLabels" . | fromYaml -}}
+{{- $out := list -}}
+{{- range .Values.topologySpreadConstraints -}}
+{{- $c := deepCopy . -}}
+{{- if not (hasKey $c "labelSelector") -}}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" $selector) -}}
+{{- end -}}
+{{- $out = append $out $c -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
