@@ -446,3 +446,87 @@ fn metric_names_are_found_in_expressions() {
         metric_names("sum by (kind) (rate(projectvm_reconciles_total[5m])) / x_projectvm_y{kind=\"projectvm\"}");
     assert_eq!(names, BTreeSet::from(["projectvm_reconciles_total".to_string()]));
 }
+
+/// The `matchLabels` of a selector as pairs.
+fn match_labels(selector: &Yaml) -> Vec<(String, String)> {
+    selector["matchLabels"]
+        .as_mapping()
+        .map(|m| m.iter().map(|(k, v)| (k.as_str().unwrap().to_string(), v.as_str().unwrap().to_string())).collect())
+        .unwrap_or_default()
+}
+
+fn selects(selector: &[(String, String)], labels: &Yaml) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels[k.as_str()].as_str() == Some(v.as_str()))
+}
+
+fn env_of(deployment: &Yaml, name: &str) -> Option<String> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_sequence()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str().map(String::from))
+}
+
+#[test]
+fn shards_get_a_deployment_lease_and_service_each_and_select_only_their_pods() {
+    let docs = render(&[
+        "sharding.shards={shard1,shard2}",
+        "replicas=2",
+        "podDisruptionBudget.enabled=true",
+        "networkPolicy.enabled=true",
+        "serviceMonitor.enabled=true",
+    ]);
+    let deployments = of_kind(&docs, "Deployment");
+    let names: Vec<&str> = deployments.iter().map(|d| d["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["rel-projectvm-operator", "rel-projectvm-operator-shard1", "rel-projectvm-operator-shard2"]);
+    let selectors: Vec<Option<String>> = deployments.iter().map(|d| env_of(d, "PROJECTVM_SHARD_SELECTOR")).collect();
+    assert_eq!(
+        selectors,
+        [
+            Some("!sharding.fluxcd.io/key".to_string()),
+            Some("sharding.fluxcd.io/key in (shard1)".to_string()),
+            Some("sharding.fluxcd.io/key in (shard2)".to_string()),
+        ]
+    );
+    let leases: BTreeSet<String> = deployments.iter().map(|d| env_of(d, "PROJECTVM_LEASE_NAME").unwrap()).collect();
+    assert_eq!(leases.len(), 3, "a Lease each: {leases:?}");
+
+    // No Deployment, Service or PDB selects another Deployment's pods.
+    let pods: Vec<&Yaml> = deployments.iter().map(|d| &d["spec"]["template"]["metadata"]["labels"]).collect();
+    for (i, d) in deployments.iter().enumerate() {
+        let sel = match_labels(&d["spec"]["selector"]);
+        for (j, labels) in pods.iter().enumerate() {
+            assert_eq!(selects(&sel, labels), i == j, "Deployment {i} vs pods of {j}");
+        }
+    }
+    for kind in ["Service", "PodDisruptionBudget"] {
+        let objs = of_kind(&docs, kind);
+        assert_eq!(objs.len(), 3, "one {kind} per Deployment");
+        for (i, o) in objs.iter().enumerate() {
+            let sel = if kind == "Service" {
+                o["spec"]["selector"]
+                    .as_mapping()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.as_str().unwrap().to_string(), v.as_str().unwrap().to_string()))
+                    .collect()
+            } else {
+                match_labels(&o["spec"]["selector"])
+            };
+            for (j, labels) in pods.iter().enumerate() {
+                assert_eq!(selects(&sel, labels), i == j, "{kind} {i} vs pods of {j}");
+            }
+        }
+    }
+    // The ServiceMonitor scrapes all three Services; the NetworkPolicy covers all pods.
+    let monitor = match_labels(&of_kind(&docs, "ServiceMonitor")[0]["spec"]["selector"]);
+    assert!(of_kind(&docs, "Service").iter().all(|s| selects(&monitor, &s["metadata"]["labels"])));
+    let policy = match_labels(&of_kind(&docs, "NetworkPolicy")[0]["spec"]["podSelector"]);
+    assert!(pods.iter().all(|p| selects(&policy, p)));
+
+    // Without shards: one Deployment taking everything.
+    let plain = render(&[]);
+    let only = of_kind(&plain, "Deployment");
+    assert_eq!(only.len(), 1);
+    assert_eq!(env_of(only[0], "PROJECTVM_SHARD_SELECTOR"), None);
+}

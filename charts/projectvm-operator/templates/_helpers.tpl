@@ -23,11 +23,39 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: projectvm
+{{ include "projectvm.releaseLabel" . }}
+{{- with .Shard }}
+projectvm.dev/shard: {{ . }}
+{{- end }}
 {{- end -}}
 
+{{/*
+Pod selector labels. A shard's Deployment (the context carries .Shard, see deployment.yaml)
+gets an instance of its own, so no two Deployments of the release select each other's pods.
+*/}}
 {{- define "projectvm.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "projectvm.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}{{ with .Shard }}-{{ . }}{{ end }}
+{{- end -}}
+
+{{/* On every object and pod of the release, shards included: what the ServiceMonitor and the NetworkPolicy select. */}}
+{{- define "projectvm.releaseLabel" -}}
+projectvm.dev/release: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The name of a Deployment (and its Service and PDB): the release's, with the shard's name after it. */}}
+{{- define "projectvm.shardName" -}}
+{{ include "projectvm.fullname" . }}{{ with .Shard }}-{{ . }}{{ end }}
+{{- end -}}
+
+{{/* --shard-selector: a shard takes its label value; with shards, the main Deployment takes the unlabelled rest. */}}
+{{- define "projectvm.shardSelector" -}}
+{{- $key := .Values.sharding.key -}}
+{{- if .Shard -}}
+{{ $key }} in ({{ .Shard }})
+{{- else if .Values.sharding.shards -}}
+!{{ $key }}
+{{- end -}}
 {{- end -}}
 
 {{- define "projectvm.serviceAccountName" -}}
