@@ -179,22 +179,8 @@ impl Metrics {
     pub fn set_vm(&self, kind: &str, namespace: &str, name: &str, vm: VmGauges) {
         let l = ObjectLabels { kind: kind.into(), namespace: namespace.into(), name: name.into() };
         self.vm_running.get_or_create(&l).set(i64::from(vm.running));
-        match vm.last_activity {
-            Some(t) => {
-                self.last_activity.get_or_create(&l).set(t);
-            }
-            None => {
-                self.last_activity.remove(&l);
-            }
-        }
-        match vm.idle_timeout {
-            Some(t) => {
-                self.idle_timeout.get_or_create(&l).set(t);
-            }
-            None => {
-                self.idle_timeout.remove(&l);
-            }
-        }
+        set_or_remove(&self.last_activity, &l, vm.last_activity);
+        set_or_remove(&self.idle_timeout, &l, vm.idle_timeout);
     }
 
     pub fn observe_reconcile(&self, kind: &str, took: Duration) {
@@ -253,6 +239,18 @@ impl Metrics {
         let registry = self.registry.lock().expect("metrics lock");
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+}
+
+/// A series that exists only while its value does.
+fn set_or_remove(family: &Family<ObjectLabels, FloatGauge>, labels: &ObjectLabels, value: Option<f64>) {
+    match value {
+        Some(v) => {
+            family.get_or_create(labels).set(v);
+        }
+        None => {
+            family.remove(labels);
+        }
     }
 }
 
