@@ -125,6 +125,9 @@ pub struct Config {
     /// Long steps (SSH work on the VMs) running at once, across all resources.
     #[arg(long, env = "PROJECTVM_MAX_CONCURRENT_TASKS", default_value_t = 16)]
     pub max_concurrent_tasks: usize,
+    /// Client-side rate limit of Compute Engine requests: `--compute-qps`, `--compute-burst`.
+    #[command(flatten)]
+    pub compute_limits: crate::cloud::ratelimit::ComputeLimits,
     /// Create VMs without an external address and connect to their internal ones (the operator
     /// runs inside the VPC): the recommended production setting.
     #[arg(long, env = "PROJECTVM_USE_INTERNAL_IP", default_value_t = false, action = clap::ArgAction::Set)]
