@@ -3,8 +3,8 @@
 //! rate limit) with scripted guests in place of SSH and code-server, so a thousand objects
 //! need no machines. Takes the operator's own flags.
 //!
-//! This is a bench target (`cargo bench --bench scale-operator --no-run` builds it, in
-//! release mode); nothing here is in the operator's binary.
+//! Built only with `--features scale-bench` (`cargo build --release --features scale-bench
+//! --bin scale-operator`); nothing here is in the operator's binary.
 //!
 //! `BENCH_GUEST_LATENCY_MS` (default 200): how long each step's main command takes.
 
@@ -86,9 +86,7 @@ impl VmAccess for ScriptedGuests {
 
 #[tokio::main]
 async fn main() {
-    // `cargo bench` passes `--bench`; the script runs the binary directly.
-    let args = std::env::args().filter(|a| a != "--bench");
-    let config = projectvm::config::Config::parse_from(args);
+    let config = projectvm::config::Config::parse();
     projectvm::telemetry::init(config.log_format);
     let latency = std::env::var("BENCH_GUEST_LATENCY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let vms = Arc::new(ScriptedGuests { latency: Duration::from_millis(latency) });
