@@ -199,7 +199,7 @@ run_size() { # N
   kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
   kubectl create namespace "$NS" >/dev/null
 
-  setsid "$EMU" --listen 127.0.0.1:0 --backend none --boot-delay-ms "$BOOT_DELAY_MS" \
+  setsid "$EMU" --listen 127.0.0.1:0 --backend none --boot-delay-ms "$BOOT_DELAY_MS" --last-address 10.213.255.250 \
     --ready-file "$work/emulator.addr" >"$work/emulator.log" 2>&1 </dev/null &
   emu_pid=$!; PIDS+=("$emu_pid")
   for _ in $(seq 100); do [[ -s $work/emulator.addr ]] && break; sleep 0.1; done

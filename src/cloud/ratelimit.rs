@@ -194,7 +194,7 @@ mod tests {
 
     /// Paused time moves in whole milliseconds; the bucket computes in f64 seconds.
     fn near(got: Duration, want: Duration) {
-        let d = if got > want { got - want } else { want - got };
+        let d = got.abs_diff(want);
         assert!(d <= Duration::from_millis(12), "{got:?}, want {want:?}");
     }
 
@@ -297,7 +297,7 @@ mod tests {
         let l = limiter(1.0, 1);
         // Reserve every token up to the cap.
         for _ in 0..=MAX_WAIT.as_secs() {
-            let _ = l.acquire().now_or_never_reserved();
+            l.acquire().now_or_never_reserved();
         }
         let start = Instant::now();
         let err = l.acquire().await.unwrap_err();
