@@ -164,9 +164,8 @@ pub(crate) fn secret_metadata(
     futures::stream::select_all(streams)
 }
 
-/// Watched objects are stored without their managedFields: nothing reads them, and held for
-/// every object they were most of the operator's memory at 1,000 objects (several KB of JSON
-/// each, many times that once parsed).
+/// Watched objects are stored without their managedFields: nothing reads them, and they are
+/// more than half of each stored object's JSON (about 6.7 of 11 KB for a ProjectVM).
 pub(crate) fn drop_managed_fields<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
