@@ -132,7 +132,8 @@ cleanup() {
   [[ -z $CP ]] || "$ROOT/testbed/scripts/control-plane.sh" down "$CP" >/dev/null 2>&1 || true
   CP=""
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 manifests() { # N_PVM N_WS
   python3 - "$1" "$2" "$NS" <<'PY'
