@@ -129,6 +129,9 @@ pub struct Config {
     /// Long steps (SSH work on the VMs) running at once, across all resources.
     #[arg(long, env = "PROJECTVM_MAX_CONCURRENT_TASKS", default_value_t = 16)]
     pub max_concurrent_tasks: usize,
+    /// Client-side rate limit of Compute Engine requests: `--compute-qps`, `--compute-burst`.
+    #[command(flatten)]
+    pub compute_limits: crate::cloud::ratelimit::ComputeLimits,
     /// Create VMs without an external address and connect to their internal ones (the operator
     /// runs inside the VPC): the recommended production setting.
     #[arg(long, env = "PROJECTVM_USE_INTERNAL_IP", default_value_t = false, action = clap::ArgAction::Set)]
@@ -159,8 +162,10 @@ pub struct Config {
     /// Subnetwork for new instances.
     #[arg(long, env = "PROJECTVM_SUBNETWORK")]
     pub subnetwork: Option<String>,
-    /// Seconds between steady-state checks of a resource that is Ready.
-    #[arg(long, env = "PROJECTVM_RESYNC_SECONDS", default_value_t = 60)]
+    /// Seconds between steady-state checks of a resource that is Ready (at least 10). Each
+    /// check reads the VM's activity and the zone's instance list, which is listed once per
+    /// resync for all resources.
+    #[arg(long, env = "PROJECTVM_RESYNC_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(10..))]
     pub resync_seconds: u64,
     /// The most a Run may copy to Cloud Storage (its log and artifacts together), in bytes;
     /// past it only the log is copied and the Run says `ArtifactsTooLarge`.
@@ -232,6 +237,11 @@ impl Config {
     }
 
     /// The namespaces to watch, without blanks and duplicates; empty means all namespaces.
+    /// `--resync-seconds` as a duration.
+    pub fn resync(&self) -> Duration {
+        Duration::from_secs(self.resync_seconds)
+    }
+
     pub fn watched_namespaces(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for ns in self.watch_namespace.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {

@@ -28,6 +28,7 @@ pub mod cost;
 pub mod engine;
 pub mod fence;
 pub mod guest;
+pub mod kube_requests;
 pub mod leader;
 pub mod metrics;
 pub mod run;
@@ -100,6 +101,12 @@ impl Drop for LeaseRuntime {
 /// returns `Ok`) or loss of leadership (an error: the process exits non-zero and comes back
 /// as a follower).
 pub async fn run(config: config::Config) -> anyhow::Result<()> {
+    run_with_vms(config, Arc::new(controller::vm::LiveVms::new())).await
+}
+
+/// [`run`] with another VM edge: the scale benchmark's scripted guests stand in for SSH and
+/// code-server there (its binary is not the operator's; the operator always runs [`run`]).
+pub async fn run_with_vms(config: config::Config, vms: Arc<dyn controller::vm::VmAccess>) -> anyhow::Result<()> {
     let timings = leader::Timings::new(config.lease_duration, config.lease_renew_deadline, config.lease_retry_period)
         .map_err(|e| anyhow::anyhow!(e))?;
     let rates = match &config.rates_file {
@@ -113,9 +120,14 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         config::CredentialsFlag::Default => cloud::gce::CredentialsMode::Default,
         config::CredentialsFlag::Anonymous => cloud::gce::CredentialsMode::Anonymous,
     };
+    let metrics = Arc::new(metrics::Metrics::new());
+    // One token bucket for the project: every Compute Engine request waits its turn there.
     let compute = cloud::gce::GceCompute::new(&config.gcp_project, config.compute_endpoint.as_deref(), credentials)
         .await
-        .context("creating the Compute Engine client")?;
+        .context("creating the Compute Engine client")?
+        .with_rate_limit(Arc::new(cloud::ratelimit::RateLimiter::new(&config.compute_limits)))
+        .with_request_metrics(cloud::metrics::ComputeRequests::registered(&metrics));
+    let kube_requests = kube_requests::KubeRequests::registered(&metrics);
     // Run artifacts go to Cloud Storage with the same credentials, when a bucket is set.
     let artifacts =
         storage::store_from_config(&config, credentials).await.context("creating the Cloud Storage client")?;
@@ -126,13 +138,14 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     // is no longer sure it leads (see `fence`); the Lease itself is written on a client of
     // its own, outside the fence.
     let fence = if config.leader_election { fence::Fence::closed() } else { fence::Fence::always_open() };
+    // Counted inside the fence: only requests actually sent.
     let client = kube::client::ClientBuilder::try_from(kube_config.clone())
         .context("connecting to Kubernetes")?
+        .with_layer(&kube_requests::CountLayer(kube_requests.clone()))
         .with_layer(&fence::FenceLayer(fence.clone()))
         .build();
     // Reads only: allowed through the fence before this replica leads.
     let config = config::with_cluster_name(config, &client).await?;
-    let metrics = Arc::new(metrics::Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let mut server = tokio::spawn(server::serve(config.metrics_addr, metrics.clone(), ready.clone()));
 
@@ -151,7 +164,10 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         let (fence, ready) = (fence.clone(), ready.clone());
         let mut acquire = lease_runtime.handle().spawn(async move {
             // Made on the lease runtime: the client's connection worker runs there too.
-            let lease_client = kube::Client::try_from(kube_config).context("connecting to Kubernetes")?;
+            let lease_client = kube::client::ClientBuilder::try_from(kube_config)
+                .context("connecting to Kubernetes")?
+                .with_layer(&kube_requests::CountLayer(kube_requests))
+                .build();
             let store = leader::KubeLeases::new(lease_client, &cfg.namespace, &cfg.name);
             anyhow::Ok(leader::Elector::new(store, cfg, fence, ready).acquire().await)
         });
@@ -173,7 +189,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         client: client.clone(),
         cluster: Arc::new(controller::cluster::KubeCluster::new(client.clone())),
         compute: Arc::new(fence::FencedCompute::new(Arc::new(compute), fence.clone())),
-        vm: Arc::new(fence::FencedVms::new(Arc::new(controller::vm::LiveVms::new()), fence.clone())),
+        vm: Arc::new(fence::FencedVms::new(vms, fence.clone())),
         artifacts,
     };
     let (ctx, wakeups) = controller::Context::new(edges, config, rates, metrics);

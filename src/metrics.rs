@@ -240,6 +240,12 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
+
+    /// Registers a metric kept by an edge (the Compute Engine and Kubernetes clients count
+    /// their own requests).
+    pub fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        self.registry.lock().expect("metrics lock").register(name, help, metric);
+    }
 }
 
 /// A series that exists only while its value does.

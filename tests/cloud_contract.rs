@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use projectvm::cloud::gce::{CredentialsMode, GceCompute};
+use projectvm::cloud::metrics::ComputeRequests;
+use projectvm::cloud::ratelimit::{ComputeLimits, RateLimiter};
 use projectvm::cloud::{
     CloudErrorKind, CloudInstance, Compute, InstanceCache, InstanceRequest, InstanceState, OperationRef,
     OperationState, naming,
@@ -371,4 +373,108 @@ async fn an_unreachable_endpoint_is_unavailable() {
     assert_eq!(e.kind.condition_reason(), "ComputeUnavailable");
     assert!(e.retryable());
     assert_eq!(e.http_status, None);
+}
+
+/// A client with a token bucket and request counters, on a fresh emulator.
+async fn limited_bed(qps: f64) -> (Bed, std::sync::Arc<RateLimiter>, ComputeRequests) {
+    let mut bed = Bed::start().await;
+    let limiter = std::sync::Arc::new(RateLimiter::new(&ComputeLimits { compute_qps: qps, compute_burst: 8 }));
+    let counts = ComputeRequests::default();
+    bed.compute = GceCompute::new(PROJECT, Some(&bed.emu.endpoint()), CredentialsMode::Anonymous)
+        .await
+        .expect("client builds")
+        .with_rate_limit(limiter.clone())
+        .with_request_metrics(counts.clone());
+    (bed, limiter, counts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_exceeded_slows_the_whole_client_down() {
+    use reqwest::Method;
+    let (bed, limiter, counts) = limited_bed(8.0).await;
+    let c = &bed.compute;
+    assert!(c.get_instance(ZONE, "nothing").await.unwrap().is_none());
+    assert_eq!(counts.count("instances.get", "404"), 1, "counted with Compute Engine's answer");
+
+    // One resource's operation rate is that resource's problem: retried, nothing slowed.
+    bed.admin(
+        Method::PUT,
+        "faults/methods/instances.get",
+        json!({"errorRate": 1.0, "errorCode": 403, "errorReason": "RESOURCE_OPERATION_RATE_EXCEEDED", "remaining": 1}),
+    )
+    .await;
+    let e = c.get_instance(ZONE, "nothing").await.unwrap_err();
+    assert_eq!(e.kind, CloudErrorKind::RateLimited, "{e:?}");
+    assert_eq!(limiter.rate(), 8.0);
+
+    // The project's rate: 403 rateLimitExceeded halves the rate for every method.
+    bed.admin(
+        Method::PUT,
+        "faults/methods/instances.get",
+        json!({"errorRate": 1.0, "errorCode": 403, "errorReason": "rateLimitExceeded",
+               "errorMessage": "Rate Limit Exceeded", "remaining": 1}),
+    )
+    .await;
+    let e = c.get_instance(ZONE, "nothing").await.unwrap_err();
+    assert_eq!((e.kind, e.http_status), (CloudErrorKind::RateLimited, Some(403)), "{e:?}");
+    assert!(e.retryable());
+    assert_eq!(limiter.rate(), 4.0, "halved");
+    assert_eq!(counts.count("instances.get", "403"), 2);
+    // The fault is spent: calls succeed again, at the lower rate (held for a while).
+    assert!(c.list_instances(ZONE, &managed()).await.unwrap().is_empty());
+    assert!(c.get_instance(ZONE, "nothing").await.unwrap().is_none());
+    assert_eq!(limiter.rate(), 4.0);
+    assert_eq!(counts.count("instances.list", "200"), 1);
+    bed.emu.stop(true).await;
+
+    // 429 (userRateLimitExceeded, as a per-user quota answers) does the same, from any method.
+    let (bed, limiter, counts) = limited_bed(8.0).await;
+    bed.admin(
+        Method::PUT,
+        "faults/methods/instances.list",
+        json!({"errorRate": 1.0, "errorCode": 429, "errorReason": "userRateLimitExceeded", "remaining": 1}),
+    )
+    .await;
+    let e = bed.compute.list_instances(ZONE, &managed()).await.unwrap_err();
+    assert_eq!((e.kind, e.http_status), (CloudErrorKind::RateLimited, Some(429)), "{e:?}");
+    assert_eq!(limiter.rate(), 4.0);
+    assert_eq!(counts.count("instances.list", "429"), 1);
+    bed.emu.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_waits_for_a_token() {
+    // A bucket of 8 tokens refilled at 0.001/s: a ninth request would wait 1,000 s, so it is
+    // refused before it is sent, and the emulator never sees it.
+    let mut bed = Bed::start().await;
+    let limiter = std::sync::Arc::new(RateLimiter::new(&ComputeLimits { compute_qps: 0.001, compute_burst: 8 }));
+    let counts = ComputeRequests::default();
+    bed.compute = GceCompute::new(PROJECT, Some(&bed.emu.endpoint()), CredentialsMode::Anonymous)
+        .await
+        .expect("client builds")
+        .with_list_page_size(2)
+        .with_rate_limit(limiter)
+        .with_request_metrics(counts.clone());
+    let c = &bed.compute;
+    for i in 0..3 {
+        let op = c.insert_instance(&request(&format!("pvm-t{i}"), "contract", &format!("ut{i}"))).await.unwrap();
+        assert_eq!(op.zone, ZONE);
+    }
+    // 3 inserts, then a list of 2 pages (each page takes a token)
+    assert_eq!(c.list_instances(ZONE, &managed()).await.unwrap().len(), 3);
+    assert_eq!(counts.count("instances.list", "200"), 2);
+    // 5 sent so far: three more still come out of the burst …
+    for _ in 0..3 {
+        let _ = c.get_instance(ZONE, "pvm-t0").await;
+    }
+    // … the rest are refused at once, not sent.
+    let e = c.get_instance(ZONE, "pvm-t0").await.unwrap_err();
+    assert_eq!(e.kind, CloudErrorKind::RateLimited, "{e:?}");
+    assert!(e.retryable() && e.http_status.is_none());
+    assert!(e.message.contains("--compute-qps"), "{}", e.message);
+    assert_eq!(counts.count("instances.get", "throttled"), 1);
+    let served = bed.http.get(format!("{}/emulator/v1/requests", bed.emu.endpoint())).send().await.unwrap();
+    let served: serde_json::Value = served.json().await.unwrap();
+    assert_eq!(served["instances.get"], 3, "{served}");
+    bed.emu.stop(true).await;
 }

@@ -10,6 +10,10 @@ use google_cloud_compute_v1::model::{
     InstancesSetMachineTypeRequest, Metadata, NetworkInterface, Operation, ServiceAccount, Tags,
 };
 use google_cloud_gax::retry_policy::NeverRetry;
+use std::sync::Arc;
+
+use super::metrics::ComputeRequests;
+use super::ratelimit::RateLimiter;
 
 use super::error::{CloudError, CloudErrorKind, classify_operation, classify_operation_codes, redact};
 use super::{
@@ -32,6 +36,9 @@ pub struct GceCompute {
     instances: Instances,
     operations: ZoneOperations,
     page_size: u32,
+    /// The project's token bucket; `None` sends without limit (tests).
+    limiter: Option<Arc<RateLimiter>>,
+    requests: Option<ComputeRequests>,
 }
 
 impl GceCompute {
@@ -53,7 +60,72 @@ impl GceCompute {
             instances: ib.build().await?,
             operations: ob.build().await?,
             page_size: 500,
+            limiter: None,
+            requests: None,
         })
+    }
+
+    /// Sends every request through this project's token bucket, and slows it down when
+    /// Compute Engine answers rateLimitExceeded.
+    pub fn with_rate_limit(mut self, limiter: Arc<RateLimiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// Counts every request in `projectvm_compute_requests_total`.
+    pub fn with_request_metrics(mut self, requests: ComputeRequests) -> Self {
+        self.requests = Some(requests);
+        self
+    }
+
+    /// One request: a token first, then the call (bounded), then its count.
+    async fn call<T>(
+        &self,
+        method: &'static str,
+        f: impl std::future::Future<Output = Result<T, google_cloud_gax::error::Error>>,
+    ) -> Result<T, CloudError> {
+        if let Some(l) = &self.limiter {
+            let admitted = l.acquire().await;
+            if let Some(m) = &self.requests {
+                m.set_rate(l.rate());
+            }
+            if let Err(t) = admitted {
+                self.observe(method, "throttled");
+                return Err(CloudError {
+                    kind: CloudErrorKind::RateLimited,
+                    message: format!(
+                        "Compute Engine request {method} not sent: the operator's own rate limit ({:.1} requests/s now, \
+                         --compute-qps {:.1}) would have held it for {}s",
+                        t.rate,
+                        l.full_rate(),
+                        t.wait.as_secs()
+                    ),
+                    http_status: None,
+                    reason: Some("clientRateLimitExceeded".into()),
+                });
+            }
+        }
+        let r = timed(f).await;
+        let code = match &r {
+            Ok(_) => "200".to_string(),
+            Err(e) => e.http_status.map(|s| s.to_string()).unwrap_or_else(|| "error".into()),
+        };
+        self.observe(method, &code);
+        if let (Err(e), Some(l)) = (&r, &self.limiter)
+            && project_over_rate(e)
+        {
+            l.slow_down();
+            if let Some(m) = &self.requests {
+                m.set_rate(l.rate());
+            }
+        }
+        r
+    }
+
+    fn observe(&self, method: &str, code: &str) {
+        if let Some(m) = &self.requests {
+            m.observe(method, code);
+        }
     }
 
     /// Page size for `instances.list` (default 500, Compute Engine's maximum).
@@ -61,6 +133,14 @@ impl GceCompute {
         self.page_size = n.clamp(1, 500);
         self
     }
+}
+
+/// Compute Engine refused a request because the project is over its API rate (not one
+/// resource's operation rate, which slowing every call down would not help).
+pub fn project_over_rate(e: &CloudError) -> bool {
+    e.kind == CloudErrorKind::RateLimited
+        && e.http_status.is_some()
+        && e.reason.as_deref() != Some("RESOURCE_OPERATION_RATE_EXCEEDED")
 }
 
 /// The client's own per-request timeout.
@@ -189,16 +269,29 @@ async fn timed<T>(
 #[async_trait::async_trait]
 impl Compute for GceCompute {
     async fn insert_instance(&self, req: &InstanceRequest) -> Result<OperationRef, CloudError> {
-        let op = timed(
-            self.instances.insert().set_project(&self.project).set_zone(&req.zone).set_body(instance_body(req)).send(),
-        )
-        .await
-        .map_err(insert_not_found)?;
+        let op = self
+            .call(
+                "instances.insert",
+                self.instances
+                    .insert()
+                    .set_project(&self.project)
+                    .set_zone(&req.zone)
+                    .set_body(instance_body(req))
+                    .send(),
+            )
+            .await
+            .map_err(insert_not_found)?;
         op_ref(op, &req.zone)
     }
 
     async fn get_instance(&self, zone: &str, name: &str) -> Result<Option<CloudInstance>, CloudError> {
-        match timed(self.instances.get().set_project(&self.project).set_zone(zone).set_instance(name).send()).await {
+        match self
+            .call(
+                "instances.get",
+                self.instances.get().set_project(&self.project).set_zone(zone).set_instance(name).send(),
+            )
+            .await
+        {
             Ok(i) => Ok(Some(to_cloud_instance(i))),
             Err(e) if e.kind == CloudErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -222,7 +315,7 @@ impl Compute for GceCompute {
             if let Some(t) = &token {
                 call = call.set_page_token(t.clone());
             }
-            let page = timed(call.send()).await?;
+            let page = self.call("instances.list", call.send()).await?;
             out.extend(page.items.into_iter().map(to_cloud_instance));
             match page.next_page_token.filter(|t| !t.is_empty()) {
                 Some(t) => token = Some(t),
@@ -233,19 +326,33 @@ impl Compute for GceCompute {
     }
 
     async fn start_instance(&self, zone: &str, name: &str) -> Result<OperationRef, CloudError> {
-        let op =
-            timed(self.instances.start().set_project(&self.project).set_zone(zone).set_instance(name).send()).await?;
+        let op = self
+            .call(
+                "instances.start",
+                self.instances.start().set_project(&self.project).set_zone(zone).set_instance(name).send(),
+            )
+            .await?;
         op_ref(op, zone)
     }
 
     async fn stop_instance(&self, zone: &str, name: &str) -> Result<OperationRef, CloudError> {
-        let op =
-            timed(self.instances.stop().set_project(&self.project).set_zone(zone).set_instance(name).send()).await?;
+        let op = self
+            .call(
+                "instances.stop",
+                self.instances.stop().set_project(&self.project).set_zone(zone).set_instance(name).send(),
+            )
+            .await?;
         op_ref(op, zone)
     }
 
     async fn delete_instance(&self, zone: &str, name: &str) -> Result<Option<OperationRef>, CloudError> {
-        match timed(self.instances.delete().set_project(&self.project).set_zone(zone).set_instance(name).send()).await {
+        match self
+            .call(
+                "instances.delete",
+                self.instances.delete().set_project(&self.project).set_zone(zone).set_instance(name).send(),
+            )
+            .await
+        {
             Ok(op) => op_ref(op, zone).map(Some),
             Err(e) if e.kind == CloudErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -255,16 +362,18 @@ impl Compute for GceCompute {
     async fn set_machine_type(&self, zone: &str, name: &str, machine_type: &str) -> Result<OperationRef, CloudError> {
         let body =
             InstancesSetMachineTypeRequest::new().set_machine_type(format!("zones/{zone}/machineTypes/{machine_type}"));
-        let op = timed(
-            self.instances
-                .set_machine_type()
-                .set_project(&self.project)
-                .set_zone(zone)
-                .set_instance(name)
-                .set_body(body)
-                .send(),
-        )
-        .await?;
+        let op = self
+            .call(
+                "instances.setMachineType",
+                self.instances
+                    .set_machine_type()
+                    .set_project(&self.project)
+                    .set_zone(zone)
+                    .set_instance(name)
+                    .set_body(body)
+                    .send(),
+            )
+            .await?;
         op_ref(op, zone)
     }
 
@@ -279,16 +388,18 @@ impl Compute for GceCompute {
         if let Some(fp) = fingerprint.and_then(unhex) {
             body = body.set_label_fingerprint(bytes::Bytes::from(fp));
         }
-        let op = timed(
-            self.instances
-                .set_labels()
-                .set_project(&self.project)
-                .set_zone(zone)
-                .set_instance(name)
-                .set_body(body)
-                .send(),
-        )
-        .await?;
+        let op = self
+            .call(
+                "instances.setLabels",
+                self.instances
+                    .set_labels()
+                    .set_project(&self.project)
+                    .set_zone(zone)
+                    .set_instance(name)
+                    .set_body(body)
+                    .send(),
+            )
+            .await?;
         op_ref(op, zone)
     }
 
@@ -303,16 +414,18 @@ impl Compute for GceCompute {
         if let Some(fp) = fingerprint.and_then(unhex) {
             body = body.set_fingerprint(bytes::Bytes::from(fp));
         }
-        let op = timed(
-            self.instances
-                .set_metadata()
-                .set_project(&self.project)
-                .set_zone(zone)
-                .set_instance(name)
-                .set_body(body)
-                .send(),
-        )
-        .await?;
+        let op = self
+            .call(
+                "instances.setMetadata",
+                self.instances
+                    .set_metadata()
+                    .set_project(&self.project)
+                    .set_zone(zone)
+                    .set_instance(name)
+                    .set_body(body)
+                    .send(),
+            )
+            .await?;
         op_ref(op, zone)
     }
 
@@ -329,7 +442,7 @@ impl Compute for GceCompute {
             .set_zone(zone)
             .set_instance(name)
             .set_query_path(query_path);
-        match timed(call.send()).await {
+        match self.call("instances.getGuestAttributes", call.send()).await {
             Ok(ga) => Ok(ga
                 .query_value
                 .map(|v| v.items)
@@ -347,9 +460,12 @@ impl Compute for GceCompute {
     }
 
     async fn operation(&self, op: &OperationRef) -> Result<OperationState, CloudError> {
-        let o =
-            timed(self.operations.get().set_project(&self.project).set_zone(&op.zone).set_operation(&op.name).send())
-                .await?;
+        let o = self
+            .call(
+                "zoneOperations.get",
+                self.operations.get().set_project(&self.project).set_zone(&op.zone).set_operation(&op.name).send(),
+            )
+            .await?;
         Ok(operation_state(&o))
     }
 }

@@ -5,7 +5,9 @@
 pub mod cache;
 pub mod error;
 pub mod gce;
+pub mod metrics;
 pub mod naming;
+pub mod ratelimit;
 
 use std::collections::BTreeMap;
 

@@ -4,10 +4,13 @@
 //! tests.
 
 use kube::api::{DynamicObject, Patch, PatchParams};
+use std::time::Instant;
+
 use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::{Api, Client};
 
 use super::Error;
+use super::own_secrets::OwnSecrets;
 use super::owner::Owner;
 use super::route::RouteConflict;
 use super::secrets::{self, SecretProblem, SecretValues, SshKey, Token};
@@ -37,6 +40,9 @@ pub trait Cluster: Send + Sync + 'static {
     async fn write_status(&self, owner: &Owner, status: serde_json::Value) -> Result<(), Error>;
     /// Publishes an event about the resource; a failure is logged, never fatal.
     async fn publish(&self, owner: &Owner, event: &Event);
+    /// A Secret changed or was deleted (from the Secret metadata watch): what was read of it
+    /// must be read again.
+    fn secret_changed(&self, _namespace: &str, _name: &str) {}
 }
 
 /// The longest Kubernetes object name.
@@ -46,12 +52,19 @@ const MAX_OBJECT_NAME: usize = 253;
 pub struct KubeCluster {
     client: Client,
     recorder: Recorder,
+    ssh_keys: OwnSecrets<SshKey>,
+    passwords: OwnSecrets<Token>,
 }
 
 impl KubeCluster {
     pub fn new(client: Client) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-        Self { recorder: Recorder::new(client.clone(), reporter), client }
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            ssh_keys: OwnSecrets::default(),
+            passwords: OwnSecrets::default(),
+        }
     }
 }
 
@@ -87,7 +100,13 @@ impl KubeCluster {
 #[async_trait::async_trait]
 impl Cluster for KubeCluster {
     async fn ssh_key(&self, owner: &Owner) -> Result<SshKey, Error> {
-        secrets::ensure_ssh_key(&self.client, owner).await
+        let name = secrets::ssh_secret_name(owner);
+        if let Some(key) = self.ssh_keys.get(&owner.namespace, &name, Instant::now()) {
+            return Ok(key);
+        }
+        let key = secrets::ensure_ssh_key(&self.client, owner).await?;
+        self.ssh_keys.put(&owner.namespace, &name, key.clone(), Instant::now());
+        Ok(key)
     }
 
     async fn token(&self, namespace: &str, r: &SecretKeyRef) -> Result<Result<Token, SecretProblem>, Error> {
@@ -119,7 +138,13 @@ impl Cluster for KubeCluster {
     }
 
     async fn generated_password(&self, owner: &Owner) -> Result<Token, Error> {
-        secrets::ensure_password(&self.client, owner).await
+        let name = secrets::password_secret_name(&owner.name);
+        if let Some(password) = self.passwords.get(&owner.namespace, &name, Instant::now()) {
+            return Ok(password);
+        }
+        let password = secrets::ensure_password(&self.client, owner).await?;
+        self.passwords.put(&owner.namespace, &name, password.clone(), Instant::now());
+        Ok(password)
     }
 
     async fn apply_route(&self, ws: &Workspace, address: &str) -> Result<Result<(), RouteConflict>, Error> {
@@ -135,6 +160,11 @@ impl Cluster for KubeCluster {
         });
         api.patch_status(&owner.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
         Ok(())
+    }
+
+    fn secret_changed(&self, namespace: &str, name: &str) {
+        self.ssh_keys.forget(namespace, name);
+        self.passwords.forget(namespace, name);
     }
 
     async fn publish(&self, owner: &Owner, event: &Event) {

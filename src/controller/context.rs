@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use kube::Client;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -84,7 +83,10 @@ impl Context {
             cluster: edges.cluster,
             compute: edges.compute,
             vm: edges.vm,
-            instances: InstanceCache::new(Duration::from_secs(15), selector),
+            // One list per zone per resync: every Ready object looks once per resync, and
+            // all of them in that interval share the list (a shorter TTL listed the zone
+            // several times per resync, each list carrying every instance).
+            instances: InstanceCache::new(config.resync(), selector),
             tasks: TaskRegistry::new(config.max_concurrent_tasks),
             metrics,
             config,

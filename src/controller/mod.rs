@@ -18,6 +18,7 @@ pub mod instance;
 pub mod kind;
 pub mod names;
 pub mod observe;
+pub mod own_secrets;
 pub mod owner;
 pub mod plan;
 pub mod reconcile;
@@ -174,6 +175,12 @@ pub(crate) fn secret_metadata(
     futures::stream::select_all(streams)
 }
 
+/// Watched objects are stored without their managedFields: nothing reads them, and they are
+/// more than half of each stored object's JSON (about 6.7 of 11 KB for a ProjectVM).
+pub(crate) fn drop_managed_fields<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
 /// Hashes what a person or a tool changes: the spec (through the generation), labels,
 /// annotations (pause, start requests), finalizers and the deletion timestamp.
 pub(crate) fn spec_or_metadata_changed<K: Resource>(obj: &K) -> Option<u64> {
@@ -204,7 +211,7 @@ async fn controller_for<K>(
     let (reader, writer) = reflector::store();
     let watches = scoped_apis::<K>(client, namespaces)
         .into_iter()
-        .map(|(ns, api)| (ns, watcher(api, shard_watch(&ctx)).default_backoff().boxed()))
+        .map(|(ns, api)| (ns, watcher(api, shard_watch(&ctx)).default_backoff().modify(drop_managed_fields).boxed()))
         .collect();
     let leaving = ctx.clone();
     let changes = merge_namespaces(watches, reader.clone())
@@ -220,10 +227,12 @@ async fn controller_for<K>(
     let controller = Controller::for_stream(changes, reader);
     K::watch_cache(&ctx, controller.store());
     let store = controller.store();
+    let cluster = ctx.cluster.clone();
     controller
         .watches_stream(secret_metadata(client, namespaces), move |secret| {
             let ns = secret.namespace().unwrap_or_default();
             let name = secret.name_any();
+            cluster.secret_changed(&ns, &name);
             store
                 .state()
                 .iter()

@@ -71,6 +71,7 @@ enum Flow {
 pub async fn apply<K: VmKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let status = obj.vm_status().cloned().unwrap_or_default();
     let mut report = Report::new(status, obj.current_url().map(String::from), obj.meta().generation, Utc::now());
+    report.requeue = ctx.config.resync();
     let outcome = pipeline(&ctx, &mut report, &*obj).await;
     if let Err(e) = &outcome {
         record_error(&mut report, e);

@@ -46,7 +46,15 @@ pub async fn run(
     let (reader, writer) = reflector::store();
     let watches = crate::controller::scoped_apis::<Run>(&client, &namespaces)
         .into_iter()
-        .map(|(ns, api)| (ns, watcher(api, watcher::Config::default()).default_backoff().boxed()))
+        .map(|(ns, api)| {
+            (
+                ns,
+                watcher(api, watcher::Config::default())
+                    .default_backoff()
+                    .modify(crate::controller::drop_managed_fields)
+                    .boxed(),
+            )
+        })
         .collect();
     let changes = crate::controller::merge_namespaces(watches, reader.clone())
         .reflect(writer)

@@ -101,6 +101,10 @@ spec:
             - name: PROJECTVM_SUBNETWORK
               value: {{ . | quote }}
             {{- end }}
+            - name: PROJECTVM_COMPUTE_QPS
+              value: {{ .Values.gcp.computeQps | quote }}
+            - name: PROJECTVM_COMPUTE_BURST
+              value: {{ .Values.gcp.computeBurst | quote }}
             - name: PROJECTVM_USE_INTERNAL_IP
               value: {{ .Values.gcp.useInternalIp | quote }}
             - name: PROJECTVM_CREDENTIALS

@@ -58,6 +58,11 @@ struct Args {
     /// Test bridge and its gateway address.
     #[arg(long, default_value = "pvmbr0")]
     bridge: String,
+    /// Last address handed to instances (the first is 10.213.0.16). The default fits the
+    /// bed's /24 bridge; the `none` backend reaches nobody, so a benchmark of more than 235
+    /// instances can widen it (e.g. 10.213.255.250).
+    #[arg(long, default_value = "10.213.0.250")]
+    last_address: std::net::Ipv4Addr,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -91,6 +96,8 @@ async fn main() -> anyhow::Result<()> {
     let mut cfg = Config::none_backend();
     cfg.state_dir = args.state_dir.clone();
     cfg.operation_wait_timeout = Duration::from_secs(args.operation_wait_secs);
+    anyhow::ensure!(args.last_address >= cfg.first_address, "--last-address is below {}", cfg.first_address);
+    cfg.last_address = args.last_address;
     cfg.backend = match args.backend {
         Backend::None => BackendChoice::None { boot_delay: Duration::from_millis(args.boot_delay_ms) },
         Backend::Nspawn => {
