@@ -505,6 +505,9 @@ impl Drop for OperatorProcess {
     }
 }
 
+/// Browser sessions [`Browser::open`] starts at most.
+pub const BROWSER_SESSIONS: usize = 3;
+
 /// One run of tests/browser/open-workspace.mjs: headless Chromium opens `url`, logs in with
 /// `password` (handed over in the environment, never on a command line) and waits for
 /// `expected` in the file explorer; the screenshot lands at `screenshot`.
@@ -522,7 +525,25 @@ pub struct Browser<'a> {
 impl Browser<'_> {
     /// Runs the script, bounded (its own waits plus the stay, plus a margin); Err with what
     /// it printed when it fails or overruns.
+    /// One browser session, started again (at most [`BROWSER_SESSIONS`] in all) only when
+    /// Chromium dropped it with `ERR_NETWORK_CHANGED`: the bed adds a network interface on
+    /// the host whenever a machine of another test boots, and Chromium then aborts its loads
+    /// and its WebSocket. Any other failure is returned at once.
     pub fn open(&self) -> Result<String, String> {
+        let mut attempt = 1;
+        loop {
+            match self.session() {
+                Err(e) if e.contains("ERR_NETWORK_CHANGED") && attempt < BROWSER_SESSIONS => {
+                    eprintln!("browser session {attempt} dropped by a host network change; starting again");
+                    std::thread::sleep(Duration::from_secs(2 * attempt as u64));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn session(&self) -> Result<String, String> {
         let mut c = Command::new("node");
         c.current_dir(repo_root().join("tests/browser")).arg("open-workspace.mjs").arg(self.url);
         match self.password {
