@@ -23,20 +23,16 @@ fn must(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// The previous release's chart, from the repository's tag (as `git archive` gives it).
-fn chart_of_tag(tag: &str, into: &Path) -> String {
-    let archive = into.join("chart.tar");
-    let out = Command::new("git")
-        .current_dir(repo_root())
-        .args(["archive", "--format=tar", "-o"])
-        .arg(&archive)
-        .args([tag, "charts/projectvm-operator"])
-        .output()
-        .expect("git runs");
-    must(out, &format!("git archive {tag} (the tag must be in the clone)"));
-    must(Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(into).output().unwrap(), "tar -x");
-    let chart = into.join("charts/projectvm-operator");
-    assert!(chart.join("crds").is_dir(), "{tag}'s chart ships its CRDs in crds/");
+/// The previous release's chart as it was published (`helm package` of tag v0.1.0, kept in
+/// `tests/fixtures` so a clone without tags or history can run this), unpacked.
+fn released_chart(version: &str, into: &Path) -> String {
+    let package = repo_root().join(format!("tests/fixtures/projectvm-operator-{version}.tgz"));
+    assert!(package.is_file(), "{} is missing", package.display());
+    must(Command::new("tar").arg("-xzf").arg(&package).arg("-C").arg(into).output().unwrap(), "tar -xz");
+    let chart = into.join("projectvm-operator");
+    let meta = std::fs::read_to_string(chart.join("Chart.yaml")).unwrap();
+    assert!(meta.lines().any(|l| l.trim() == format!("version: {version}")), "{package:?} is {version}:\n{meta}");
+    assert!(chart.join("crds").is_dir(), "{version}'s chart ships its CRDs in crds/");
     chart.display().to_string()
 }
 
@@ -73,7 +69,7 @@ fn crds_upgrade_from_v0_1_0_keeps_new_fields() {
     // the bed's CRDs (and the tests running beside this one) never see them change.
     let cp = ControlPlane::up(b, "chart-upgrade");
     let dir = tempdir("chart-upgrade");
-    let old_chart = chart_of_tag("v0.1.0", &dir);
+    let old_chart = released_chart("0.1.0", &dir);
     let helm = |args: &[&str]| cp.output("helm", args, None);
 
     // 0.1.0, installed as its README said.
