@@ -7,12 +7,13 @@ use kube::api::{DynamicObject, Patch, PatchParams};
 use std::time::Instant;
 
 use kube::runtime::events::{Event, Recorder, Reporter};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 
 use super::Error;
 use super::own_secrets::OwnSecrets;
 use super::owner::Owner;
 use super::route::RouteConflict;
+use super::route_cache::{Applied, RouteCache, RouteStores};
 use super::secrets::{self, SecretProblem, SecretValues, SshKey, Token};
 use crate::api::FIELD_MANAGER;
 use crate::api::{SecretKeyRef, Workspace};
@@ -43,6 +44,10 @@ pub trait Cluster: Send + Sync + 'static {
     /// A Secret changed or was deleted (from the Secret metadata watch): what was read of it
     /// must be read again.
     fn secret_changed(&self, _namespace: &str, _name: &str) {}
+    /// Receives the watch caches of the route objects, once the Workspace controller runs.
+    fn watch_routes(&self, _stores: RouteStores) {}
+    /// The resource is gone, or left this shard: what is remembered of it goes too.
+    fn forget(&self, _owner: &Owner) {}
 }
 
 /// The longest Kubernetes object name.
@@ -54,6 +59,7 @@ pub struct KubeCluster {
     recorder: Recorder,
     ssh_keys: OwnSecrets<SshKey>,
     passwords: OwnSecrets<Token>,
+    routes: RouteCache,
 }
 
 impl KubeCluster {
@@ -64,6 +70,7 @@ impl KubeCluster {
             client,
             ssh_keys: OwnSecrets::default(),
             passwords: OwnSecrets::default(),
+            routes: RouteCache::default(),
         }
     }
 }
@@ -148,7 +155,16 @@ impl Cluster for KubeCluster {
     }
 
     async fn apply_route(&self, ws: &Workspace, address: &str) -> Result<Result<(), RouteConflict>, Error> {
-        super::route::apply(&self.client, ws, address).await
+        let desired = super::route::desired_hash(ws, address);
+        if self.routes.is_current(ws, desired) {
+            return Ok(Ok(()));
+        }
+        let result = super::route::apply(&self.client, ws, address).await;
+        match &result {
+            Ok(Ok(versions)) => self.routes.record(ws, Applied { desired, versions: versions.clone() }),
+            _ => self.routes.forget(&ws.namespace().unwrap_or_default(), &ws.name_any()),
+        }
+        result.map(|r| r.map(|_| ()))
     }
 
     async fn write_status(&self, owner: &Owner, status: serde_json::Value) -> Result<(), Error> {
@@ -165,6 +181,16 @@ impl Cluster for KubeCluster {
     fn secret_changed(&self, namespace: &str, name: &str) {
         self.ssh_keys.forget(namespace, name);
         self.passwords.forget(namespace, name);
+    }
+
+    fn watch_routes(&self, stores: RouteStores) {
+        self.routes.watch(stores);
+    }
+
+    fn forget(&self, owner: &Owner) {
+        if owner.label == <Workspace as super::kind::VmKind>::LABEL {
+            self.routes.forget(&owner.namespace, &owner.name);
+        }
     }
 
     async fn publish(&self, owner: &Owner, event: &Event) {

@@ -113,10 +113,12 @@ impl Context {
     }
 
     /// Drops what this operator holds for an object that is gone from its watch (deleted, or
-    /// moved to another shard): its running step tasks and its metric series.
+    /// moved to another shard): its running step tasks, its metric series and what the
+    /// Kubernetes edge remembers of it.
     pub fn forget_object(&self, owner: &super::owner::Owner) {
         self.tasks.forget(&owner.key());
         self.metrics.forget(owner.label, &owner.namespace, &owner.name);
+        self.cluster.forget(owner);
     }
 
     /// Hands the Workspace watch cache to the route step (once; later calls are ignored).

@@ -2,6 +2,7 @@
 //! the step graph, where the spec keeps the machine and the repository, how each step's
 //! inputs come from the spec, and how activity is detected.
 
+use kube::runtime::Controller;
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
@@ -93,6 +94,16 @@ pub trait VmKind:
     /// Receives the controller's watch cache of this kind (the Workspace one is kept for the
     /// route's host check).
     fn watch_cache(_ctx: &Context, _store: kube::runtime::reflector::Store<Self>) {}
+    /// Adds the watches of the objects the operator makes for this kind, which wake their
+    /// owner when they change or go.
+    fn watch_owned(
+        controller: Controller<Self>,
+        _client: &kube::Client,
+        _namespaces: &[String],
+        _ctx: &Context,
+    ) -> Controller<Self> {
+        controller
+    }
     fn owner(&self) -> Owner {
         Owner::new(Self::LABEL, self)
     }
@@ -157,6 +168,18 @@ impl VmKind for Workspace {
 
     fn watch_cache(ctx: &Context, store: kube::runtime::reflector::Store<Self>) {
         ctx.set_workspace_store(store);
+    }
+    /// The route objects (metadata only): the route step reads them from this cache, and a
+    /// deleted or edited one wakes its Workspace.
+    fn watch_owned(
+        controller: Controller<Self>,
+        client: &kube::Client,
+        namespaces: &[String],
+        ctx: &Context,
+    ) -> Controller<Self> {
+        let (stores, services, slices, ingresses) = super::route_cache::watches(client, namespaces);
+        ctx.cluster.watch_routes(stores);
+        controller.owns_stream(services).owns_stream(slices).owns_stream(ingresses)
     }
     fn machine(&self) -> &MachineSpec {
         &self.spec.machine

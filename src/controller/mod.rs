@@ -23,6 +23,7 @@ pub mod owner;
 pub mod plan;
 pub mod reconcile;
 pub mod route;
+pub mod route_cache;
 pub mod secrets;
 pub mod status;
 pub mod steps;
@@ -224,7 +225,7 @@ async fn controller_for<K>(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(spec_or_metadata_changed::<K>, Default::default());
-    let controller = Controller::for_stream(changes, reader);
+    let controller = K::watch_owned(Controller::for_stream(changes, reader), client, namespaces, &ctx);
     K::watch_cache(&ctx, controller.store());
     let store = controller.store();
     let cluster = ctx.cluster.clone();

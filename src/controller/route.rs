@@ -14,6 +14,7 @@ use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::Error;
+use super::route_cache::RouteVersions;
 use crate::api::FIELD_MANAGER;
 use crate::api::{IngressSpec, Workspace};
 
@@ -119,6 +120,18 @@ pub fn desired(ws: &Workspace, address: &str) -> (Service, EndpointSlice, Option
         ..Default::default()
     });
     (service, slice, ingress)
+}
+
+/// A hash of the route objects [`desired`] makes, as they would be sent: equal hashes, the
+/// same objects (see [`super::route_cache`]).
+pub fn desired_hash(ws: &Workspace, address: &str) -> u64 {
+    let (service, slice, ingress) = desired(ws, address);
+    let json = |v: serde_json::Result<serde_json::Value>| v.unwrap_or_default();
+    super::route_cache::desired_hash(&[
+        json(serde_json::to_value(&service)),
+        json(serde_json::to_value(&slice)),
+        json(serde_json::to_value(&ingress)),
+    ])
 }
 
 /// Why the route cannot be applied: an object of its name that the operator did not make
@@ -263,7 +276,11 @@ pub fn stale_ingress<'a>(ws: &Workspace, existing: &'a Existing) -> Option<&'a O
 /// Applies the route, only over objects the operator made for this Workspace, and removes
 /// its Ingress when that is no longer asked for. An object of the same name that is not
 /// ours is never changed or deleted: that is a [`RouteConflict`].
-pub async fn apply(client: &Client, ws: &Workspace, address: &str) -> Result<Result<(), RouteConflict>, Error> {
+pub async fn apply(
+    client: &Client,
+    ws: &Workspace,
+    address: &str,
+) -> Result<Result<RouteVersions, RouteConflict>, Error> {
     let ns = ws.namespace().unwrap_or_default();
     let (service, slice, ingress) = desired(ws, address);
     let services = Api::<Service>::namespaced(client.clone(), &ns);
@@ -281,10 +298,13 @@ pub async fn apply(client: &Client, ws: &Workspace, address: &str) -> Result<Res
     if let Err(c) = check(ws, &existing) {
         return Ok(Err(c));
     }
-    apply_one(&services, service, existing.service.as_ref()).await?;
-    apply_one(&slices, slice, existing.endpoint_slice.as_ref()).await?;
+    let mut versions = RouteVersions {
+        service: apply_one(&services, service, existing.service.as_ref()).await?,
+        endpoint_slice: apply_one(&slices, slice, existing.endpoint_slice.as_ref()).await?,
+        ingress: None,
+    };
     match ingress {
-        Some(ing) => apply_one(&ingresses, ing, existing.ingress.as_ref()).await?,
+        Some(ing) => versions.ingress = apply_one(&ingresses, ing, existing.ingress.as_ref()).await?,
         None => {
             if let Some(m) = stale_ingress(ws, &existing) {
                 // Only that very object: the UID precondition.
@@ -300,30 +320,31 @@ pub async fn apply(client: &Client, ws: &Workspace, address: &str) -> Result<Res
             }
         }
     }
-    Ok(Ok(()))
+    Ok(Ok(versions))
 }
 
 /// Creates the object when it is absent (failing rather than adopting one that appeared
 /// since it was read), else applies it over our own, conditional on the version read.
-async fn apply_one<K>(api: &Api<K>, mut desired: K, current: Option<&ObjectMeta>) -> Result<(), Error>
+/// Returns the resourceVersion the write left.
+async fn apply_one<K>(api: &Api<K>, mut desired: K, current: Option<&ObjectMeta>) -> Result<Option<String>, Error>
 where
     K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let name = desired.meta().name.clone().unwrap_or_default();
-    match current {
+    let written = match current {
         None => {
             api.create(
                 &kube::api::PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
                 &desired,
             )
-            .await?;
+            .await?
         }
         Some(meta) => {
             desired.meta_mut().resource_version = meta.resource_version.clone();
-            api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired)).await?;
+            api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired)).await?
         }
-    }
-    Ok(())
+    };
+    Ok(written.meta().resource_version.clone())
 }
 
 #[cfg(test)]

@@ -27,9 +27,9 @@ const OPERATOR: &[(&str, &[&str])] = &[
     ("workspaces.projectvm.dev/finalizers", &["update"]),
     ("runs.projectvm.dev/finalizers", &["update"]),
     ("secrets", &["get", "list", "watch", "create", "patch"]),
-    ("services", &["get", "create", "patch"]),
-    ("endpointslices.discovery.k8s.io", &["get", "create", "patch"]),
-    ("ingresses.networking.k8s.io", &["get", "create", "patch", "delete"]),
+    ("services", &["get", "list", "watch", "create", "patch"]),
+    ("endpointslices.discovery.k8s.io", &["get", "list", "watch", "create", "patch"]),
+    ("ingresses.networking.k8s.io", &["get", "list", "watch", "create", "patch", "delete"]),
     ("events.events.k8s.io", &["create", "patch"]),
 ];
 

@@ -139,3 +139,71 @@ fn private_workspace_clones_with_a_token_that_never_leaks() {
     assert!(!serde_json::to_string(&obj).unwrap().contains(&token), "token in the resource");
     b.delete_namespace(&ns);
 }
+
+/// The EndpointSlice's first address, or `None` while there is no slice.
+fn slice_address(b: &Bed, ns: &str, slice: &str) -> Option<String> {
+    let out = b.kubectl_output(
+        &["-n", ns, "get", "endpointslice", slice, "-o", "jsonpath={.endpoints[0].addresses[0]}"],
+        None,
+    );
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+#[ignore = "needs the test bed: ./scripts/test.sh"]
+fn a_deleted_or_edited_route_comes_back() {
+    // The operator keeps what it last wrote of a route and skips re-applying an unchanged
+    // one; its watch of the route objects must still see someone delete or edit them.
+    let _guard = operator_shared();
+    let b = bed();
+    let ns = b.namespace("e2e-ws-route");
+    let name = "route";
+    b.apply(
+        &ns,
+        &format!(
+            "apiVersion: projectvm.dev/v1alpha1\nkind: Workspace\nmetadata:\n  name: {name}\nspec:\n  repository:\n    url: https://git.pvm.test/public/demo.git\n"
+        ),
+    );
+    b.wait_condition(&ns, "ws", name, "Ready", READY_TIMEOUT);
+    let service = format!("{name}-workspace");
+    let slice = b.kubectl(&[
+        "-n",
+        &ns,
+        "get",
+        "endpointslices",
+        "-l",
+        &format!("kubernetes.io/service-name={service}"),
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    let slice = slice.trim().to_string();
+    let address = slice_address(b, &ns, &slice).expect("the route's EndpointSlice");
+    let service_uid = b.kubectl(&["-n", &ns, "get", "service", &service, "-o", "jsonpath={.metadata.uid}"]);
+
+    // Someone deletes the Service and points the EndpointSlice elsewhere.
+    b.kubectl(&["-n", &ns, "delete", "service", &service, "--wait=false"]);
+    b.kubectl(&[
+        "-n",
+        &ns,
+        "patch",
+        "endpointslice",
+        &slice,
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/endpoints/0/addresses/0","value":"10.213.0.254"}]"#,
+    ]);
+
+    // Both come back as the operator made them.
+    let back = b.eventually("the Service made again", READY_TIMEOUT, || {
+        let out = b.kubectl_output(&["-n", &ns, "get", "service", &service, "-o", "jsonpath={.metadata.uid}"], None);
+        let uid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !uid.is_empty() && uid != service_uid.trim()).then_some(uid)
+    });
+    assert!(!back.is_empty());
+    b.eventually("the EndpointSlice pointed at the VM again", READY_TIMEOUT, || {
+        (slice_address(b, &ns, &slice).as_deref() == Some(address.as_str())).then_some(())
+    });
+    let obj = b.get(&ns, "ws", name);
+    assert_eq!(Bed::condition(&obj, "Ready").unwrap()["status"], "True", "{obj}");
+    b.delete_namespace(&ns);
+}

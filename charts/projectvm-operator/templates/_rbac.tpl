@@ -65,18 +65,20 @@ code uses; the comments name where. Leases are in role.yaml (release namespace o
   verbs: ["get", "list", "watch", "create", "patch"]
 # A Workspace's route (src/controller/route.rs apply): get to check that an existing object
 # is the operator's before touching it, patch (+ create for a new one) to apply it
-# server-side. Never listed or watched; the Service and EndpointSlice go away with their
-# owner.
+# server-side; list/watch by metadata only, of the operator's own objects (label
+# app.kubernetes.io/managed-by=projectvm), so an unchanged route is not re-applied on every
+# resync and a deleted one comes back at once (src/controller/route_cache.rs). The Service
+# and EndpointSlice go away with their owner.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # ... and delete the operator's own Ingress when spec.ingress is removed.
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Events on the resources: kube's Recorder creates events.k8s.io/v1 Events and patches a
 # repeated one's series; long names are created directly (publish, src/controller/cluster.rs).
 # The core/v1 events API is not used.
