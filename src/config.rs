@@ -129,6 +129,11 @@ pub struct Config {
     /// Long steps (SSH work on the VMs) running at once, across all resources.
     #[arg(long, env = "PROJECTVM_MAX_CONCURRENT_TASKS", default_value_t = 16)]
     pub max_concurrent_tasks: usize,
+    /// Reconciles running at once, per kind. Each holds its object's requests to the API
+    /// server and Compute Engine in flight; unbounded, a thousand objects arriving together
+    /// open as many connections at once. Long work runs as tasks, outside this limit.
+    #[arg(long, env = "PROJECTVM_MAX_CONCURRENT_RECONCILES", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
     /// Client-side rate limit of Compute Engine requests: `--compute-qps`, `--compute-burst`.
     #[command(flatten)]
     pub compute_limits: crate::cloud::ratelimit::ComputeLimits,

@@ -243,6 +243,7 @@ async fn controller_for<K>(
         })
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(wakeups))
         .graceful_shutdown_on(shutdown)
+        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.max_concurrent_reconciles))
         .run(reconcile::reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;

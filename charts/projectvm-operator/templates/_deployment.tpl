@@ -142,6 +142,8 @@ spec:
                   fieldPath: metadata.name
             - name: PROJECTVM_MAX_CONCURRENT_TASKS
               value: {{ .Values.maxConcurrentTasks | quote }}
+            - name: PROJECTVM_MAX_CONCURRENT_RECONCILES
+              value: {{ .Values.maxConcurrentReconciles | quote }}
             - name: PROJECTVM_ALLOW_AUTH_NONE
               value: {{ .Values.codeServer.allowAuthNone | quote }}
             - name: PROJECTVM_CODE_SERVER_VERSION
