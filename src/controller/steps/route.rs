@@ -1,6 +1,7 @@
 //! Workspace step: the Service and EndpointSlice that point at the VM, and an Ingress when
-//! asked for; `status.url` says where to go. Inline, and re-applied every reconcile so a
-//! deleted or edited object comes back — but only over objects the operator made.
+//! asked for; `status.url` says where to go. Inline, and checked every reconcile so a
+//! deleted or edited object comes back — but only over objects the operator made. An
+//! unchanged route costs no request (see `controller::route_cache`).
 
 use super::{Prepared, StepEnv};
 use crate::api::Workspace;
