@@ -165,6 +165,12 @@ up() {
   "$S/make-repo.sh" "$STATE/git" private demo >"$STATE/git/private-demo.refs"
   [[ -s $TOKEN_FILE ]] || (umask 077; python3 -c 'import secrets; print("pvt_" + secrets.token_hex(20))' >"$TOKEN_FILE")
   if [[ ! -f $STATE/cp/admin.kubeconfig ]] || ! KUBECONFIG=$STATE/cp/admin.kubeconfig kubectl get --raw /readyz >/dev/null 2>&1; then
+    # A new control plane is a new bed. Tests read whole operator logs (no panic, no refused
+    # request), so an earlier bed's logs in the same state dir move to previous-logs/.
+    if compgen -G "$STATE/*.log" >/dev/null; then
+      mkdir -p "$STATE/previous-logs"
+      mv -f "$STATE"/*.log "$STATE/previous-logs/"
+    fi
     # One retry: a free port picked at start-up can be taken before etcd binds it.
     "$S/control-plane.sh" up "$STATE/cp" || { log "control plane did not start; retrying once"; "$S/control-plane.sh" up "$STATE/cp"; }
   fi

@@ -444,7 +444,8 @@ impl Bed {
         }
         let bin = env.iter().find(|(k, _)| k == "OPERATOR_BIN").map(|(_, v)| v.clone()).expect("OPERATOR_BIN");
         let log = self.state.join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        // This process's log alone: tests read all of it (an earlier run's lines must not count).
+        let file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(bin);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
