@@ -90,6 +90,12 @@ pub async fn run(
     futures::future::join3(pvm, ws, runs).await;
 }
 
+/// What every controller (ProjectVM, Workspace, Run) runs with: at most
+/// `--max-concurrent-reconciles` reconciles at once.
+pub(crate) fn controller_config(ctx: &Context) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(ctx.config.max_concurrent_reconciles)
+}
+
 /// One `Api` per watched namespace, or a single one over all namespaces; each with the
 /// namespace it is limited to.
 pub(crate) fn scoped_apis<K>(client: &Client, namespaces: &[String]) -> Vec<(Option<String>, Api<K>)>
@@ -243,7 +249,7 @@ async fn controller_for<K>(
         })
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(wakeups))
         .graceful_shutdown_on(shutdown)
-        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.max_concurrent_reconciles))
+        .with_config(controller_config(&ctx))
         .run(reconcile::reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;

@@ -36,9 +36,14 @@ pub fn url(ingress: Option<&IngressSpec>, vm_address: &str, port: i32) -> String
     }
 }
 
+/// The label every route object the operator makes carries: ownership checks read it, and
+/// the route watch selects by it (see [`super::route_cache`]).
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_US: &str = "projectvm";
+
 fn meta(ws: &Workspace, name: &str, extra_labels: &[(&str, &str)]) -> ObjectMeta {
     let mut labels = BTreeMap::from([
-        ("app.kubernetes.io/managed-by".to_string(), "projectvm".to_string()),
+        (MANAGED_BY.to_string(), MANAGED_BY_US.to_string()),
         ("projectvm.dev/workspace".to_string(), super::names::label_value(&ws.name_any())),
     ]);
     for (k, v) in extra_labels {
@@ -122,16 +127,13 @@ pub fn desired(ws: &Workspace, address: &str) -> (Service, EndpointSlice, Option
     (service, slice, ingress)
 }
 
-/// A hash of the route objects [`desired`] makes, as they would be sent: equal hashes, the
-/// same objects (see [`super::route_cache`]).
+/// A hash of the route objects [`desired`] makes, as they would be sent (owner UID
+/// included): equal hashes, the same objects (see [`super::route_cache`]).
 pub fn desired_hash(ws: &Workspace, address: &str) -> u64 {
-    let (service, slice, ingress) = desired(ws, address);
-    let json = |v: serde_json::Result<serde_json::Value>| v.unwrap_or_default();
-    super::route_cache::desired_hash(&[
-        json(serde_json::to_value(&service)),
-        json(serde_json::to_value(&slice)),
-        json(serde_json::to_value(&ingress)),
-    ])
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&desired(ws, address)).unwrap_or_default().hash(&mut h);
+    h.finish()
 }
 
 /// Why the route cannot be applied: an object of its name that the operator did not make
@@ -157,15 +159,13 @@ pub enum Ownership {
     Foreign(String),
 }
 
-const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-
 /// Who owns `meta`, as far as this Workspace is concerned.
 pub fn ownership(ws: &Workspace, meta: Option<&ObjectMeta>) -> Ownership {
     let Some(meta) = meta else { return Ownership::Absent };
     let uid = ws.metadata.uid.as_deref().unwrap_or_default();
     let managed_by = meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY)).map(String::as_str);
     let owners = meta.owner_references.as_deref().unwrap_or_default();
-    let ours_by_label = managed_by == Some("projectvm");
+    let ours_by_label = managed_by == Some(MANAGED_BY_US);
     if ours_by_label && owners.iter().any(|o| o.uid == uid) {
         return Ownership::Ours;
     }
@@ -382,6 +382,18 @@ mod tests {
         assert_eq!(slice.ports.as_ref().unwrap()[0].port, Some(8080));
         assert!(ing.is_none());
         assert_eq!(svc.metadata.owner_references.as_ref().unwrap()[0].uid, "u1");
+    }
+
+    #[test]
+    fn the_hash_follows_address_owner_and_ingress() {
+        let w = ws(None);
+        assert_eq!(desired_hash(&w, "10.0.0.1"), desired_hash(&w, "10.0.0.1"));
+        assert_ne!(desired_hash(&w, "10.0.0.1"), desired_hash(&w, "10.0.0.2"));
+        let mut recreated = w.clone();
+        recreated.metadata.uid = Some("u2".into());
+        assert_ne!(desired_hash(&w, "10.0.0.1"), desired_hash(&recreated, "10.0.0.1"));
+        let i = IngressSpec { host: "a.example.com".into(), class_name: None, path: "/".into(), tls_secret_name: None };
+        assert_ne!(desired_hash(&w, "10.0.0.1"), desired_hash(&ws(Some(i)), "10.0.0.1"));
     }
 
     #[test]

@@ -26,9 +26,6 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::api::Workspace;
 
-/// The label every route object the operator makes carries (see `route::meta`).
-pub const SELECTOR: &str = "app.kubernetes.io/managed-by=projectvm";
-
 /// The resourceVersion of each route object: as a write left it, or as the watch shows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteVersions {
@@ -115,16 +112,6 @@ impl RouteCache {
     }
 }
 
-/// Hash of the desired route objects as they would be sent.
-pub fn desired_hash(objects: &[serde_json::Value]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for o in objects {
-        o.to_string().hash(&mut h);
-    }
-    h.finish()
-}
-
 type Touched<K> = futures::stream::BoxStream<'static, Result<PartialObjectMeta<K>, watcher::Error>>;
 
 /// One kind's watch: the store it fills, and the stream of objects it saw change or go.
@@ -134,7 +121,8 @@ where
     K: serde::de::DeserializeOwned,
 {
     let (reader, writer) = reflector::store();
-    let config = watcher::Config::default().labels(SELECTOR);
+    let selector = format!("{}={}", super::route::MANAGED_BY, super::route::MANAGED_BY_US);
+    let config = watcher::Config::default().labels(&selector);
     let watches = super::scoped_apis::<PartialObjectMeta<K>>(client, namespaces)
         .into_iter()
         .map(|(ns, api)| {
@@ -186,14 +174,5 @@ mod tests {
         // A write that left no versions never counts as current.
         let empty = Applied { desired: 7, versions: RouteVersions::default() };
         assert!(!unchanged(Some(&empty), 7, &RouteVersions::default()));
-    }
-
-    #[test]
-    fn the_hash_follows_every_object() {
-        let a = serde_json::json!({"kind": "Service", "spec": {"port": 8080}});
-        let b = serde_json::json!({"kind": "EndpointSlice", "endpoints": ["10.0.0.1"]});
-        let b2 = serde_json::json!({"kind": "EndpointSlice", "endpoints": ["10.0.0.2"]});
-        assert_eq!(desired_hash(&[a.clone(), b.clone()]), desired_hash(&[a.clone(), b.clone()]));
-        assert_ne!(desired_hash(&[a.clone(), b]), desired_hash(&[a, b2]));
     }
 }

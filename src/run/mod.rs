@@ -93,7 +93,7 @@ pub async fn run(
         })
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(wakeups))
         .graceful_shutdown_on(shutdown)
-        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.max_concurrent_reconciles))
+        .with_config(crate::controller::controller_config(&ctx))
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
